@@ -1,0 +1,143 @@
+"""The ``gitpack`` command: a thin typer layer over :mod:`gitpack.api`.
+
+Errors that gitpack raises on purpose become one line on stderr and exit
+status 1; usage errors one line and status 2.  Set ``GITPACK_DEBUG=1`` to see
+tracebacks.  Nothing here imports torch unless the command needs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import List, Optional
+
+import click
+import typer
+
+from . import api
+from .errors import GitpackError
+
+app = typer.Typer(
+    name="gitpack",
+    help="Model files that carry, pinned in git, the exact code and parameters that built them.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _note(text: str) -> None:
+    sys.stderr.write(f"gitpack: {text}\n")
+
+
+@app.command()
+def save(
+    target: str = typer.Argument(..., help="module:attr or path/to/file.py:attr; a function or class is called with the -p values"),
+    output: str = typer.Option(..., "-o", "--output", help="archive file to write"),
+    param: List[str] = typer.Option([], "-p", "--param", help="key=value (JSON where it parses, else a string); repeatable"),
+    message: Optional[str] = typer.Option(None, "-m", "--message", help="note recorded in the snapshot commit"),
+    branch: Optional[str] = typer.Option(None, "--branch", help="snapshot branch (default: gitpack, or git config gitpack.branch)"),
+    size_cap: Optional[int] = typer.Option(None, "--size-cap", help="leave files larger than this many bytes out of the snapshot"),
+) -> None:
+    """Snapshot the working tree and save TARGET's object with its code pinned to that commit."""
+    from . import targets
+
+    params = targets.parse_params(param)
+    obj = targets.resolve(target, params)
+    info = api.save(obj, output, params=params, message=message, branch=branch, size_cap=size_cap)
+    for path, reason in info.excluded:
+        _note(f"left out of the snapshot: {path} ({reason})")
+    for warning in info.warnings:
+        _note(f"warning: {warning}")
+    _out(f"saved {info.object_type} to {info.path}")
+    _out(f"snapshot {info.commit} on {info.branch}")
+    _out(f"digest {info.digest}")
+
+
+@app.command()
+def load(
+    path: str = typer.Argument(..., help="archive file"),
+    apply: Optional[str] = typer.Option(None, "--apply", help="run preprocess -> forward (batch of one) -> postprocess on INPUT, print JSON"),
+    map_location: Optional[str] = typer.Option(None, "--map-location", help="device for tensors, e.g. cpu or cuda:0"),
+    mmap: bool = typer.Option(False, "--mmap", help="map tensor data from the archive instead of reading it"),
+    trust: bool = typer.Option(False, "--trust", help="allow any global and by-value code (only for archives you trust)"),
+    allow: List[str] = typer.Option([], "--allow", help="also allow global module:qualname; repeatable"),
+) -> None:
+    """Load an archive against the code it was saved with, in isolation."""
+    from .policy import parse_allow
+
+    obj = api.load(path, map_location=map_location, mmap=mmap, trust=trust, allow=parse_allow(allow))
+    if apply is not None:
+        _out(json.dumps(api.apply(obj, apply), default=str))
+        return
+    manifest = api.inspect(path)
+    _out(f"object  {manifest['object']['type']}")
+    _out(f"class   {type(obj).__qualname__} from {api.source_of(obj) or type(obj).__module__}")
+    _out(f"commit  {manifest['commit']}")
+    _out(f"params  {json.dumps(manifest.get('params') or {})}")
+
+
+@app.command()
+def inspect(
+    path: str = typer.Argument(..., help="archive file"),
+    as_json: bool = typer.Option(False, "--json", help="print the whole manifest as JSON"),
+) -> None:
+    """Show what an archive records (code, parameters, environment) without unpickling it."""
+    manifest = api.inspect(path)
+    if as_json:
+        _out(json.dumps(manifest, indent=2, sort_keys=True))
+        return
+    from . import show
+
+    show.manifest(manifest)
+
+
+@app.command()
+def log(
+    as_json: bool = typer.Option(False, "--json", help="all fields, as JSON"),
+    branch: Optional[str] = typer.Option(None, "--branch", help="snapshot branch"),
+    limit: Optional[int] = typer.Option(None, "-n", "--limit", help="show at most this many saves"),
+) -> None:
+    """List the saves recorded on the snapshot branch, newest first."""
+    entries = api.log(branch=branch, limit=limit)
+    if as_json:
+        _out(json.dumps([e.as_json() for e in entries], indent=2))
+        return
+    for e in entries:
+        params = " ".join(f"{k}={json.dumps(v)}" for k, v in list(e.params.items())[:4])
+        _out(f"{e.commit[:12]}  {e.date}  {e.object_type}  {e.archive}  {params}".rstrip())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app and turn errors into one-line messages."""
+    debug = bool(os.environ.get("GITPACK_DEBUG"))
+    try:
+        app(args=argv, prog_name="gitpack", standalone_mode=False)
+    except GitpackError as exc:
+        if debug:
+            raise
+        _note(f"error: {exc}")
+        sys.exit(1)
+    except click.exceptions.NoArgsIsHelpError as exc:  # `gitpack` alone prints help
+        exc.ctx and _out(exc.ctx.get_help())
+        sys.exit(0)
+    except click.UsageError as exc:
+        hint = f" (see gitpack {exc.ctx.info_name if exc.ctx and exc.ctx.parent else ''} --help)".replace("  ", " ")
+        _note(f"error: {exc.format_message()}{hint}")
+        sys.exit(2)
+    except click.exceptions.Abort:
+        _note("aborted")
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _note("interrupted")
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)

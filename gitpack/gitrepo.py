@@ -1,0 +1,365 @@
+"""Git snapshotting: turn the working tree into a commit on gitpack's branch.
+
+The user's HEAD, index, working tree, stash and reflogs are never touched: the
+snapshot is built in a *copy* of the user's index (so git's stat cache skips
+unchanged files), only the paths ``git status`` reports are re-added, and the
+branch ref moves with a compare-and-swap that retries when another save won the
+race.  All git work goes through GitPython's command wrapper, plus one
+long-lived ``git cat-file --batch`` for reading objects.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import git as gitpython
+from git.exc import GitCommandError
+
+from .archive import MAGIC as ARCHIVE_MAGIC
+from .errors import GitError, NotARepoError
+
+DEFAULT_BRANCH = "gitpack"
+DEFAULT_SIZE_CAP = 10 * 1000 * 1000
+ZERO_SHA = "0" * 40
+_TEMP_PREFIX = "gitpack-tmp-"
+_STALE_TEMP_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class SnapshotTree:
+    """The working tree written as a git tree, plus where it came from."""
+
+    tree: str
+    head: str | None
+    head_branch: str | None
+    dirty: bool
+    excluded: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    submodule_warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    mode: str
+    kind: str  # "blob", "tree" or "commit"
+    sha: str
+    name: str
+
+
+class Repo:
+    """A git working tree, driven through the git binary."""
+
+    def __init__(self, root: Path, git_dir: Path, common_dir: Path):
+        self.root = root
+        self.git_dir = git_dir
+        self.common_dir = common_dir
+        self._git = gitpython.Git(str(root))
+        self._tree_cache: dict[str, list[TreeEntry]] = {}
+
+    # ---------------------------------------------------------------- discovery
+    @classmethod
+    def discover(cls, path: str | os.PathLike | None = None) -> "Repo":
+        """The repository containing *path* (default: the current directory), as git finds it."""
+        start = Path(path) if path is not None else Path.cwd()
+        try:
+            out = gitpython.Git(str(start)).execute(
+                ["git", "rev-parse", "--show-toplevel", "--absolute-git-dir", "--git-common-dir"],
+                stdout_as_string=True,
+            )
+        except GitCommandError:
+            raise NotARepoError(
+                f"{start} is not inside a git working tree; run gitpack from a git repository (or `git init` one)"
+            ) from None
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotARepoError(f"{start} does not exist; run gitpack from a git repository") from None
+        lines = out.splitlines()
+        if len(lines) < 3 or not lines[0]:
+            raise NotARepoError(f"{start} is not inside a git working tree (bare repository?); run gitpack from a checkout")
+        root = Path(lines[0])
+        common = Path(lines[2])
+        if not common.is_absolute():
+            common = (root / common).resolve()
+        return cls(root, Path(lines[1]), common)
+
+    # ------------------------------------------------------------------ plumbing
+    def git(self, *args: str, env: dict[str, str] | None = None, strip: bool = True, binary: bool = False):
+        """Run one git command in this repository; raise :class:`GitError` on failure."""
+        full_env = None
+        if env:
+            full_env = dict(os.environ)
+            full_env.update(env)
+        try:
+            return self._git.execute(
+                ["git", *args],
+                env=full_env,
+                stdout_as_string=not binary,
+                strip_newline_in_stdout=strip,
+            )
+        except GitCommandError as exc:
+            stderr = (exc.stderr or "").strip().splitlines()
+            detail = stderr[-1].strip() if stderr else f"exit status {exc.status}"
+            detail = detail.removeprefix("stderr: ").strip("' ")
+            raise GitError(f"git {args[0]} failed: {detail}") from None
+
+    def rev_parse(self, rev: str) -> str | None:
+        """The full sha of *rev*, or None when it does not exist."""
+        try:
+            return self.git("rev-parse", "--verify", "-q", rev + "^{object}") or None
+        except GitError:
+            return None
+
+    def object_type(self, sha: str) -> str | None:
+        """'commit', 'tree', 'blob' or None for a missing object, through the persistent cat-file."""
+        try:
+            _, kind, _ = self._git.get_object_header(sha)
+            return kind.decode() if isinstance(kind, bytes) else kind
+        except (ValueError, GitCommandError):
+            return None
+
+    def read_object(self, sha: str) -> tuple[str, bytes]:
+        """(type, bytes) of an object, through one long-lived ``git cat-file --batch``."""
+        try:
+            _, kind, _, data = self._git.get_object_data(sha)
+        except (ValueError, GitCommandError):
+            raise GitError(f"object {sha} is missing from {self.root}; fetch it (`gitpack pull`)") from None
+        return (kind.decode() if isinstance(kind, bytes) else kind), data
+
+    def read_tree(self, sha: str) -> list[TreeEntry]:
+        """The entries of one tree object, parsed from its raw form (cached: trees are immutable)."""
+        cached = self._tree_cache.get(sha)
+        if cached is not None:
+            return cached
+        kind, data = self.read_object(sha)
+        if kind != "tree":
+            raise GitError(f"{sha} is a {kind}, not a tree")
+        entries = parse_tree(data)
+        self._tree_cache[sha] = entries
+        return entries
+
+    def config(self, key: str) -> str | None:
+        try:
+            return self.git("config", "--get", key) or None
+        except GitError:
+            return None
+
+    def close(self) -> None:
+        self._git.clear_cache()
+
+    # ------------------------------------------------------------------ snapshot
+    def write_snapshot_tree(self, *, size_cap: int = DEFAULT_SIZE_CAP, exclude: set[str] = frozenset()) -> SnapshotTree:
+        """Write the working tree (tracked, modified and untracked-not-ignored) as a tree object.
+
+        Works in a private copy of the user's index, so only the paths that git
+        status reports are re-hashed and the user's index is never written.
+        """
+        self.cleanup_stale_temp_files()
+        head = self.rev_parse("HEAD")
+        head_branch = None
+        try:
+            head_branch = self.git("symbolic-ref", "-q", "HEAD") or None
+        except GitError:
+            head_branch = None
+        user_index = self.git_dir / "index"
+        fd, temp_index = tempfile.mkstemp(prefix=_TEMP_PREFIX + "index-", dir=str(self.git_dir))
+        os.close(fd)
+        try:
+            if user_index.exists():
+                with open(user_index, "rb") as src, open(temp_index, "wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        dst.write(chunk)
+            else:
+                os.unlink(temp_index)  # git creates it; an empty file is not a valid index
+            env = {"GIT_INDEX_FILE": temp_index, "GIT_LITERAL_PATHSPECS": "1"}
+            status = self.git(
+                "status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames", "--ignore-submodules=none",
+                env=env, strip=False,
+            )
+            changed, submodule_warnings = _parse_status(status)
+            dirty = bool(changed)
+            to_add: list[str] = []
+            excluded: list[tuple[str, str]] = []
+            for path in changed:
+                reason = self._exclusion_reason(path, size_cap, exclude)
+                if reason:
+                    excluded.append((path, reason))
+                else:
+                    to_add.append(path)
+            # Committed archives stay out too, however they are named.
+            tracked_archives = [
+                p for p in self.git("ls-files", "-z", "--", "*.gitpack", env={"GIT_INDEX_FILE": temp_index}, strip=False).split("\0")
+                if p and p not in changed
+            ]
+            if to_add:
+                self._run_with_pathspec_file(["add", "-A", "--force"], to_add, env)
+            removals = [p for p, _ in excluded] + tracked_archives
+            if removals:
+                self._run_with_pathspec_file(["rm", "--cached", "-q", "--ignore-unmatch", "-r"], removals, env)
+            excluded += [(p, "gitpack archive") for p in tracked_archives]
+            tree = self.git("write-tree", env=env)
+        finally:
+            try:
+                os.unlink(temp_index)
+            except FileNotFoundError:
+                pass
+        return SnapshotTree(tree, head, head_branch, dirty, excluded, submodule_warnings)
+
+    def _exclusion_reason(self, path: str, size_cap: int, exclude: set[str]) -> str | None:
+        full = self.root / path
+        if path in exclude:
+            return "gitpack archive"
+        try:
+            st = full.lstat()
+        except FileNotFoundError:
+            return None  # deleted: staging the deletion is what we want
+        if not full.is_file() or full.is_symlink():
+            return None
+        if st.st_size > size_cap:
+            return f"larger than the size cap ({st.st_size} > {size_cap} bytes)"
+        if st.st_size >= len(ARCHIVE_MAGIC):
+            with open(full, "rb") as fh:
+                if fh.read(len(ARCHIVE_MAGIC)) == ARCHIVE_MAGIC:
+                    return "gitpack archive"
+        return None
+
+    def _run_with_pathspec_file(self, args: list[str], paths: list[str], env: dict[str, str]) -> None:
+        fd, spec = tempfile.mkstemp(prefix=_TEMP_PREFIX + "spec-", dir=str(self.git_dir))
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(b"\0".join(os.fsencode(p) for p in paths) + b"\0")
+            self.git(*args, f"--pathspec-from-file={spec}", "--pathspec-file-nul", env=env)
+        finally:
+            os.unlink(spec)
+
+    def commit_snapshot(
+        self,
+        tree: str,
+        message: str,
+        *,
+        branch: str = DEFAULT_BRANCH,
+        head: str | None = None,
+        sign: bool = False,
+        before_update: Callable[[str], None] | None = None,
+        max_attempts: int = 200,
+    ) -> str:
+        """Commit *tree* on top of *branch* and move the branch with compare-and-swap.
+
+        The first parent is the branch's previous tip (so the branch is the
+        audit log); the second is the user's HEAD at save time.  When another
+        save moved the branch meanwhile, the commit is rebuilt on the new tip.
+        *before_update* runs with each new commit before the ref may move (the
+        archive records the commit, so it is sealed there).
+        """
+        ref = branch_ref(branch)
+        fd, msg_file = tempfile.mkstemp(prefix=_TEMP_PREFIX + "msg-", dir=str(self.git_dir))
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(message)
+        try:
+            for attempt in range(max_attempts):
+                tip = self.rev_parse(ref)
+                args = ["commit-tree", tree]
+                for parent in (tip, head):
+                    if parent:
+                        args += ["-p", parent]
+                if sign:
+                    args.append("-S")
+                args += ["-F", msg_file]
+                commit = self._commit_tree(args)
+                if before_update is not None:
+                    before_update(commit)
+                try:
+                    # No reflog for gitpack's own branch: the branch itself is the log,
+                    # and the user's reflogs must stay exactly as they were.
+                    self.git("-c", "core.logAllRefUpdates=false", "update-ref", ref, commit, tip or ZERO_SHA)
+                    return commit
+                except GitError:
+                    time.sleep(min(0.2, 0.002 * (attempt + 1)) * random.random())
+            raise GitError(f"could not move {ref}: other saves kept winning the race; try again")
+        finally:
+            os.unlink(msg_file)
+
+    def _commit_tree(self, args: list[str]) -> str:
+        try:
+            return self.git(*args)
+        except GitError as exc:
+            if "tell me who you are" in str(exc) or "empty ident" in str(exc) or "unable to auto-detect" in str(exc):
+                return self.git("-c", "user.name=gitpack", "-c", "user.email=gitpack@localhost", *args)
+            raise
+
+    def cleanup_stale_temp_files(self) -> None:
+        """Remove temp indexes and message files left by saves that crashed."""
+        cutoff = time.time() - _STALE_TEMP_SECONDS
+        for entry in self.git_dir.glob(_TEMP_PREFIX + "*"):
+            try:
+                if entry.stat().st_mtime < cutoff:
+                    entry.unlink()
+            except OSError:
+                pass
+
+    # ------------------------------------------------------------------ queries
+    def remote_url(self) -> str | None:
+        remote = "origin"
+        if self_branch := self.config_branch_remote():
+            remote = self_branch
+        return self.config(f"remote.{remote}.url")
+
+    def config_branch_remote(self) -> str | None:
+        try:
+            branch = self.git("symbolic-ref", "-q", "--short", "HEAD")
+        except GitError:
+            return None
+        return self.config(f"branch.{branch}.remote") if branch else None
+
+    def paths_in_tree(self, tree: str, paths: list[str]) -> set[str]:
+        """Which of *paths* (repo-relative, '/'-separated) are blobs in *tree*, via the persistent batch-check."""
+        found = set()
+        for p in paths:
+            if self.object_type(f"{tree}:{p}") == "blob":
+                found.add(p)
+        return found
+
+    def is_ancestor_or_on_branch(self, commit: str) -> bool:
+        return self.object_type(commit) == "commit"
+
+
+def branch_ref(branch: str) -> str:
+    return branch if branch.startswith("refs/") else f"refs/heads/{branch}"
+
+
+def parse_tree(data: bytes) -> list[TreeEntry]:
+    """Parse a raw git tree object: ``<mode> <name>\\0<20-byte sha>`` repeated."""
+    entries = []
+    i = 0
+    n = len(data)
+    while i < n:
+        sp = data.index(b" ", i)
+        nul = data.index(b"\0", sp)
+        mode = data[i:sp].decode()
+        name = os.fsdecode(data[sp + 1 : nul])
+        sha = data[nul + 1 : nul + 21].hex()
+        kind = "tree" if mode == "40000" else "commit" if mode == "160000" else "blob"
+        entries.append(TreeEntry(mode, kind, sha, name))
+        i = nul + 21
+    return entries
+
+
+def _parse_status(out: str) -> tuple[list[str], list[str]]:
+    """Paths that differ from the index (modified, deleted, untracked), and dirty submodules."""
+    changed: list[str] = []
+    warnings: list[str] = []
+    for record in out.split("\0"):
+        if len(record) < 4:
+            continue
+        code, path = record[:2], record[3:]
+        if code == "!!":
+            continue
+        if path.endswith("/") and code == "??":
+            # An untracked nested repository: git cannot snapshot into it.
+            warnings.append(f"{path} is a nested git repository and is not captured")
+            continue
+        changed.append(path)
+    return changed, warnings

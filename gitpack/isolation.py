@@ -1,0 +1,327 @@
+"""Isolated import: run a snapshot's modules under a private name, beside everything else.
+
+A snapshot with tree ``T`` gets the package ``__gitpack_<T[:12]>__``; its module
+``mypkg.model`` lives in ``sys.modules`` as ``__gitpack_<T[:12]>__.mypkg.model``,
+so the user's own ``mypkg`` is never replaced or read, and two snapshots run side
+by side.  Snapshot modules get a private ``__builtins__`` whose ``__import__``
+sends absolute imports of the snapshot's top-level names (at import time and
+lazily inside functions) back into the same snapshot; relative imports work
+unchanged because ``__package__`` already carries the private prefix.  Third-party
+and stdlib imports resolve normally.
+
+Files are materialised lazily, one directory at a time, into a cache keyed by
+tree (``$GITPACK_CACHE``, else ``$XDG_CACHE_HOME/gitpack``, else
+``~/.cache/gitpack``).  A directory is written together with its data files and
+data-only subdirectories, so ``__file__``-relative reads work; a listing written
+last marks it complete, so a cache hit costs a stat and one small read.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import threading
+import types
+from pathlib import Path
+from typing import Protocol
+
+from .errors import GitpackError
+
+PREFIX_FORMAT = "__gitpack_{}__"
+LISTING = ".gitpack-dir.json"
+_SYMLINK_MODE = "120000"
+
+
+class SourceTree(Protocol):
+    """Where a snapshot's files come from: a git repository, or an archive's embedded copy."""
+
+    key: str
+
+    def list_dir(self, rel: str) -> dict[str, tuple[str, str]] | None:
+        """``{name: (kind, ref)}`` for a directory ('blob', 'link' or 'tree'), or None if absent."""
+
+    def read(self, ref: str) -> bytes:
+        """The bytes of one blob."""
+
+
+class GitSourceTree:
+    """A tree read through the repository's long-lived ``git cat-file --batch``."""
+
+    def __init__(self, repo, tree: str):
+        self.repo = repo
+        self.key = tree
+
+    def list_dir(self, rel: str) -> dict[str, tuple[str, str]] | None:
+        sha = self.key
+        for part in [p for p in rel.split("/") if p]:
+            entry = {e.name: e for e in self.repo.read_tree(sha)}.get(part)
+            if entry is None or entry.kind != "tree":
+                return None
+            sha = entry.sha
+        out = {}
+        for e in self.repo.read_tree(sha):
+            if e.kind == "commit":
+                continue  # submodule: not part of the snapshot's own code
+            kind = "tree" if e.kind == "tree" else "link" if e.mode == _SYMLINK_MODE else "blob"
+            out[e.name] = (kind, e.sha)
+        return out
+
+    def read(self, ref: str) -> bytes:
+        return self.repo.read_object(ref)[1]
+
+
+def cache_root() -> Path:
+    env = os.environ.get("GITPACK_CACHE")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "gitpack"
+
+
+def _safe_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
+
+
+class Materializer:
+    """Writes a tree's directories into the cache on demand; safe against concurrent loads."""
+
+    def __init__(self, source: SourceTree, root: Path | None = None):
+        self.source = source
+        self.root = (root or cache_root() / "trees") / source.key
+        self._listings: dict[str, dict | None] = {}
+        self._lock = threading.RLock()
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel if rel else self.root
+
+    def listing(self, rel: str) -> dict | None:
+        """``{"files": [...], "dirs": [...]}`` of a materialised directory, materialising it first."""
+        with self._lock:
+            if rel in self._listings:
+                return self._listings[rel]
+            marker = self.path(rel) / LISTING
+            try:
+                listing = json.loads(marker.read_bytes())
+            except FileNotFoundError:
+                listing = self._materialise(rel)
+            self._listings[rel] = listing
+            return listing
+
+    def _materialise(self, rel: str) -> dict | None:
+        entries = self.source.list_dir(rel)
+        if entries is None:
+            return None
+        target = self.path(rel)
+        target.mkdir(parents=True, exist_ok=True)
+        files, dirs = [], []
+        for name, (kind, ref) in sorted(entries.items()):
+            if not _safe_name(name) or name == LISTING:
+                raise GitpackError(f"snapshot {self.source.key[:12]} has an unsafe path {rel}/{name!r}; refusing to materialise it")
+            if kind == "tree":
+                dirs.append(name)
+                child = f"{rel}/{name}" if rel else name
+                sub = self.source.list_dir(child)
+                if sub is not None and not any(n.endswith(".py") for n in sub):
+                    self.listing(child)  # data-only directory: materialise with its parent
+            else:
+                files.append(name)
+                self._write_entry(target, name, kind, ref, rel)
+        listing = {"files": files, "dirs": dirs}
+        _atomic_write(target / LISTING, json.dumps(listing).encode())
+        return listing
+
+    def _write_entry(self, target: Path, name: str, kind: str, ref: str, rel: str) -> None:
+        dest = target / name
+        if kind == "link":
+            link = self.source.read(ref).decode("utf-8", "surrogateescape")
+            resolved = os.path.normpath(os.path.join(str(target), link))
+            if os.path.isabs(link) or not (resolved + os.sep).startswith(str(self.root) + os.sep):
+                return  # a link leading outside the snapshot is never materialised
+            if not os.path.lexists(dest):
+                try:
+                    os.symlink(link, dest)
+                except FileExistsError:
+                    pass
+            return
+        if dest.exists():
+            return
+        _atomic_write(dest, self.source.read(ref))
+
+
+def _atomic_write(dest: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".gitpack-tmp-", dir=str(dest.parent))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class SnapshotNamespace:
+    """One snapshot's private import namespace."""
+
+    def __init__(self, source: SourceTree, roots: list[str], known: dict[str, str] | None = None, cache: Path | None = None):
+        self.key = source.key
+        self.prefix = PREFIX_FORMAT.format(source.key[:12])
+        self.roots = roots or [""]
+        self.files = Materializer(source, cache)
+        self.known = dict(known or {})  # canonical module name -> root it was found under at save time
+        self._tops: dict[str, str | None] = {}
+        self._lock = threading.RLock()
+        self.builtins = dict(builtins.__dict__)
+        self.builtins["__import__"] = self._import
+        root_module = types.ModuleType(self.prefix, f"gitpack snapshot {self.key}")
+        root_module.__path__ = []
+        root_module.__package__ = self.prefix
+        sys.modules[self.prefix] = root_module
+
+    # -------------------------------------------------------------- name logic
+    def root_of_top(self, top: str) -> str | None:
+        """The import root holding top-level module or package *top*, or None if it is not snapshot code."""
+        with self._lock:
+            if top in self._tops:
+                return self._tops[top]
+            found = None
+            preferred = [r for n, r in self.known.items() if n.partition(".")[0] == top]
+            for root in preferred + [r for r in self.roots if r not in preferred]:
+                listing = self.files.listing(root)
+                if listing is None:
+                    continue
+                if top + ".py" in listing["files"]:
+                    found = root
+                    break
+                if top in listing["dirs"]:
+                    sub = self.files.listing(_join(root, top))
+                    if sub and ("__init__.py" in sub["files"] or top in preferred or any(f.endswith(".py") for f in sub["files"])):
+                        found = root
+                        break
+            self._tops[top] = found
+            return found
+
+    def owns(self, name: str) -> bool:
+        return self.root_of_top(name.partition(".")[0]) is not None
+
+    def private_name(self, name: str) -> str:
+        return f"{self.prefix}.{name}"
+
+    def import_module(self, name: str) -> types.ModuleType:
+        """Import snapshot module *name* (its canonical, unprefixed name)."""
+        if not self.owns(name):
+            raise GitpackError(f"module {name!r} is not in snapshot {self.key[:12]}; the archive and the commit disagree")
+        import importlib
+
+        return importlib.import_module(self.private_name(name))
+
+    def _import(self, name, globals=None, locals=None, fromlist=(), level=0):
+        if level == 0 and name and self.owns(name):
+            module = _original_import(self.private_name(name), globals, locals, fromlist, 0)
+            if not fromlist:
+                return sys.modules[self.private_name(name.partition(".")[0])]
+            return module
+        return _original_import(name, globals, locals, fromlist, level)
+
+    # ------------------------------------------------------------- finder part
+    def find_spec(self, fullname: str):
+        rel_name = fullname[len(self.prefix) + 1 :]
+        parts = rel_name.split(".")
+        root = self.root_of_top(parts[0])
+        if root is None:
+            return None
+        directory = root
+        for part in parts[:-1]:
+            directory = _join(directory, part)
+        listing = self.files.listing(directory)
+        if listing is None:
+            return None
+        last = parts[-1]
+        if last in listing["dirs"]:
+            pkg_dir = _join(directory, last)
+            sub = self.files.listing(pkg_dir) or {"files": []}
+            location = str(self.files.path(pkg_dir))
+            if "__init__.py" in sub["files"]:
+                init = os.path.join(location, "__init__.py")
+                loader = _SnapshotLoader(fullname, init, self)
+                return importlib.util.spec_from_file_location(
+                    fullname, init, loader=loader, submodule_search_locations=[location]
+                )
+            spec = importlib.machinery.ModuleSpec(fullname, None, is_package=True)
+            spec.submodule_search_locations = [location]
+            return spec
+        if last + ".py" in listing["files"]:
+            path = str(self.files.path(directory) / (last + ".py"))
+            return importlib.util.spec_from_file_location(fullname, path, loader=_SnapshotLoader(fullname, path, self))
+        return None
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}/{b}" if a else b
+
+
+_original_import = builtins.__import__
+
+
+class _SnapshotLoader(importlib.machinery.SourceFileLoader):
+    def __init__(self, fullname: str, path: str, namespace: SnapshotNamespace):
+        super().__init__(fullname, path)
+        self.namespace = namespace
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        module.__builtins__ = self.namespace.builtins
+        super().exec_module(module)
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    """One finder on ``sys.meta_path`` for every snapshot namespace."""
+
+    def __init__(self):
+        self.namespaces: dict[str, SnapshotNamespace] = {}
+
+    def find_spec(self, fullname, path=None, target=None):
+        if not fullname.startswith("__gitpack_"):
+            return None
+        prefix, dot, _ = fullname.partition(".")
+        ns = self.namespaces.get(prefix)
+        if ns is None or not dot:
+            return None
+        return ns.find_spec(fullname)
+
+
+_finder = _Finder()
+_registry_lock = threading.Lock()
+
+
+def namespace_for(source: SourceTree, roots: list[str], known: dict[str, str] | None = None) -> SnapshotNamespace:
+    """The namespace of *source*'s tree, created once per process and reused."""
+    with _registry_lock:
+        if _finder not in sys.meta_path:
+            sys.meta_path.insert(0, _finder)
+        prefix = PREFIX_FORMAT.format(source.key[:12])
+        ns = _finder.namespaces.get(prefix)
+        if ns is None:
+            ns = SnapshotNamespace(source, roots, known)
+            _finder.namespaces[prefix] = ns
+        else:
+            for name, root in (known or {}).items():
+                ns.known.setdefault(name, root)
+            for root in roots:
+                if root not in ns.roots:
+                    ns.roots.append(root)
+        return ns
+
+
+def canonical_module_name(name: str) -> str:
+    """Strip a snapshot prefix: ``__gitpack_abc__.pkg.mod`` -> ``pkg.mod``."""
+    if name.startswith("__gitpack_"):
+        return name.partition(".")[2]
+    return name

@@ -1,0 +1,312 @@
+"""Pickling against a snapshot: repo code by reference, data by value, tensors out of band.
+
+At save, every class, function and module that lives in the repository is
+written as a *persistent id* naming its canonical module (``__main__`` becomes
+the file's real module name) and qualname; lambdas and nested functions become
+a reference to their code in the snapshot (module, qualname, line) plus their
+closure and defaults as data.  The pickle therefore carries no bytecode for
+repo code at all, and at load every such reference is resolved inside the
+snapshot's private namespace, never through ``sys.modules``.
+
+Only code defined outside any file (an interactive session) falls back to
+dill's by-value pickling; the manifest says so, and loading it needs trust.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import sys
+import types
+from pathlib import Path
+from typing import Any, Callable
+
+import dill
+
+from .errors import GitpackError, PicklingError, UnpicklingError
+from .isolation import canonical_module_name, cache_root
+from .tensors import StorageCollector, is_storage
+
+PROTOCOL = 5
+_FUNCTION_TYPES = (types.FunctionType,)
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None), tuple, list, dict, set, frozenset, bytearray, complex})
+
+
+class ModuleMap:
+    """Which modules are repository code, and their canonical name inside the snapshot."""
+
+    def __init__(self, repo_root: Path, in_snapshot: Callable[[str], bool]):
+        self.repo_root = Path(os.path.realpath(repo_root))
+        self._in_snapshot = in_snapshot
+        self._cache_trees = Path(os.path.realpath(cache_root() / "trees"))
+        self.roots = self._import_roots()
+        self._names: dict[str, str | None] = {}
+        self.used: dict[str, dict[str, str]] = {}  # canonical name -> {"path", "root"}
+        self.by_value: list[str] = []
+
+    def _import_roots(self) -> list[str]:
+        roots = []
+        for entry in sys.path:
+            real = Path(os.path.realpath(entry or os.getcwd()))
+            rel = self._relative(real)
+            if rel is not None and rel not in roots:
+                roots.append(rel)
+        return roots
+
+    def _relative(self, path: Path) -> str | None:
+        for base in (self.repo_root,):
+            try:
+                rel = path.relative_to(base).as_posix()
+            except ValueError:
+                continue
+            return "" if rel == "." else rel
+        try:
+            rel = path.relative_to(self._cache_trees).as_posix()
+        except ValueError:
+            return None
+        parts = rel.split("/", 1)  # strip the tree key
+        return parts[1] if len(parts) > 1 else ""
+
+    def canonical(self, module_name: str | None) -> str | None:
+        """The snapshot module name for *module_name*, or None when it is not repo code."""
+        if not module_name:
+            return None
+        if module_name in self._names:
+            return self._names[module_name]
+        name = self._resolve(module_name)
+        self._names[module_name] = name
+        return name
+
+    def _resolve(self, module_name: str) -> str | None:
+        module = sys.modules.get(module_name)
+        file = getattr(module, "__file__", None) if module is not None else None
+        if not file:
+            return None
+        rel = self._relative(Path(os.path.realpath(file)))
+        if rel is None or not rel.endswith(".py") or not self._in_snapshot(rel):
+            return None
+        wanted = canonical_module_name(module_name)
+        candidates = []
+        for root in self.roots:
+            if root and not rel.startswith(root + "/"):
+                continue
+            inner = rel[len(root) + 1 :] if root else rel
+            dotted = inner[:-3].replace("/", ".")
+            if dotted.endswith(".__init__"):
+                dotted = dotted[: -len(".__init__")]
+            elif dotted == "__init__":
+                continue
+            candidates.append((dotted, root))
+        if not candidates:
+            root = str(Path(rel).parent.as_posix())
+            root = "" if root == "." else root
+            self.roots.append(root)
+            candidates.append((Path(rel).stem, root))
+        dotted, root = next(((d, r) for d, r in candidates if d == wanted), candidates[0])
+        self.used[dotted] = {"path": rel, "root": root}
+        return dotted
+
+
+def _is_interactive(module_name: str | None) -> bool:
+    module = sys.modules.get(module_name or "")
+    return module is not None and module_name == "__main__" and not getattr(module, "__file__", None)
+
+
+def _reachable(obj: Any) -> bool:
+    """Whether *obj* is what its module exposes under its qualname."""
+    module = sys.modules.get(getattr(obj, "__module__", None) or "")
+    target: Any = module
+    for part in getattr(obj, "__qualname__", "").split("."):
+        if part == "<locals>":
+            return False
+        target = getattr(target, part, None)
+        if target is None:
+            return False
+    return target is obj
+
+
+class GitpackPickler(dill.Pickler):
+    """dill's pickler with repo code by reference and torch storages / numpy buffers out of band."""
+
+    def __init__(self, file, module_map: ModuleMap, storages: StorageCollector, buffers: list):
+        super().__init__(file, protocol=PROTOCOL, byref=False, recurse=False, buffer_callback=buffers.append)
+        self.module_map = module_map
+        self.storages = storages
+        self._pids: dict[int, tuple] = {}
+        self._keep: list[Any] = []
+        self.repo_objects: dict[str, Any] = {}  # "module:qualname" -> class or function used
+
+    def persistent_id(self, obj: Any):
+        t = type(obj)
+        if t in _PLAIN:
+            return None
+        cached = self._pids.get(id(obj))
+        if cached is not None:
+            return cached
+        pid = None
+        if isinstance(obj, type) or t in _FUNCTION_TYPES:
+            module = self.module_map.canonical(getattr(obj, "__module__", None))
+            if module is not None and _reachable(obj):
+                pid = ("global", module, obj.__qualname__)
+                self.repo_objects[f"{module}:{obj.__qualname__}"] = obj
+            elif _is_interactive(getattr(obj, "__module__", None)):
+                self.module_map.by_value.append(obj.__qualname__)
+        elif t is types.ModuleType:
+            module = self.module_map.canonical(obj.__name__)
+            if module is not None:
+                pid = ("module", module)
+        elif is_storage(obj):
+            return self.storages.persistent_id(obj)
+        if pid is not None:
+            self._pids[id(obj)] = pid
+            self._keep.append(obj)
+        return pid
+
+    def reducer_override(self, obj: Any):
+        t = type(obj)
+        if t in _FUNCTION_TYPES:
+            module = self.module_map.canonical(getattr(obj, "__module__", None))
+            if module is not None:
+                self.repo_objects[f"{module}:{obj.__qualname__}"] = obj
+                return _function_reduce(obj, sys.modules[obj.__module__])
+        elif t.__module__ == "numpy" and t.__name__ == "ndarray" and not obj.dtype.hasobject:
+            return obj.__reduce_ex__(PROTOCOL)  # contiguous data becomes an out-of-band PickleBuffer
+        return NotImplemented
+
+
+_EMPTY_CELL = ("gitpack-empty-cell",)
+
+
+def _function_reduce(fn: types.FunctionType, module: types.ModuleType):
+    """A repo function that is not reachable by name: a reference to its code plus its data."""
+    closure = None
+    if fn.__closure__ is not None:
+        closure = []
+        for cell in fn.__closure__:
+            try:
+                closure.append(cell.cell_contents)
+            except ValueError:
+                closure.append(_EMPTY_CELL)
+        closure = tuple(closure)
+    code = fn.__code__
+    return (
+        rebuild_function,
+        (module, fn.__qualname__, code.co_firstlineno, fn.__defaults__, fn.__kwdefaults__, closure, fn.__dict__ or None),
+    )
+
+
+_code_cache: dict[tuple[str, str], list[types.CodeType]] = {}
+
+
+def _iter_code(code: types.CodeType):
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _iter_code(const)
+
+
+def rebuild_function(module, qualname, lineno, defaults, kwdefaults, closure, fn_dict):
+    """Rebuild a lambda or nested function from the snapshot's own compiled source."""
+    if not isinstance(module, types.ModuleType) or not isinstance(qualname, str) or type(lineno) is not int:
+        raise UnpicklingError("malformed function reference in archive; the archive is corrupt")
+    path = getattr(module, "__file__", None)
+    if not path:
+        raise UnpicklingError(f"cannot rebuild {qualname}: module {module.__name__} has no source file")
+    key = (module.__name__, path)
+    codes = _code_cache.get(key)
+    if codes is None:
+        source = Path(path).read_bytes()
+        codes = list(_iter_code(compile(source, path, "exec", dont_inherit=True)))
+        _code_cache[key] = codes
+    name = qualname.rpartition(".")[2]
+    matches = [c for c in codes if getattr(c, "co_qualname", c.co_name) in (qualname, name) and c.co_firstlineno == lineno]
+    if not matches:
+        raise UnpicklingError(
+            f"function {qualname} (line {lineno}) is not in {canonical_module_name(module.__name__)} of the snapshot"
+        )
+    code = matches[0]
+    cells = None
+    if code.co_freevars:
+        values = closure or ()
+        if len(values) != len(code.co_freevars):
+            raise UnpicklingError(f"closure of {qualname} does not match its code in the snapshot")
+        cells = tuple(types.CellType() if v == _EMPTY_CELL else types.CellType(v) for v in values)
+    fn = types.FunctionType(code, module.__dict__, name, defaults, cells)
+    fn.__qualname__ = qualname
+    if kwdefaults:
+        fn.__kwdefaults__ = kwdefaults
+    if fn_dict:
+        fn.__dict__.update(fn_dict)
+    return fn
+
+
+def dump(obj: Any, module_map: ModuleMap) -> tuple[bytes, StorageCollector, list, GitpackPickler]:
+    """Pickle *obj*; return the pickle bytes, the storages and buffers to write out of band."""
+    storages = StorageCollector()
+    buffers: list = []
+    out = io.BytesIO()
+    pickler = GitpackPickler(out, module_map, storages, buffers)
+    try:
+        pickler.dump(obj)
+    except GitpackError:
+        raise
+    except RecursionError:
+        raise PicklingError("the object graph is too deep to pickle; raise sys.setrecursionlimit and retry") from None
+    except Exception as exc:  # pickle and dill raise many types here
+        what = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PicklingError(f"cannot pickle {type(obj).__name__}: {what}; make the offending attribute picklable or drop it before saving") from None
+    return out.getvalue(), storages, buffers, pickler
+
+
+class GitpackUnpickler(dill.Unpickler):
+    """Resolves repo references in a snapshot namespace and everything else through *find_global*."""
+
+    def __init__(self, file, *, namespace, storage_loader, find_global: Callable[[str, str], Any], buffers=None):
+        super().__init__(file, buffers=buffers)
+        self.namespace = namespace
+        self.storage_loader = storage_loader
+        self._find_global = find_global
+
+    def persistent_load(self, pid):
+        if not isinstance(pid, tuple) or not pid or not isinstance(pid[0], str):
+            raise UnpicklingError("malformed persistent id in archive; the archive is corrupt")
+        kind = pid[0]
+        if kind == "global" and len(pid) == 3 and all(isinstance(p, str) for p in pid):
+            module = self.namespace.import_module(pid[1])
+            obj: Any = module
+            for part in pid[2].split("."):
+                obj = getattr(obj, part, None)
+                if obj is None:
+                    raise UnpicklingError(f"{pid[1]}.{pid[2]} does not exist in the snapshot; the archive and commit disagree")
+            return obj
+        if kind == "module" and len(pid) == 2 and isinstance(pid[1], str):
+            return self.namespace.import_module(pid[1])
+        if kind == "storage" and len(pid) == 5 and self.storage_loader is not None:
+            return self.storage_loader.load(pid)
+        raise UnpicklingError(f"unknown reference {str(pid)[:80]} in archive; the archive is corrupt or from a newer gitpack")
+
+    def find_class(self, module: str, name: str):
+        return self._find_global(module, name)
+
+
+def load(data: bytes, *, namespace, storage_loader, find_global, buffers=None) -> Any:
+    unpickler = GitpackUnpickler(
+        io.BytesIO(data), namespace=namespace, storage_loader=storage_loader, find_global=find_global, buffers=buffers
+    )
+    try:
+        return unpickler.load()
+    except GitpackError:
+        raise
+    except RecursionError:
+        raise UnpicklingError("the pickle is nested too deeply to load") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, ImportError) as exc:
+        raise UnpicklingError(f"cannot unpickle the archive's payload: {exc}") from None
+
+
+_TRUSTED = dill.Unpickler(io.BytesIO(b""))
+
+
+def trusted_find_class(module: str, name: str) -> Any:
+    """dill's own resolution, with no policy: only for archives the caller explicitly trusts."""
+    return _TRUSTED.find_class(module, name)
