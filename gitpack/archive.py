@@ -252,11 +252,11 @@ class ArchiveReader:
         return data
 
     def _read_manifest(self) -> dict[str, Any]:
+        if os.pread(self._fh.fileno(), len(MAGIC), 0) != MAGIC:
+            raise ArchiveError(f"{self.path} is not a gitpack archive (bad magic); check the path")
         if self.size < HEADER.size + TRAILER.size:
             raise self._fail("file too short to be a gitpack archive")
         magic, version, _ = HEADER.unpack(self._pread(0, HEADER.size))
-        if magic != MAGIC:
-            raise ArchiveError(f"{self.path} is not a gitpack archive (bad magic); check the path")
         if version != FORMAT_VERSION:
             raise ArchiveError(f"{self.path}: archive format {version} is not supported by this gitpack; upgrade gitpack")
         offset, length, digest, tail = TRAILER.unpack(self._pread(self.size - TRAILER.size, TRAILER.size))

@@ -21,7 +21,7 @@ from typing import Callable
 import git as gitpython
 from git.exc import GitCommandError
 
-from .archive import MAGIC as ARCHIVE_MAGIC
+from .archive import MAGIC as ARCHIVE_MAGIC, TEMP_MARK
 from .errors import GitError, NotARepoError
 
 DEFAULT_BRANCH = "gitpack"
@@ -184,6 +184,8 @@ class Repo:
             to_add: list[str] = []
             excluded: list[tuple[str, str]] = []
             for path in changed:
+                if TEMP_MARK in os.path.basename(path):
+                    continue  # another save's archive, still being written: never snapshot, nothing to report
                 reason = self._exclusion_reason(path, size_cap, exclude)
                 if reason:
                     excluded.append((path, reason))
@@ -262,7 +264,7 @@ class Repo:
             for attempt in range(max_attempts):
                 tip = self.rev_parse(ref)
                 args = ["commit-tree", tree]
-                for parent in (tip, head):
+                for parent in (tip or self._branch_root(), head):
                     if parent:
                         args += ["-p", parent]
                 if sign:
@@ -277,10 +279,30 @@ class Repo:
                     self.git("-c", "core.logAllRefUpdates=false", "update-ref", ref, commit, tip or ZERO_SHA)
                     return commit
                 except GitError:
+                    if self.rev_parse(ref) == tip and not self._ref_locked(ref):
+                        raise  # not a lost race: a real failure to report
                     time.sleep(min(0.2, 0.002 * (attempt + 1)) * random.random())
             raise GitError(f"could not move {ref}: other saves kept winning the race; try again")
         finally:
             os.unlink(msg_file)
+
+    def _ref_locked(self, ref: str) -> bool:
+        return (self.common_dir / (ref + ".lock")).exists() or (self.common_dir / "packed-refs.lock").exists()
+
+    def _branch_root(self) -> str:
+        """A parentless, empty commit to start the snapshot branch.
+
+        With it every save has the same shape: first parent the previous save,
+        second parent the user's HEAD, so ``git log --first-parent gitpack``
+        walks saves only and ``<save>^2`` is always the HEAD it was taken from.
+        """
+        empty_index = os.path.join(str(self.git_dir), f"{_TEMP_PREFIX}empty-{os.getpid()}-{random.random()}")
+        empty_tree = self.git("write-tree", env={"GIT_INDEX_FILE": empty_index})
+        try:
+            os.unlink(empty_index)
+        except FileNotFoundError:
+            pass
+        return self._commit_tree(["commit-tree", empty_tree, "-m", "gitpack: start of the snapshot branch"])
 
     def _commit_tree(self, args: list[str]) -> str:
         try:

@@ -1,0 +1,330 @@
+"""Issue 2: save and load a model with its code pinned to a git snapshot.
+
+Every "other program" is a real subprocess, every "other checkout" a real clone.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import edit_forward_to_break, git, gitpack_cli, init_repo, run, run_python, user_git_state
+
+APPLY = """
+import json, sys, gitpack
+from gitpack.api import apply
+obj = gitpack.load(sys.argv[1])
+print("RESULT " + json.dumps(apply(obj, "lorem ipsum")))
+"""
+
+
+def _result(proc) -> dict:
+    assert proc.returncode == 0, proc.stderr
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    assert len(lines) == 1, proc.stdout
+    return json.loads(lines[0][len("RESULT "):])
+
+
+def _save_seed(seed_repo: Path) -> dict:
+    """Run the seed's save.py (the untracked file) and return what the fresh model printed."""
+    proc = run(seed_repo, "python", "save.py", "model.gitpack")
+    assert proc.returncode == 0, proc.stderr
+    printed = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+    assert printed, proc.stdout
+    return eval(printed[-1])  # the seed prints a dict repr, as in the blog post
+
+
+def test_seed_model_survives_edit_rename_and_clone(seed_repo, tmp_path):
+    expected = _save_seed(seed_repo)
+    assert set(expected) == {"decision", "prediction"} and len(expected["prediction"]) == 3
+
+    # The snapshot holds the uncommitted edit and the untracked save.py, but not the ignored archive.
+    assert "UNCOMMITTED = True" in git(seed_repo, "show", "gitpack:package.py")
+    assert "gitpack.save" in git(seed_repo, "show", "gitpack:save.py")
+    assert "model.gitpack" not in git(seed_repo, "ls-tree", "-r", "--name-only", "gitpack")
+
+    # Sanity: the same load before any edit gives the printed output.
+    assert _result(run_python(seed_repo, APPLY, "model.gitpack")) == expected
+
+    # The blog's edit: forward prints and calls a missing attribute. Old code still runs, silently.
+    edit_forward_to_break(seed_repo / "package.py")
+    proc = run_python(seed_repo, APPLY, "model.gitpack")
+    assert _result(proc) == expected
+    assert "testing testing 123" not in proc.stdout + proc.stderr
+
+    # Renaming the module breaks pickle and dill; gitpack never imports the checkout's module.
+    (seed_repo / "package.py").rename(seed_repo / "renamed.py")
+    proc = run_python(seed_repo, APPLY, "model.gitpack")
+    assert _result(proc) == expected
+
+    # Another checkout: a real clone, with the archive copied over.
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(seed_repo), str(clone))
+    git(clone, "fetch", "-q", "origin", "gitpack:gitpack")
+    shutil.copy(seed_repo / "model.gitpack", clone / "model.gitpack")
+    assert not (clone / "save.py").exists()  # the clone lacks the untracked file the model was built from
+    assert _result(run_python(clone, APPLY, "model.gitpack")) == expected
+
+
+def test_cli_load_summary_and_apply(seed_repo):
+    expected = _save_seed(seed_repo)
+    edit_forward_to_break(seed_repo / "package.py")
+    proc = gitpack_cli(seed_repo, "load", "model.gitpack", "--apply", "lorem ipsum")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == expected
+    assert "testing testing 123" not in proc.stdout
+
+    proc = gitpack_cli(seed_repo, "load", "model.gitpack")
+    assert proc.returncode == 0, proc.stderr
+    commit = git(seed_repo, "rev-parse", "gitpack")
+    assert "package:MyCompoundClass" in proc.stdout
+    assert commit in proc.stdout
+    assert '"vocab_size": 100' in proc.stdout
+    # The class comes from the materialised snapshot, not from the checkout.
+    assert str(seed_repo / "package.py") not in proc.stdout and "package.py" in proc.stdout
+
+
+def test_model_built_under_main_loads_from_another_program(seed_repo, tmp_path):
+    proc = run(seed_repo, "python", "package.py", "main.gitpack")
+    assert proc.returncode == 0, proc.stderr
+    expected = eval([l for l in proc.stdout.splitlines() if l.startswith("{")][-1])
+    manifest = json.loads(gitpack_cli(seed_repo, "inspect", "main.gitpack", "--json").stdout)
+    assert manifest["object"]["type"] == "package:MyCompoundClass"  # __main__ mapped to the file's module
+    # Another program, in another directory inside the repo, with no `package` importable from it.
+    other = seed_repo / "elsewhere"
+    other.mkdir()
+    shutil.copy(seed_repo / "main.gitpack", other / "m.gitpack")
+    assert _result(run_python(other, APPLY, "m.gitpack")) == expected
+
+
+MODEL_V = textwrap.dedent(
+    """
+    VERSION = {version!r}
+
+    class Model:
+        def __init__(self, scale):
+            self.scale = scale
+
+        def run(self, x):
+            return {{"version": VERSION, "value": x * self.scale + {offset}}}
+
+    def build(scale=2):
+        return Model(scale)
+    """
+)
+
+
+def _commit_version(repo: Path, version: str, offset: int) -> None:
+    (repo / "package.py").write_text(MODEL_V.format(version=version, offset=offset))
+    git(repo, "add", "package.py")
+    git(repo, "commit", "-q", "-m", f"version {version}")
+
+
+def test_two_archives_from_different_commits_run_side_by_side(repo):
+    _commit_version(repo, "one", 1)
+    assert gitpack_cli(repo, "save", "package:build", "-o", "one.gitpack", "-p", "scale=3").returncode == 0
+    _commit_version(repo, "two", 100)
+    assert gitpack_cli(repo, "save", "package:build", "-o", "two.gitpack", "-p", "scale=5").returncode == 0
+    (repo / "package.py").write_text(MODEL_V.format(version="checkout", offset=-1))
+
+    code = textwrap.dedent(
+        """
+        import json, sys
+        import package                      # the current checkout's module
+        before = sys.modules["package"]
+        import gitpack
+        one = gitpack.load("one.gitpack")
+        two = gitpack.load("two.gitpack")
+        out = {
+            "one": one.run(10), "two": two.run(10), "checkout": package.Model(1).run(10),
+            "untouched": sys.modules["package"] is before and package.VERSION == "checkout",
+            "distinct": type(one) is not type(two),
+            "one_again": gitpack.load("one.gitpack").run(1),
+        }
+        print("RESULT " + json.dumps(out))
+        """
+    )
+    out = _result(run_python(repo, code))
+    assert out["one"] == {"version": "one", "value": 31}
+    assert out["two"] == {"version": "two", "value": 150}
+    assert out["checkout"] == {"version": "checkout", "value": 9}
+    assert out["untouched"] is True
+    assert out["distinct"] is True
+    assert out["one_again"] == {"version": "one", "value": 4}
+
+
+def test_save_leaves_user_git_state_exactly_as_it_was(repo):
+    (repo / "a.py").write_text("A = 1\n")
+    (repo / "b.py").write_text("B = 1\n")
+    (repo / ".gitignore").write_text("ignored.txt\n*.gitpack\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "one")
+    (repo / "a.py").write_text("A = 2\n")
+    git(repo, "stash")  # a stash entry that must survive
+    (repo / "a.py").write_text("A = 3  # staged\n")
+    git(repo, "add", "a.py")
+    (repo / "a.py").write_text("A = 4  # staged then edited\n")
+    (repo / "b.py").unlink()  # an unstaged deletion
+    (repo / "new.py").write_text("NEW = 1\n")  # untracked
+    (repo / "ignored.txt").write_text("secret\n")
+    git(repo, "worktree", "add", "-q", "-b", "side", str(repo.parent / "side-wt"))
+    (repo / "model.py").write_text("class Thing:\n    def __init__(self):\n        self.x = 1\n\ndef build():\n    return Thing()\n")
+
+    before = user_git_state(repo)
+    proc = gitpack_cli(repo, "save", "model:build", "-o", "thing.gitpack")
+    assert proc.returncode == 0, proc.stderr
+    after = user_git_state(repo)
+    before["files"]["thing.gitpack"] = after["files"].get("thing.gitpack")  # the one new file is the archive
+    assert after == before
+
+    snapshot = git(repo, "ls-tree", "-r", "--name-only", "gitpack").split()
+    assert git(repo, "show", "gitpack:a.py") == "A = 4  # staged then edited"
+    assert "b.py" not in snapshot and "new.py" in snapshot and "model.py" in snapshot
+    assert "ignored.txt" not in snapshot and "thing.gitpack" not in snapshot
+    # The snapshot commit links to the user's HEAD and is readable in plain git log.
+    head = git(repo, "rev-parse", "HEAD")
+    assert git(repo, "rev-parse", "gitpack^2") == head
+    assert "gitpack save: thing.gitpack (model:Thing)" in git(repo, "log", "-1", "gitpack")
+
+
+def test_each_save_is_its_own_commit_and_archives_and_big_files_stay_out(repo):
+    (repo / "model.py").write_text("def build(n=1):\n    return {'n': n}\n")
+    (repo / "big.bin").write_bytes(b"x" * 5000)
+    proc = gitpack_cli(repo, "save", "model:build", "-o", "first.gitpack", "--size-cap", "4000")
+    assert proc.returncode == 0, proc.stderr
+    assert "big.bin" in proc.stderr and "size cap" in proc.stderr
+    proc = gitpack_cli(repo, "save", "model:build", "-o", "second.gitpack", "-p", "n=2", "--size-cap", "4000")
+    assert proc.returncode == 0, proc.stderr
+    # The first archive sits untracked in the tree: it is left out, and the user is told.
+    assert "first.gitpack" in proc.stderr and "gitpack archive" in proc.stderr
+    subjects = git(repo, "log", "--first-parent", "--format=%s", "gitpack").splitlines()
+    assert subjects == [
+        "gitpack save: second.gitpack (builtins:dict)",
+        "gitpack save: first.gitpack (builtins:dict)",
+        "gitpack: start of the snapshot branch",
+    ]
+    files = git(repo, "ls-tree", "-r", "--name-only", "gitpack").split()
+    assert files == ["model.py"]
+    log = json.loads(gitpack_cli(repo, "log", "--json").stdout)
+    assert [e["archive"] for e in log] == ["second.gitpack", "first.gitpack"]
+    assert log[0]["params"] == {"n": 2}
+
+
+PKG_FILES = {
+    "mypkg/__init__.py": "from mypkg.core import Model\n",
+    "mypkg/core.py": textwrap.dedent(
+        """
+        import json, os
+        from mypkg.sub.helpers import scale          # absolute intra-package import
+        from .sub import helpers as rel_helpers      # relative import
+
+        class Model:
+            def __init__(self):
+                self.factor = 2
+
+            def run(self, x):
+                from mypkg.lazy import BONUS             # lazy import, resolved at call time
+                with open(os.path.join(os.path.dirname(__file__), "assets", "table.json")) as f:
+                    table = json.load(f)                 # a __file__-relative data file
+                return scale(x, self.factor) + BONUS + table["offset"] + rel_helpers.EXTRA
+        """
+    ),
+    "mypkg/sub/__init__.py": "",
+    "mypkg/sub/helpers.py": "EXTRA = 1000\n\ndef scale(x, f):\n    return x * f\n",
+    "mypkg/lazy.py": "BONUS = 10\n",
+    "mypkg/assets/table.json": '{"offset": 100}\n',
+}
+
+
+def test_package_imports_lazy_imports_and_data_files_come_from_the_snapshot(repo):
+    for rel, text in PKG_FILES.items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text(text)
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "pkg")
+    proc = gitpack_cli(repo, "save", "mypkg:Model", "-o", "m.gitpack")
+    assert proc.returncode == 0, proc.stderr
+
+    # Change all of them in the working tree.
+    (repo / "mypkg/sub/helpers.py").write_text("EXTRA = -1\n\ndef scale(x, f):\n    raise RuntimeError('new code ran')\n")
+    (repo / "mypkg/lazy.py").write_text("BONUS = -10\n")
+    (repo / "mypkg/assets/table.json").write_text('{"offset": -100}\n')
+
+    code = textwrap.dedent(
+        """
+        import inspect, json, gitpack
+        m = gitpack.load("m.gitpack")
+        import mypkg.lazy                                 # the checkout's own copy, side by side
+        src = inspect.getsource(type(m).run)
+        print("RESULT " + json.dumps({"value": m.run(1), "checkout_bonus": mypkg.lazy.BONUS,
+                                      "source_ok": "from mypkg.lazy import BONUS" in src}))
+        """
+    )
+    out = _result(run_python(repo, code))
+    assert out == {"value": 2 + 10 + 100 + 1000, "checkout_bonus": -10, "source_ok": True}
+
+
+def _one_line_error(proc, *needles):
+    assert proc.returncode != 0, proc.stdout
+    err = proc.stderr.strip()
+    assert "Traceback" not in err, err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("gitpack: error:"), err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_bad_input_gives_one_line_errors_and_loses_nothing(repo, tmp_path):
+    outside = tmp_path / "not-a-repo"
+    outside.mkdir()
+    (outside / "m.py").write_text("X = 1\n")
+    env = {"GIT_CEILING_DIRECTORIES": str(tmp_path)}
+    _one_line_error(gitpack_cli(outside, "save", "m:X", "-o", "x.gitpack", env=env), "not inside a git")
+    assert not (outside / "x.gitpack").exists()
+
+    (repo / "model.py").write_text(
+        "class Holder:\n    def __init__(self):\n        self.numbers = (i for i in range(3))  # generators cannot be pickled\n\n"
+        "def good():\n    return {'a': 1}\n"
+    )
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "m")
+    assert gitpack_cli(repo, "save", "model:good", "-o", "good.gitpack").returncode == 0
+    tip = git(repo, "rev-parse", "gitpack")
+    good_bytes = (repo / "good.gitpack").read_bytes()
+
+    # An unpicklable object: no archive, the old one untouched, no moved ref, no temp file.
+    _one_line_error(gitpack_cli(repo, "save", "model:Holder", "-o", "good.gitpack"), "cannot pickle")
+    assert (repo / "good.gitpack").read_bytes() == good_bytes
+    assert git(repo, "rev-parse", "gitpack") == tip
+    assert sorted(p.name for p in repo.iterdir() if "gitpack" in p.name) == ["good.gitpack"]
+
+    # Bad TARGETs.
+    _one_line_error(gitpack_cli(repo, "save", "model", "-o", "x.gitpack"), "module:attr")
+    _one_line_error(gitpack_cli(repo, "save", "nosuchmodule:x", "-o", "x.gitpack"), "nosuchmodule")
+    _one_line_error(gitpack_cli(repo, "save", "model:nothing", "-o", "x.gitpack"), "nothing")
+    _one_line_error(gitpack_cli(repo, "save", "model:good", "-o", "x.gitpack", "-p", "novalue"), "key=value")
+    assert not (repo / "x.gitpack").exists()
+    assert git(repo, "rev-parse", "gitpack") == tip
+
+    # Missing and truncated archives.
+    _one_line_error(gitpack_cli(repo, "load", "missing.gitpack"), "no such archive")
+    (repo / "trunc.gitpack").write_bytes(good_bytes[: len(good_bytes) // 2])
+    _one_line_error(gitpack_cli(repo, "load", "trunc.gitpack"), "corrupt or truncated")
+    (repo / "notes.txt").write_text("hello")
+    _one_line_error(gitpack_cli(repo, "inspect", "notes.txt"), "not a gitpack archive")
+
+    # An archive whose commit is not in this repository: the error names it and how to fetch it.
+    other = init_repo(tmp_path / "other")
+    shutil.copy(repo / "good.gitpack", other / "good.gitpack")
+    err = _one_line_error(gitpack_cli(other, "load", "good.gitpack"), tip, "fetch")
+    assert "gitpack pull" in err
+
+    # A bad flag: one line, exit status 2.
+    proc = gitpack_cli(repo, "load", "good.gitpack", "--no-such-flag")
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "no-such-flag" in proc.stderr
