@@ -12,7 +12,6 @@ import os
 import sys
 from typing import List, Optional
 
-import click
 import typer
 
 from . import api
@@ -114,30 +113,58 @@ def log(
         _out(f"{e.commit[:12]}  {e.date}  {e.object_type}  {e.archive}  {params}".rstrip())
 
 
+def _click_classes(name: str) -> tuple[type, ...]:
+    """Click's exception classes, from typer's vendored copy and from click itself (typer versions differ)."""
+    import importlib
+
+    found = []
+    for module_name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(module_name), name, None)
+        except ImportError:
+            continue
+        if isinstance(cls, type) and cls not in found:
+            found.append(cls)
+    return tuple(found)
+
+
+_NO_ARGS = _click_classes("NoArgsIsHelpError")
+_USAGE = _click_classes("UsageError")
+_CLICK_ERROR = _click_classes("ClickException")
+_ABORT = _click_classes("Abort") + (typer.Abort,)
+_EXIT = _click_classes("Exit") + (typer.Exit,)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and turn errors into one-line messages."""
     debug = bool(os.environ.get("GITPACK_DEBUG"))
     try:
-        app(args=argv, prog_name="gitpack", standalone_mode=False)
+        result = app(args=argv, prog_name="gitpack", standalone_mode=False)
     except GitpackError as exc:
         if debug:
             raise
         _note(f"error: {exc}")
         sys.exit(1)
-    except click.exceptions.NoArgsIsHelpError as exc:  # `gitpack` alone prints help
-        exc.ctx and _out(exc.ctx.get_help())
+    except _NO_ARGS as exc:  # `gitpack` alone prints help
+        if exc.ctx is not None:
+            _out(exc.ctx.get_help())
         sys.exit(0)
-    except click.UsageError as exc:
-        hint = f" (see gitpack {exc.ctx.info_name if exc.ctx and exc.ctx.parent else ''} --help)".replace("  ", " ")
-        _note(f"error: {exc.format_message()}{hint}")
+    except _USAGE as exc:
+        command = exc.ctx.command_path if exc.ctx is not None else "gitpack"
+        _note(f"error: {exc.format_message()} (see `{command} --help`)")
         sys.exit(2)
-    except click.exceptions.Abort:
+    except _CLICK_ERROR as exc:
+        _note(f"error: {exc.format_message()}")
+        sys.exit(exc.exit_code or 1)
+    except _ABORT:
         _note("aborted")
         sys.exit(130)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+    except _EXIT as exc:
+        sys.exit(getattr(exc, "exit_code", 0))
     except KeyboardInterrupt:
         _note("interrupted")
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    if isinstance(result, int):
+        sys.exit(result)
