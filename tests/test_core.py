@@ -328,3 +328,26 @@ def test_bad_input_gives_one_line_errors_and_loses_nothing(repo, tmp_path):
     proc = gitpack_cli(repo, "load", "good.gitpack", "--no-such-flag")
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "no-such-flag" in proc.stderr
+
+
+def test_interactive_session_code_is_pickled_by_value_and_needs_trust(repo):
+    (repo / "README").write_text("x\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "x")
+    saved = run_python(repo, textwrap.dedent(
+        """
+        import gitpack
+        class Counter:                      # defined in `python -c`: no file to pin it to
+            def __init__(self):
+                self.n = 41
+            def bump(self):
+                return self.n + 1
+        gitpack.save(Counter(), "c.gitpack")
+        """
+    ))
+    assert saved.returncode == 0, saved.stderr
+    manifest = json.loads(gitpack_cli(repo, "inspect", "c.gitpack", "--json").stdout)
+    assert "Counter.bump" in manifest["by_value_code"]
+    _one_line_error(gitpack_cli(repo, "load", "c.gitpack"), "by-value code", "--trust")
+    out = _result(run_python(repo, "import gitpack, json\nprint('RESULT ' + json.dumps(gitpack.load('c.gitpack', trust=True).bump()))"))
+    assert out == 42
