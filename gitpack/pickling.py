@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import sys
 import types
 from pathlib import Path
@@ -24,12 +25,13 @@ from typing import Any, Callable
 
 import dill
 
-from .errors import GitpackError, PicklingError, UnpicklingError
+from .errors import GitpackError, PicklingError, PolicyError, UnpicklingError
 from .isolation import canonical_module_name, cache_root
 from .tensors import StorageCollector, is_storage
 
 PROTOCOL = 5
 _FUNCTION_TYPES = (types.FunctionType,)
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None), tuple, list, dict, set, frozenset, bytearray, complex})
 
 
@@ -210,6 +212,8 @@ def rebuild_function(module, qualname, lineno, defaults, kwdefaults, closure, fn
     """Rebuild a lambda or nested function from the snapshot's own compiled source."""
     if not isinstance(module, types.ModuleType) or not isinstance(qualname, str) or type(lineno) is not int:
         raise UnpicklingError("malformed function reference in archive; the archive is corrupt")
+    if not module.__name__.startswith("__gitpack_"):
+        raise PolicyError(f"function {qualname} refers to module {module.__name__}, which is not snapshot code; refusing it")
     path = getattr(module, "__file__", None)
     if not path:
         raise UnpicklingError(f"cannot rebuild {qualname}: module {module.__name__} has no source file")
@@ -273,18 +277,34 @@ class GitpackUnpickler(dill.Unpickler):
             raise UnpicklingError("malformed persistent id in archive; the archive is corrupt")
         kind = pid[0]
         if kind == "global" and len(pid) == 3 and all(isinstance(p, str) for p in pid):
-            module = self.namespace.import_module(pid[1])
-            obj: Any = module
-            for part in pid[2].split("."):
-                obj = getattr(obj, part, None)
-                if obj is None:
-                    raise UnpicklingError(f"{pid[1]}.{pid[2]} does not exist in the snapshot; the archive and commit disagree")
-            return obj
-        if kind == "module" and len(pid) == 2 and isinstance(pid[1], str):
+            return self._snapshot_global(pid[1], pid[2])
+        if kind == "module" and len(pid) == 2 and isinstance(pid[1], str) and _DOTTED.match(pid[1]):
             return self.namespace.import_module(pid[1])
         if kind == "storage" and len(pid) == 5 and self.storage_loader is not None:
             return self.storage_loader.load(pid)
         raise UnpicklingError(f"unknown reference {str(pid)[:80]} in archive; the archive is corrupt or from a newer gitpack")
+
+    def _snapshot_global(self, module_name: str, qualname: str) -> Any:
+        """A class or function *defined* in snapshot module *module_name*, never anything it merely imports.
+
+        The qualname is walked inside the module, so without this check
+        ``('pkg.model', 'os.system')`` would reach whatever ``pkg.model`` imported.
+        """
+        if not (_DOTTED.match(module_name) and _DOTTED.match(qualname)):
+            raise UnpicklingError(f"malformed snapshot reference {module_name[:60]!r}:{qualname[:60]!r} in archive; the archive is corrupt")
+        module = self.namespace.import_module(module_name)
+        obj: Any = module
+        for part in qualname.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                raise UnpicklingError(f"{module_name}.{qualname} does not exist in the snapshot; the archive and commit disagree")
+        if not (isinstance(obj, type) or type(obj) in _FUNCTION_TYPES) or obj.__module__ != module.__name__ \
+                or obj.__qualname__ != qualname:
+            raise PolicyError(
+                f"the archive asks for {module_name}.{qualname}, which is not a class or function defined in the snapshot's "
+                f"{module_name}; refusing it"
+            )
+        return obj
 
     def find_class(self, module: str, name: str):
         return self._find_global(module, name)
@@ -302,6 +322,8 @@ def load(data: bytes, *, namespace, storage_loader, find_global, buffers=None) -
         raise UnpicklingError("the pickle is nested too deeply to load") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, ImportError) as exc:
         raise UnpicklingError(f"cannot unpickle the archive's payload: {exc}") from None
+    except Exception as exc:  # torch, numpy and the snapshot's own __setstate__ raise their own types
+        raise UnpicklingError(f"cannot unpickle the archive's payload: {type(exc).__name__}: {exc}") from exc
 
 
 _TRUSTED = dill.Unpickler(io.BytesIO(b""))

@@ -68,15 +68,17 @@ _ALLOW: set[tuple[str, str]] = {
     ("sentencepiece", "SentencePieceProcessor"),
     # dill helpers that rebuild data, never code
     ("dill._dill", "_load_type"),
-    ("dill._dill", "_create_namedtuple"),
+    ("dill._dill", "_create_namedtuple"),  # replaced by _safe_namedtuple: dill's imports by name
     ("dill._dill", "_create_dtypemeta"),
     ("dill._dill", "_create_array"),
     # gitpack's own: rebuilds repo functions from the snapshot's compiled source
     ("gitpack.pickling", "rebuild_function"),
 }
 
-# Module families whose classes are all plain building blocks of models.
-_CLASS_FAMILIES = ("torch.nn.modules.", "numpy.dtypes")
+# Module families whose classes are all plain building blocks of models: any class
+# defined in ``torch.nn.modules.*`` or ``numpy.dtypes`` (and only classes).
+_CLASS_FAMILIES = ("torch.nn.modules.", "numpy.dtypes.")
+_CLASS_MODULES = ("numpy.dtypes",)
 
 # Type objects dill may name by value: plain data types only, never code or I/O types.
 _DILL_SAFE_TYPES = set(
@@ -85,48 +87,74 @@ _DILL_SAFE_TYPES = set(
 )
 
 
-def parse_allow(entries: Iterable[str]) -> set[tuple[str, str]]:
-    """``module:qualname`` strings (as typed on the CLI) to pairs."""
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def parse_allow(entries: Iterable[str | tuple[str, str]]) -> set[tuple[str, str]]:
+    """``module:qualname`` strings (as typed on the CLI), or ``(module, qualname)`` pairs, to pairs."""
     pairs = set()
     for entry in entries:
-        module, sep, name = entry.partition(":")
-        if not sep or not module or not name:
-            raise PolicyError(f"--allow {entry!r} must look like module:qualname, e.g. mylib.layers:Norm")
+        if isinstance(entry, tuple) and len(entry) == 2:
+            module, name = entry
+        elif isinstance(entry, str):
+            module, sep, name = entry.partition(":")
+            if not sep:
+                module = ""
+        else:
+            module = name = ""
+        if not (isinstance(module, str) and isinstance(name, str) and _DOTTED.match(module) and _DOTTED.match(name)):
+            raise PolicyError(f"allow entry {entry!r} must look like module:qualname, e.g. mylib.layers:Norm")
         pairs.add((module, name))
     return pairs
+
+
+def _in_class_family(module: str) -> bool:
+    return module in _CLASS_MODULES or module.startswith(_CLASS_FAMILIES)
 
 
 class Policy:
     """Resolves globals for the unpickler, refusing anything not explicitly allowed."""
 
-    def __init__(self, extra: Iterable[tuple[str, str]] = ()):
-        self.extra = set(extra)
+    def __init__(self, extra: Iterable[tuple[str, str] | str] = ()):
+        self.extra = parse_allow(extra)
 
     def allows(self, module: str, name: str) -> bool:
         """Static check (no import): is this pair allowed?  Used by ``scan`` too."""
+        return self.refusal(module, name) is None
+
+    def refusal(self, module: Any, name: Any) -> str | None:
+        """Why the pair is refused (one short phrase), or None when it is allowed; never imports."""
+        if not (isinstance(module, str) and isinstance(name, str)):
+            return "not a constant (module, name) pair"
         if (module, name) in _ALLOW or (module, name) in self.extra:
-            return True
-        if any(module.startswith(f) for f in _CLASS_FAMILIES) and _IDENT.match(name):
-            return True
-        return False
+            return None
+        if _in_class_family(module) and _IDENT.match(name):
+            return None
+        if "." in name:
+            return "dotted name: attribute walking is not allowed"
+        return "not on the allowlist"
 
     def find_class(self, module: str, name: str) -> Any:
         if not (isinstance(module, str) and isinstance(name, str)):
             raise PolicyError("the pickle names a global with a non-string name; the archive is malicious or corrupt")
-        if not self.allows(module, name):
+        why = self.refusal(module, name)
+        if why is not None:
+            shown = f"{module}.{name}" if len(module) + len(name) < 200 else f"{module[:80]}...{name[:80]}"
             raise PolicyError(
-                f"the archive's pickle asks for {module}.{name}, which the load policy does not allow; "
-                f"if you trust it, allow it explicitly (--allow {module}:{name})"
+                f"the archive's pickle asks for global {shown} ({why}), which the load policy refuses; "
+                f"if you trust the archive, allow it explicitly (--allow {module}:{name})"
             )
         if module == "dill._dill" and name == "_load_type":
             return _dill_load_type
+        if module == "dill._dill" and name == "_create_namedtuple":
+            return _safe_namedtuple
         try:
             obj: Any = importlib.import_module(module)
             for part in name.split("."):
                 obj = getattr(obj, part)
         except (ImportError, AttributeError):
             raise PolicyError(f"{module}.{name} named by the archive does not exist here; is a package version different?") from None
-        if any(module.startswith(f) for f in _CLASS_FAMILIES) and (module, name) not in self.extra:
+        if _in_class_family(module) and (module, name) not in _ALLOW and (module, name) not in self.extra:
             if not isinstance(obj, type):
                 raise PolicyError(f"{module}.{name} is not a class; refusing it")
         declared = getattr(obj, "__module__", None) if isinstance(obj, type) or callable(obj) else None
@@ -139,7 +167,7 @@ def _same_module(declared: str, claimed: str) -> bool:
     # numpy.core is an alias of numpy._core; io re-exports _io.
     aliases = {"numpy.core": "numpy._core", "io": "_io"}
     norm = lambda m: next((m.replace(a, b, 1) for a, b in aliases.items() if m == a or m.startswith(a + ".")), m)
-    return norm(declared) == norm(claimed) or claimed in ("numpy", "torch") and declared.startswith(claimed)
+    return norm(declared) == norm(claimed) or claimed in ("numpy", "torch") and declared.startswith(claimed + ".")
 
 
 def _dill_load_type(name: str) -> type:
@@ -148,3 +176,21 @@ def _dill_load_type(name: str) -> type:
     if name not in _DILL_SAFE_TYPES:
         raise PolicyError(f"the archive asks dill for type {name!r}, which the load policy does not allow")
     return dd._load_type(name)
+
+
+def _safe_namedtuple(name: Any, fieldnames: Any, modulename: Any, defaults: Any = None) -> type:
+    """dill's ``_create_namedtuple`` without its import-by-name.
+
+    dill first tries ``import modulename.name`` and returns whatever type or
+    module it finds there, so ``('Popen', [], 'subprocess')`` would hand the
+    pickle ``subprocess.Popen``.  Here a namedtuple is only ever *created*.
+    """
+    import collections
+
+    if not (isinstance(name, str) and _IDENT.match(name) and isinstance(modulename, str) and _DOTTED.match(modulename)):
+        raise PolicyError("the archive asks dill for a namedtuple with an invalid name; the archive is malicious or corrupt")
+    if not (isinstance(fieldnames, (list, tuple)) and all(isinstance(f, str) and _IDENT.match(f) for f in fieldnames)):
+        raise PolicyError(f"namedtuple {name} in the archive has invalid field names; the archive is malicious or corrupt")
+    if defaults is not None and not isinstance(defaults, (list, tuple)):
+        raise PolicyError(f"namedtuple {name} in the archive has invalid defaults; the archive is malicious or corrupt")
+    return collections.namedtuple(name, fieldnames, defaults=defaults, module=modulename)
