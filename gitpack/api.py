@@ -182,7 +182,7 @@ def load(
             )
         data = reader.read(PICKLE_MEMBER)
         count = manifest.get("tensors", {}).get("buffers", 0)
-        buffers = [bytearray(reader.read(f"{BUFFER_PREFIX}{i}")) for i in range(int(count))]
+        buffers = [reader.read_buffer(f"{BUFFER_PREFIX}{i}") for i in range(int(count))]
         namespace = namespace_for(
             GitSourceTree(git_repo, manifest["tree"]),
             list(manifest.get("roots") or [""]),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import Callable
 import git as gitpython
 from git.exc import GitCommandError
 
-from .archive import MAGIC as ARCHIVE_MAGIC, TEMP_MARK
+from .archive import MAGIC as ARCHIVE_MAGIC, TEMP_MARK, is_stale_temp, temp_owner_tag
 from .errors import GitError, NotARepoError
 
 DEFAULT_BRANCH = "gitpack"
@@ -60,6 +61,7 @@ class Repo:
         self.common_dir = common_dir
         self._git = gitpython.Git(str(root))
         self._tree_cache: dict[str, list[TreeEntry]] = {}
+        self._config: dict[str, str] | None = None
 
     # ---------------------------------------------------------------- discovery
     @classmethod
@@ -89,6 +91,8 @@ class Repo:
     # ------------------------------------------------------------------ plumbing
     def git(self, *args: str, env: dict[str, str] | None = None, strip: bool = True, binary: bool = False):
         """Run one git command in this repository; raise :class:`GitError` on failure."""
+        if args and args[0] == "config":
+            self._config = None  # it may be about to change
         full_env = None
         if env:
             full_env = dict(os.environ)
@@ -106,12 +110,38 @@ class Repo:
             detail = detail.removeprefix("stderr: ").strip("' ")
             raise GitError(f"git {args[0]} failed: {detail}") from None
 
+    def _start(self, *args: str, env: dict[str, str] | None = None):
+        """Start one git command without waiting for it; :meth:`_finish` collects its output."""
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        return self._git.execute(["git", *args], env=full_env, as_process=True)
+
+    def _finish(self, proc, what: str) -> str:
+        out = proc.stdout.read()
+        try:
+            proc.wait()
+        except GitCommandError as exc:
+            stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+            lines = stderr.strip().splitlines()
+            raise GitError(f"git {what} failed: {lines[-1].strip() if lines else f'exit status {exc.status}'}") from None
+        return out.decode("utf-8", "surrogateescape")
+
     def rev_parse(self, rev: str) -> str | None:
         """The full sha of *rev*, or None when it does not exist."""
         try:
             return self.git("rev-parse", "--verify", "-q", rev + "^{object}") or None
         except GitError:
             return None
+
+    def _resolve_commit(self, rev: str) -> str | None:
+        """The commit *rev* names, via the persistent batch-check; None when it names none."""
+        try:
+            sha, kind, _ = self._git.get_object_header(rev)
+        except (ValueError, GitCommandError):
+            return None
+        sha = sha.decode() if isinstance(sha, bytes) else sha
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        return sha if kind == "commit" else self.rev_parse(rev)
 
     def object_type(self, sha: str) -> str | None:
         """'commit', 'tree', 'blob' or None for a missing object, through the persistent cat-file."""
@@ -142,10 +172,23 @@ class Repo:
         return entries
 
     def config(self, key: str) -> str | None:
-        try:
-            return self.git("config", "--get", key) or None
-        except GitError:
-            return None
+        """What ``git config --get KEY`` says (the last value wins), or None.
+
+        All of the configuration is read by one ``git config --list`` the first
+        time, so a save asks git once however many settings it consults.
+        """
+        if self._config is None:
+            try:
+                listing = self.git("config", "-z", "--list", strip=False)
+            except GitError:
+                listing = ""
+            values: dict[str, str] = {}
+            for record in listing.split("\0"):
+                name, _, value = record.partition("\n")
+                if name:
+                    values[_config_key(name)] = value
+            self._config = values
+        return self._config.get(_config_key(key)) or None
 
     def close(self) -> None:
         self._git.clear_cache()
@@ -158,28 +201,24 @@ class Repo:
         status reports are re-hashed and the user's index is never written.
         """
         self.cleanup_stale_temp_files()
-        head = self.rev_parse("HEAD")
-        head_branch = None
-        try:
-            head_branch = self.git("symbolic-ref", "-q", "HEAD") or None
-        except GitError:
-            head_branch = None
         user_index = self.git_dir / "index"
-        fd, temp_index = tempfile.mkstemp(prefix=_TEMP_PREFIX + "index-", dir=str(self.git_dir))
+        fd, temp_index = tempfile.mkstemp(prefix=_temp_prefix("index"), dir=str(self.git_dir))
         os.close(fd)
         try:
-            if user_index.exists():
-                with open(user_index, "rb") as src, open(temp_index, "wb") as dst:
-                    while chunk := src.read(1 << 20):
-                        dst.write(chunk)
-            else:
+            try:
+                shutil.copyfile(user_index, temp_index)
+            except FileNotFoundError:
                 os.unlink(temp_index)  # git creates it; an empty file is not a valid index
             env = {"GIT_INDEX_FILE": temp_index, "GIT_LITERAL_PATHSPECS": "1"}
+            # A constant handful of git processes, whatever the repo's size: ls-files runs
+            # beside status, and status (porcelain v2) also reports HEAD and its branch.
+            archives_listing = self._start("ls-files", "-z", "--", "*.gitpack", env=env)
             status = self.git(
-                "status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames", "--ignore-submodules=none",
+                "status", "--porcelain=v2", "--branch", "-z", "--untracked-files=all", "--no-renames",
+                "--ignore-submodules=none",
                 env=env, strip=False,
             )
-            changed, submodule_warnings = _parse_status(status)
+            changed, submodule_warnings, head, head_branch = _parse_status(status)
             dirty = bool(changed)
             to_add: list[str] = []
             excluded: list[tuple[str, str]] = []
@@ -192,10 +231,7 @@ class Repo:
                 else:
                     to_add.append(path)
             # Committed archives stay out too, however they are named.
-            tracked_archives = [
-                p for p in self.git("ls-files", "-z", "--", "*.gitpack", env={"GIT_INDEX_FILE": temp_index}, strip=False).split("\0")
-                if p and p not in changed
-            ]
+            tracked_archives = [p for p in self._finish(archives_listing, "ls-files").split("\0") if p and p not in changed]
             if to_add:
                 self._run_with_pathspec_file(["add", "-A", "--force"], to_add, env)
             removals = [p for p, _ in excluded] + tracked_archives
@@ -229,7 +265,7 @@ class Repo:
         return None
 
     def _run_with_pathspec_file(self, args: list[str], paths: list[str], env: dict[str, str]) -> None:
-        fd, spec = tempfile.mkstemp(prefix=_TEMP_PREFIX + "spec-", dir=str(self.git_dir))
+        fd, spec = tempfile.mkstemp(prefix=_temp_prefix("spec"), dir=str(self.git_dir))
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(b"\0".join(os.fsencode(p) for p in paths) + b"\0")
@@ -257,12 +293,15 @@ class Repo:
         archive records the commit, so it is sealed there).
         """
         ref = branch_ref(branch)
-        fd, msg_file = tempfile.mkstemp(prefix=_TEMP_PREFIX + "msg-", dir=str(self.git_dir))
+        fd, msg_file = tempfile.mkstemp(prefix=_temp_prefix("msg"), dir=str(self.git_dir))
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(message)
         try:
             for attempt in range(max_attempts):
-                tip = self.rev_parse(ref)
+                # First try: the tip through the long-lived cat-file (a save has it running
+                # already); retries ask a fresh rev-parse.  update-ref's compare-and-swap
+                # guards against a stale answer either way.
+                tip = self._resolve_commit(ref) if attempt == 0 else self.rev_parse(ref)
                 args = ["commit-tree", tree]
                 for parent in (tip or self._branch_root(), head):
                     if parent:
@@ -296,7 +335,7 @@ class Repo:
         second parent the user's HEAD, so ``git log --first-parent gitpack``
         walks saves only and ``<save>^2`` is always the HEAD it was taken from.
         """
-        empty_index = os.path.join(str(self.git_dir), f"{_TEMP_PREFIX}empty-{os.getpid()}-{random.random()}")
+        empty_index = os.path.join(str(self.git_dir), f"{_temp_prefix('empty')}{random.random()}")
         empty_tree = self.git("write-tree", env={"GIT_INDEX_FILE": empty_index})
         try:
             os.unlink(empty_index)
@@ -313,11 +352,14 @@ class Repo:
             raise
 
     def cleanup_stale_temp_files(self) -> None:
-        """Remove temp indexes and message files left by saves that crashed."""
-        cutoff = time.time() - _STALE_TEMP_SECONDS
+        """Remove temp indexes (and git's locks on them) and message files left by saves that crashed.
+
+        Each name carries its owner's pid and host, so a dead owner's files go at
+        once; others only after an hour without writes (:func:`is_stale_temp`).
+        """
         for entry in self.git_dir.glob(_TEMP_PREFIX + "*"):
             try:
-                if entry.stat().st_mtime < cutoff:
+                if is_stale_temp(entry, _STALE_TEMP_SECONDS):
                     entry.unlink()
             except OSError:
                 pass
@@ -348,6 +390,17 @@ class Repo:
         return self.object_type(commit) == "commit"
 
 
+def _config_key(key: str) -> str:
+    """Section and variable names are case-insensitive, a subsection is not."""
+    section, _, rest = key.partition(".")
+    subsection, dot, variable = rest.rpartition(".")
+    return f"{section.lower()}.{subsection}{dot}{variable.lower()}"
+
+
+def _temp_prefix(kind: str) -> str:
+    return f"{_TEMP_PREFIX}{kind}-{temp_owner_tag()}"
+
+
 def branch_ref(branch: str) -> str:
     return branch if branch.startswith("refs/") else f"refs/heads/{branch}"
 
@@ -369,19 +422,40 @@ def parse_tree(data: bytes) -> list[TreeEntry]:
     return entries
 
 
-def _parse_status(out: str) -> tuple[list[str], list[str]]:
-    """Paths that differ from the index (modified, deleted, untracked), and dirty submodules."""
+def _parse_status(out: str) -> tuple[list[str], list[str], str | None, str | None]:
+    """From ``git status --porcelain=v2 --branch -z``: the paths that differ from HEAD or the index
+    (modified, staged, deleted, unmerged, untracked), warnings about nested repositories, HEAD's
+    commit (None when unborn) and HEAD's branch as a full ref (None when detached)."""
     changed: list[str] = []
     warnings: list[str] = []
+    head = head_branch = None
     for record in out.split("\0"):
-        if len(record) < 4:
-            continue
-        code, path = record[:2], record[3:]
-        if code == "!!":
-            continue
-        if path.endswith("/") and code == "??":
-            # An untracked nested repository: git cannot snapshot into it.
-            warnings.append(f"{path} is a nested git repository and is not captured")
-            continue
-        changed.append(path)
-    return changed, warnings
+        kind = record[:2]
+        if kind == "# ":
+            key, _, value = record[2:].partition(" ")
+            if key == "branch.oid" and value != "(initial)":
+                head = value
+            elif key == "branch.head" and value != "(detached)":
+                head_branch = "refs/heads/" + value
+        elif kind == "1 ":
+            fields = record.split(" ", 8)
+            changed.append(fields[8])
+            sub = fields[2]  # "N..." for a file, "S<c><m><u>" for a submodule
+            if sub.startswith("S") and (sub[2] == "M" or sub[3] == "U"):
+                what = " and ".join(w for w, on in (("modified", sub[2] == "M"), ("untracked", sub[3] == "U")) if on)
+                warnings.append(
+                    f"submodule {fields[8]} has {what} files that cannot be captured (the snapshot records only its "
+                    "commit); commit them in the submodule and save again"
+                )
+        elif kind == "u ":
+            changed.append(record.split(" ", 10)[10])
+        elif kind == "2 ":  # not produced with --no-renames; the path comes first, then the old one
+            changed.append(record.split(" ", 9)[9])
+        elif kind == "? ":
+            path = record[2:]
+            if path.endswith("/"):
+                # An untracked nested repository: git cannot snapshot into it.
+                warnings.append(f"{path} is a nested git repository and is not captured")
+                continue
+            changed.append(path)
+    return changed, warnings, head, head_branch
