@@ -85,7 +85,8 @@ def cache_root() -> Path:
 
 
 def _safe_name(name: str) -> bool:
-    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
+    return (bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
+            and name.lower() != ".git")
 
 
 class Materializer:
@@ -140,8 +141,7 @@ class Materializer:
         dest = target / name
         if kind == "link":
             link = self.source.read(ref).decode("utf-8", "surrogateescape")
-            resolved = os.path.normpath(os.path.join(str(target), link))
-            if os.path.isabs(link) or not (resolved + os.sep).startswith(str(self.root) + os.sep):
+            if not self._link_stays_inside(rel, link):
                 return  # a link leading outside the snapshot is never materialised
             if not os.path.lexists(dest):
                 try:
@@ -152,6 +152,41 @@ class Materializer:
         if dest.exists():
             return
         _atomic_write(dest, self.source.read(ref))
+
+    def _link_stays_inside(self, rel: str, link: str, max_hops: int = 40) -> bool:
+        """Resolve *link* (found in directory *rel*) through the snapshot's own tree, as the OS will.
+
+        A lexical check is not enough: with ``d -> .`` in the tree, the link
+        ``d/d/../../x`` normalises to ``x`` but the OS resolves it two levels
+        *above* the snapshot (each ``d`` stays put, each ``..`` climbs).  So
+        links met on the way are followed, and every ``..`` must stay inside.
+        """
+        if os.path.isabs(link) or "\0" in link:
+            return False
+        parts = [p for p in rel.split("/") if p]
+        todo = link.split("/")
+        hops = 0
+        while todo:
+            part = todo.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not parts:
+                    return False
+                parts.pop()
+                continue
+            entry = (self.source.list_dir("/".join(parts)) or {}).get(part)
+            if entry is not None and entry[0] == "link":
+                hops += 1
+                if hops > max_hops:
+                    return False
+                link = self.source.read(entry[1]).decode("utf-8", "surrogateescape")
+                if os.path.isabs(link) or "\0" in link:
+                    return False
+                todo = link.split("/") + todo
+                continue
+            parts.append(part)
+        return True
 
 
 def _atomic_write(dest: Path, data: bytes) -> None:
