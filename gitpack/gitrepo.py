@@ -91,7 +91,7 @@ class Repo:
     # ------------------------------------------------------------------ plumbing
     def git(self, *args: str, env: dict[str, str] | None = None, strip: bool = True, binary: bool = False):
         """Run one git command in this repository; raise :class:`GitError` on failure."""
-        if args and args[0] == "config":
+        if args and args[0] == "config" and not _CONFIG_READS.intersection(args):
             self._config = None  # it may be about to change
         full_env = None
         if env:
@@ -388,6 +388,9 @@ class Repo:
 
     def is_ancestor_or_on_branch(self, commit: str) -> bool:
         return self.object_type(commit) == "commit"
+
+
+_CONFIG_READS = frozenset({"--get", "--get-all", "--get-regexp", "--get-urlmatch", "--list", "-l"})
 
 
 def _config_key(key: str) -> str:

@@ -102,16 +102,18 @@ class StorageLoader:
         key, location = str(key), str(location)
         storage = self._loaded.get(key)
         if storage is None:
-            storage = self._restore(self._read(key, location, numel * dtype.itemsize), location)
+            nbytes = numel * dtype.itemsize
+            if location == "meta" or self._target(location) == "meta":
+                storage = torch.UntypedStorage(nbytes, device="meta")  # shape only: nothing to read
+            else:
+                storage = self._restore(self._read(key, nbytes), location)
             self._loaded[key] = storage
         return torch.storage.TypedStorage(wrap_storage=storage, dtype=dtype, _internal=True)
 
-    def _read(self, key: str, location: str, nbytes: int):
+    def _read(self, key: str, nbytes: int):
         import torch
 
         member = self.reader.member(STORAGE_PREFIX + key)
-        if location == "meta":
-            return torch.UntypedStorage(nbytes, device="meta")
         if member.size != nbytes:
             raise ArchiveError(f"{self.reader.path}: storage {key} holds {member.size} bytes, its tensors need {nbytes}; the archive is corrupt")
         if self.mmap:
@@ -140,29 +142,41 @@ class StorageLoader:
         if name not in self._scheduled:
             raise ArchiveError(f"{self.reader.path}: storage member {name!r} is used twice; the archive is corrupt")
 
-    def _restore(self, storage, location: str):
-        target: Any = location
+    def _target(self, location: str) -> str | None:
+        """Where *location*'s storages go, as torch reads ``map_location``; None for a callable."""
         ml = self.map_location
         if callable(ml):
-            result = ml(storage, location)
+            return None
+        if isinstance(ml, dict):
+            return str(ml.get(location, location))
+        return location if ml is None else str(ml)
+
+    def _restore(self, storage, location: str):
+        if callable(self.map_location):
+            result = self.map_location(storage, location)
             if result is not None:
                 return result
-        elif isinstance(ml, dict):
-            target = ml.get(location, location)
-        elif ml is not None:
-            target = str(ml)
-        return move_storage(storage, str(target), location)
+            return move_storage(storage, location, location)
+        return move_storage(storage, self._target(location), location)
 
 
 def move_storage(storage, target: str, saved_at: str):
     import torch
 
-    if target in ("cpu", "meta") or storage.device.type == "meta":
+    if storage.device.type == "meta":
         return storage
-    device = torch.device(target)
+    try:
+        device = torch.device(target)
+    except RuntimeError:
+        raise GitpackError(f"map_location names an unknown device {target!r}; use e.g. 'cpu' or 'cuda:0'") from None
+    if device.type == "cpu":
+        return storage
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GitpackError(
             f"a tensor was saved on {saved_at} but CUDA is not available here; load with map_location='cpu'"
         )
-    return storage.to(device=device)
+    try:
+        return storage.to(device=device)
+    except (RuntimeError, AssertionError) as exc:
+        raise GitpackError(f"cannot move a tensor saved on {saved_at} to {target}: {exc}; load with map_location='cpu'") from None
 

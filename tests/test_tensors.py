@@ -1,0 +1,310 @@
+"""Issue 4: tensors out of band, bit-exact and shared; mmap loading that really maps; integrity without a tax.
+
+Real torch tensors, real archives in real git repositories, real subprocesses for
+the start-up checks.  Nothing here measures time (the benchmark does that:
+``scripts/bench.py``).  About 10 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import gitpack
+from gitpack.archive import ArchiveReader
+from gitpack.errors import ArchiveError, GitpackError
+
+from conftest import git, gitpack_cli, run_python
+
+
+@pytest.fixture
+def code_repo(repo: Path) -> Path:
+    """A repository with one committed file, so saves have a HEAD to record."""
+    (repo / "README.md").write_text("tensors\n")
+    git(repo, "add", "README.md")
+    git(repo, "commit", "-q", "-m", "init")
+    return repo
+
+
+def save(obj, repo: Path, name: str = "t.gitpack") -> Path:
+    path = repo.parent / name  # outside the working tree: nothing to exclude
+    gitpack.save(obj, path, repo=repo)
+    return path
+
+
+def load(path: Path, repo: Path, **kwargs):
+    return gitpack.load(path, repo=repo, **kwargs)
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal dtype, shape, strides, offset and bytes (NaN payloads and -0.0 included)."""
+    if (a.dtype, a.shape, a.stride(), a.storage_offset()) != (b.dtype, b.shape, b.stride(), b.storage_offset()):
+        return False
+    sa, sb = a.untyped_storage(), b.untyped_storage()
+    return sa.nbytes() == sb.nbytes() and bytes(sa) == bytes(sb)
+
+
+def random_tensor(dtype: torch.dtype, shape=(7, 5), seed=0) -> torch.Tensor:
+    """Random *bit patterns* of dtype: every NaN payload, denormal and sign a float can carry."""
+    gen = torch.Generator().manual_seed(seed)
+    n = int(np.prod(shape))
+    if dtype == torch.bool:
+        return torch.randint(0, 2, shape, generator=gen).bool()
+    raw = torch.randint(0, 256, (n * dtype.itemsize,), dtype=torch.uint8, generator=gen)
+    return raw.view(dtype).reshape(shape)
+
+
+ALL_DTYPES = [
+    torch.float32, torch.float64, torch.float16, torch.bfloat16,
+    torch.complex64, torch.complex128,
+    torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool,
+] + [getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2", "uint16", "uint32", "uint64") if hasattr(torch, name)]
+
+
+def test_every_dtype_round_trips_bit_exact(code_repo):
+    tensors = {str(dtype): random_tensor(dtype, seed=i) for i, dtype in enumerate(ALL_DTYPES)}
+    tensors["scalar"] = torch.tensor(3.5, dtype=torch.bfloat16)
+    tensors["empty"] = torch.empty(0, 3)
+    tensors["param"] = torch.nn.Parameter(torch.randn(4, 4))
+    path = save(tensors, code_repo)
+
+    loaded = load(path, code_repo)
+    assert set(loaded) == set(tensors)
+    for key, value in tensors.items():
+        assert same_bits(loaded[key], value), key
+    assert isinstance(loaded["param"], torch.nn.Parameter) and loaded["param"].requires_grad
+    # Tensor bytes live in members of their own, not in the pickle.
+    with ArchiveReader(path) as reader:
+        assert reader.member("pickle").size < sum(t.untyped_storage().nbytes() for t in tensors.values())
+
+
+def test_non_contiguous_tensors_and_views_keep_layout_and_values(code_repo):
+    base = random_tensor(torch.float32, (6, 8), seed=1)
+    tensors = {
+        "transposed": base.t(),
+        "strided": base[::2, 1::3],
+        "offset": base[3:, 2:],
+        "expanded": torch.arange(4.0).expand(3, 4),  # stride 0
+        "channels_last": random_tensor(torch.bfloat16, (2, 3, 4, 5), seed=2).contiguous(memory_format=torch.channels_last),
+        "narrowed_bf16": random_tensor(torch.bfloat16, (10, 10), seed=3)[2:7, ::3],
+    }
+    loaded = load(save(tensors, code_repo), code_repo)
+    for key, value in tensors.items():
+        got = loaded[key]
+        assert got.stride() == value.stride() and got.storage_offset() == value.storage_offset(), key
+        assert torch.equal(got.view(-1).view(torch.uint8) if got.is_contiguous() else got.contiguous().view(torch.uint8),
+                           value.view(-1).view(torch.uint8) if value.is_contiguous() else value.contiguous().view(torch.uint8)), key
+    assert loaded["channels_last"].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_storage_shared_by_many_tensors_is_written_once_and_shared_after_load(code_repo):
+    base = torch.arange(100.0)
+    encoder = torch.nn.Linear(8, 8)
+    decoder = torch.nn.Linear(8, 8)
+    decoder.weight = encoder.weight  # tied weights
+    obj = {
+        "base": base,
+        "same_tensor_again": base,
+        "slice": base[10:20],
+        "matrix": base.view(10, 10),
+        "transposed": base.view(10, 10).t(),
+        "encoder": encoder,
+        "decoder": decoder,
+    }
+    path = save(obj, code_repo)
+    manifest = gitpack.inspect(path)
+    # base (+ its views) and the Linear weights/biases: 1 + 3 storages, each written once.
+    assert manifest["tensors"]["storages"] == 4
+    assert sum(m["name"].startswith("storages/") for m in manifest["members"]) == 4
+
+    loaded = load(path, code_repo)
+    ptr = loaded["base"].untyped_storage().data_ptr()
+    for key in ("slice", "matrix", "transposed"):
+        assert loaded[key].untyped_storage().data_ptr() == ptr, key
+    assert loaded["same_tensor_again"] is loaded["base"]
+    assert loaded["decoder"].weight is loaded["encoder"].weight
+    loaded["base"][15] = -1.0  # a write through one tensor is seen through every view
+    assert loaded["slice"][5].item() == -1.0 and loaded["matrix"][1, 5].item() == -1.0
+
+
+def test_two_dtypes_viewing_one_storage_is_refused_with_advice(code_repo):
+    base = torch.zeros(8)
+    with pytest.raises(GitpackError, match="clone"):
+        save({"f": base, "i": base.view(torch.int32)}, code_repo)
+
+
+def test_numpy_arrays_travel_out_of_band_and_come_back_writable(code_repo):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "f64": rng.standard_normal((64, 32)),
+        "i32": np.arange(1000, dtype=np.int32),
+        "fortran": np.asfortranarray(rng.standard_normal((16, 8))),
+        "sliced": np.arange(100.0)[::3],
+        "structured": np.zeros(4, dtype=[("a", "<i4"), ("b", "<f8")]),
+    }
+    path = save(arrays, code_repo)
+    manifest = gitpack.inspect(path)
+    assert manifest["tensors"]["buffers"] >= 3
+    with ArchiveReader(path) as reader:
+        assert reader.member("pickle").size < arrays["f64"].nbytes  # the big arrays are not in the pickle
+
+    loaded = load(path, code_repo)
+    for key, value in arrays.items():
+        assert loaded[key].dtype == value.dtype and np.array_equal(loaded[key], value), key
+    assert loaded["f64"].flags.writeable
+    loaded["f64"][0, 0] = 42.0
+
+
+@pytest.mark.parametrize("where", ["str", "device", "dict", "callable"])
+def test_map_location_works_like_torch(code_repo, where):
+    tensors = {"a": torch.randn(5, 3), "b": torch.arange(6)}
+    path = save(tensors, code_repo)
+    seen = []
+
+    def to_cpu(storage, location):
+        seen.append((location, storage.device.type))
+        return storage
+
+    map_location = {"str": "cpu", "device": torch.device("cpu"), "dict": {"cpu": "cpu"}, "callable": to_cpu}[where]
+    loaded = load(path, code_repo, map_location=map_location)
+    for key, value in tensors.items():
+        assert same_bits(loaded[key], value) and loaded[key].device.type == "cpu"
+    if where == "callable":
+        assert seen == [("cpu", "cpu"), ("cpu", "cpu")]
+
+
+def test_map_location_meta_reads_nothing_and_keeps_shapes(code_repo):
+    tensors = {"w": torch.randn(64, 32), "v": torch.arange(5)}
+    path = save(tensors, code_repo)
+    # Corrupt the real tensor's bytes: a meta load must not even read them.
+    member = next(m for m in gitpack.inspect(path)["members"] if m["name"].startswith("storages/") and m["size"])
+    with open(path, "r+b") as fh:
+        fh.seek(member["offset"])
+        fh.write(b"\xff" * 16)
+    loaded = load(path, code_repo, map_location="meta")
+    assert loaded["w"].device.type == "meta" and loaded["w"].shape == (64, 32)
+    assert loaded["v"].device.type == "meta" and loaded["v"].shape == (5,) and loaded["v"].dtype == torch.int64
+
+
+def test_unknown_map_location_is_one_clear_error(code_repo):
+    path = save({"a": torch.ones(2)}, code_repo)
+    with pytest.raises(GitpackError, match="map_location|CUDA|device"):
+        load(path, code_repo, map_location="nosuchdevice:0")
+
+
+def _mappings_of(path: Path) -> list[tuple[int, int]]:
+    ranges = []
+    with open("/proc/self/maps") as fh:
+        for line in fh:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].strip() == str(path.resolve()):
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                ranges.append((start, end))
+    return ranges
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_mmap_load_maps_the_archive_instead_of_reading_it(code_repo):
+    weights = {"w": torch.randn(256, 256), "b": torch.randn(256)}
+    path = save(weights, code_repo)
+    loaded = load(path, code_repo, mmap=True)
+    assert torch.equal(loaded["w"], weights["w"]) and torch.equal(loaded["b"], weights["b"])
+
+    # The tensor's memory lies inside a mapping of the archive file itself.
+    ranges = _mappings_of(path)
+    ptr = loaded["w"].untyped_storage().data_ptr()
+    assert any(start <= ptr < end for start, end in ranges), ranges
+
+    # And it is that file's page: a change written to the file shows through the tensor.
+    member = gitpack.inspect(path)["members"]
+    w_member = next(m for m in member if m["name"].startswith("storages/") and m["size"] == 256 * 256 * 4)
+    with open(path, "r+b") as fh:
+        fh.seek(w_member["offset"])
+        fh.write(np.float32(1234.5).tobytes())
+    assert loaded["w"].view(-1)[0].item() == 1234.5
+
+    # The mapping outlives the loader: the tensor stays valid after everything else is gone.
+    import gc
+
+    gc.collect()
+    assert loaded["w"].view(-1)[1].item() == weights["w"].view(-1)[1].item()
+
+
+def _corrupt_one_storage_byte(path: Path) -> None:
+    manifest = gitpack.inspect(path)
+    member = max((m for m in manifest["members"] if m["name"].startswith("storages/")), key=lambda m: m["size"])
+    with open(path, "r+b") as fh:
+        fh.seek(member["offset"] + member["size"] // 2)
+        byte = fh.read(1)
+        fh.seek(-1, os.SEEK_CUR)
+        fh.write(bytes([byte[0] ^ 0x01]))
+
+
+def test_a_flipped_tensor_byte_is_caught_on_a_normal_load(code_repo):
+    tensors = {f"t{i}": torch.randn(128, 128) for i in range(6)}
+    path = save(tensors, code_repo)
+    _corrupt_one_storage_byte(path)
+    threads_before = {t.ident for t in threading.enumerate()}
+    with pytest.raises(ArchiveError, match="does not match its digest"):
+        load(path, code_repo)
+    # No reader thread is left behind by the failed load.
+    leftover = [t for t in threading.enumerate() if t.ident not in threads_before and t.name.startswith("gitpack-")]
+    assert leftover == []
+    # mmap defers tensor verification (documented): the load succeeds; `gitpack verify` would catch it.
+    assert re.search(r"mmap=True.*\*?not\*?\s+checked", gitpack.load.__doc__, re.S)
+    loaded = load(path, code_repo, mmap=True)
+    assert sum(not torch.equal(loaded[k], tensors[k]) for k in tensors) == 1
+
+
+def test_a_corrupt_pickle_is_caught_before_unpickling_even_with_mmap(code_repo):
+    path = save({"a": torch.ones(3)}, code_repo)
+    pickle_member = next(m for m in gitpack.inspect(path)["members"] if m["name"] == "pickle")
+    with open(path, "r+b") as fh:
+        fh.seek(pickle_member["offset"] + 2)
+        byte = fh.read(1)
+        fh.seek(-1, os.SEEK_CUR)
+        fh.write(bytes([byte[0] ^ 0x20]))
+    for mmap in (False, True):
+        with pytest.raises(ArchiveError, match="digest"):
+            load(path, code_repo, mmap=mmap)
+
+
+def test_an_archive_saved_and_loaded_many_members_at_once_stays_in_file_order(code_repo):
+    """Members are written by several threads at once; the layout must still be the member table's."""
+    tensors = {f"t{i:02d}": random_tensor(torch.float32, (17 + i, 33), seed=i) for i in range(40)}
+    path = save(tensors, code_repo)
+    members = gitpack.inspect(path)["members"]
+    offsets = [m["offset"] for m in members]
+    assert offsets == sorted(offsets) and all(o % 64 == 0 for o in offsets)
+    loaded = load(path, code_repo)
+    assert all(same_bits(loaded[k], v) for k, v in tensors.items())
+
+
+INSPECT_NO_TORCH = """
+import sys, gitpack
+gitpack.inspect(sys.argv[1])
+list(gitpack.log(repo=sys.argv[2]))
+print("TORCH", "torch" in sys.modules)
+"""
+
+
+def test_inspect_and_log_never_import_torch(code_repo):
+    path = save({"a": torch.ones(3)}, code_repo)
+    proc = run_python(code_repo, INSPECT_NO_TORCH, str(path), str(code_repo))
+    assert proc.returncode == 0, proc.stderr
+    assert "TORCH False" in proc.stdout
+    for args in (["inspect", str(path)], ["inspect", "--json", str(path)], ["log"], ["--help"]):
+        proc = gitpack_cli(code_repo, *args, env={"PYTHONPROFILEIMPORTTIME": "1"})
+        assert proc.returncode == 0, (args, proc.stderr)
+        imported = [line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+        assert imported and not [m for m in imported if m == "torch" or m.startswith("torch.")], args
+    manifest = json.loads(gitpack_cli(code_repo, "inspect", "--json", str(path)).stdout)
+    assert manifest["tensors"]["storages"] == 1
