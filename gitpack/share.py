@@ -1,0 +1,471 @@
+"""Sharing through any git remote: the snapshot branch and the artifact refs, and nothing else.
+
+``pull`` fetches ``refs/heads/<snapshot branch>`` and ``refs/gitpack/*`` into
+remote-tracking refs of gitpack's own (``refs/gitpack-remotes/<remote>/...``),
+then *integrates* them into the local refs:
+
+* the snapshot branch fast-forwards, or gets a merge commit whose parents are
+  both tips (tagged ``Gitpack-Merge:``), so every save on either side stays
+  reachable and ``gitpack log`` shows both histories;
+* versions are merged by the rule "the remote's numbering wins for versions it
+  already has; versions only this clone has keep their number when it is free
+  and are renumbered above the highest otherwise" -- a version is its version
+  commit, so renumbering moves a ref and rewrites nothing, and each renumbering
+  is reported in one line;
+* aliases: whichever side moved since the last sync wins; when both moved, the
+  remote's wins and the note says so.  ``latest`` follows the newest version
+  whenever the merge brought new versions.
+
+``push`` is pull + integrate + ``git push --atomic`` in which every updated ref
+carries an explicit ``--force-with-lease=<ref>:<value we integrated>``: the
+remote only moves from the state we merged, so nobody's saves are ever
+overwritten.  When someone pushed in between, the lease fails, and push simply
+integrates again and retries.  A remote that refuses the push (a hook, a
+permission) or cannot be reached is one clear error, and nothing local is lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+from . import progress
+from .errors import GitError, StoreError
+from .gitrepo import DEFAULT_BRANCH, Repo, branch_ref
+from .store import LATEST, Store, alias_ref, run_git, split_store_ref, version_number, version_ref, zero_sha
+
+TRACKING = "refs/gitpack-remotes/"
+MERGE_TRAILER = "Gitpack-Merge"
+MAX_ATTEMPTS = 10
+_PROGRESS_LINE = re.compile(r"^(?:remote: )?([A-Z][A-Za-z ]+):\s+(\d+)%")
+_RETRYABLE = re.compile(
+    r"stale info|fetch first|non-fast-forward|already exists|failed to update ref|cannot lock ref|failed to lock|"
+    r"incorrect old value|but expected|atomic push failed|transaction failed"
+)
+
+
+class RemoteError(StoreError):
+    """A remote cannot be reached, or refused what gitpack pushed."""
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A remote as git is given it (name or URL), how messages name it, and its tracking namespace."""
+
+    argument: str
+    label: str
+    key: str
+
+    @property
+    def tracking(self) -> str:
+        return f"{TRACKING}{self.key}/"
+
+    def tracking_ref(self, ref: str) -> str:
+        """The tracking ref for remote ref *ref* (``refs/heads/x`` or ``refs/gitpack/...``)."""
+        if ref.startswith("refs/heads/"):
+            return self.tracking + "heads/" + ref[len("refs/heads/"):]
+        return self.tracking + "gitpack/" + ref[len("refs/gitpack/"):]
+
+    def remote_ref(self, tracking_ref: str) -> str:
+        rest = tracking_ref[len(self.tracking):]
+        kind, _, tail = rest.partition("/")
+        return f"refs/heads/{tail}" if kind == "heads" else f"refs/gitpack/{tail}"
+
+
+@dataclass
+class SyncReport:
+    """What a pull or push did, as lines a person can read."""
+
+    remote: str
+    notes: list[str] = field(default_factory=list)
+    pushed: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        return {"remote": self.remote, "notes": self.notes, "pushed": self.pushed}
+
+
+def _redact(url: str) -> str:
+    """A URL without its password, for messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        user = f"{parts.username}@" if parts.username else ""
+        return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+    return url
+
+
+def resolve_remote(repo: Repo, remote: str | None = None) -> Remote:
+    """The remote to use: *remote* (a name or URL), else the branch's upstream, else ``origin``."""
+    if remote:
+        url = repo.config(f"remote.{remote}.url")
+        if url:
+            key = remote if re.fullmatch(r"[A-Za-z0-9_.\-]+", remote) and ".." not in remote else _url_key(remote)
+            return Remote(remote, f"{remote} ({_redact(url)})", key)
+        if "://" in remote or ":" in remote or os.path.isdir(remote):
+            return Remote(remote, _redact(remote), _url_key(remote))
+        raise RemoteError(f"no remote named {remote!r}; `git remote -v` lists them, or pass a URL")
+    name = repo.config_branch_remote()
+    if not name or name == "." or not repo.config(f"remote.{name}.url"):
+        name = "origin" if repo.config("remote.origin.url") else None
+    if name is None:
+        raise RemoteError(
+            "no remote to use: the current branch has no upstream and there is no 'origin'; "
+            "pass one (`gitpack push REMOTE`) or `git remote add origin URL`"
+        )
+    return resolve_remote(repo, name)
+
+
+def _url_key(url: str) -> str:
+    return "url-" + hashlib.sha1(url.encode()).hexdigest()[:12]
+
+
+def snapshot_branch(repo: Repo) -> str:
+    return branch_ref(repo.config("gitpack.branch") or DEFAULT_BRANCH)
+
+
+# ------------------------------------------------------------------ running git over the network
+@dataclass
+class _Result:
+    returncode: int
+    stdout: str
+    messages: list[str]  # stderr lines that are not progress
+
+
+def _network(repo: Repo, args: list[str], description: str, *, bar: bool = True) -> _Result:
+    """Run a network git command; on a terminal, its phases drive one rich bar."""
+    show = bar and progress.wanted(None)
+    env = dict(os.environ, LC_ALL="C", LANGUAGE="C")
+    if not sys.stdin or not sys.stdin.isatty():
+        env["GIT_TERMINAL_PROMPT"] = "0"
+    cmd = ["git", *args]
+    for verb in ("fetch", "push"):
+        if show and verb in cmd:
+            cmd.insert(cmd.index(verb) + 1, "--progress")
+    proc = subprocess.Popen(cmd, cwd=repo.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    out_chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: out_chunks.append(proc.stdout.read()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    messages: list[str] = []
+    with progress.Bar(description, 100, unit="percent", force=show) as bar:
+        pending = b""
+        assert proc.stderr is not None
+        while chunk := proc.stderr.read1(65536):
+            pending += chunk
+            *lines, pending = re.split(rb"[\r\n]", pending)
+            for raw in lines:
+                _take_line(raw.decode(errors="replace"), messages, bar, description)
+        if pending:
+            _take_line(pending.decode(errors="replace"), messages, bar, description)
+    returncode = proc.wait()
+    reader.join()
+    return _Result(returncode, b"".join(out_chunks).decode(errors="replace"), messages)
+
+
+def _take_line(line: str, messages: list[str], bar: progress.Bar, description: str) -> None:
+    line = line.strip()
+    if not line:
+        return
+    m = _PROGRESS_LINE.match(line)
+    if m:
+        bar.update(completed=int(m[2]), description=f"{description}: {m[1].lower()}")
+        return
+    messages.append(line)
+
+
+def _failure_detail(result: _Result) -> str:
+    """git's last ``fatal:``/``error:`` line with the lines that continue it, as one line."""
+    for i in range(len(result.messages) - 1, -1, -1):
+        line = result.messages[i]
+        if line.startswith(("fatal:", "error:")):
+            return " ".join([line.split(":", 1)[1].strip(), *result.messages[i + 1:]]).strip()
+    return result.messages[-1] if result.messages else f"git exited with status {result.returncode}"
+
+
+# ------------------------------------------------------------------ fetch + integrate
+def _advertised(repo: Repo, remote: Remote, branch: str) -> dict[str, str]:
+    result = _network(repo, ["ls-remote", remote.argument, branch, "refs/gitpack/*"], f"contacting {remote.argument}", bar=False)
+    if result.returncode != 0:
+        raise RemoteError(
+            f"cannot reach {remote.label}: {_failure_detail(result)}; check that the server is up and the URL is right "
+            "(nothing was changed)"
+        )
+    refs = {}
+    for line in result.stdout.splitlines():
+        sha, _, ref = line.partition("\t")
+        if ref == branch or split_store_ref(ref):
+            refs[ref] = sha
+    return refs
+
+
+def _tracked(repo: Repo, remote: Remote) -> dict[str, str]:
+    """``{remote ref: sha}`` as last fetched or pushed."""
+    return {remote.remote_ref(ref): sha for ref, sha in Store(repo).refs(remote.tracking.rstrip("/")).items()}
+
+
+def _fetch(repo: Repo, remote: Remote, branch: str) -> dict[str, str]:
+    """Bring the remote's gitpack refs and their objects into the tracking refs; returns the base before."""
+    base = _tracked(repo, remote)
+    advertised = _advertised(repo, remote, branch)
+    if advertised != base:
+        refspecs = [f"+refs/gitpack/*:{remote.tracking}gitpack/*"]
+        if branch in advertised:
+            refspecs.append(f"+{branch}:{remote.tracking_ref(branch)}")
+        result = _network(
+            repo,
+            ["-c", "core.logAllRefUpdates=false", "fetch", "--prune", "--no-tags", "--no-write-fetch-head",
+             "--no-recurse-submodules", "--no-auto-gc", remote.argument, *refspecs],
+            f"pulling from {remote.argument}",
+        )
+        if result.returncode != 0:
+            raise RemoteError(f"cannot fetch from {remote.label}: {_failure_detail(result)}; nothing was changed here")
+        if branch not in advertised and branch in base:
+            run_git(repo, "update-ref", "-d", remote.tracking_ref(branch))
+    return base
+
+
+def merge_versions(local: dict[int, str], remote: dict[int, str]) -> tuple[dict[int, str], list[tuple[int, int]]]:
+    """Merge two ``{number: version commit}`` maps; returns the result and the (old, new) renumberings.
+
+    The remote's numbering wins for the versions it has; a version only this
+    clone has keeps its number when free, and goes above the highest otherwise.
+    """
+    final = dict(remote)
+    where_remote = {sha: n for n, sha in remote.items()}
+    moves: list[tuple[int, int]] = []
+    clashes = []
+    for n, sha in sorted(local.items()):
+        if sha in where_remote:
+            if where_remote[sha] != n:
+                moves.append((n, where_remote[sha]))
+            continue
+        if n in final:
+            clashes.append((n, sha))
+        else:
+            final[n] = sha
+    for n, sha in clashes:
+        new = max(final) + 1
+        final[new] = sha
+        moves.append((n, new))
+    return final, moves
+
+
+def _is_ancestor(repo: Repo, a: str, b: str) -> bool:
+    try:
+        repo.git("merge-base", "--is-ancestor", a, b)
+        return True
+    except GitError:
+        return False
+
+
+def _integrate(repo: Repo, remote: Remote, branch: str, base: dict[str, str]) -> list[str]:
+    """Merge the tracking refs into the local ones in one ref transaction; the notes say what changed."""
+    store = Store(repo)
+    theirs = _tracked(repo, remote)
+    ours = {**store.refs(branch), **store.refs("refs/gitpack")}
+    ops: list[tuple[str, str | None, str | None]] = []  # (ref, new or None to delete, old or None if absent)
+    notes: list[str] = []
+    name = remote.argument
+
+    # The snapshot branch: fast-forward, or a merge commit with both tips as parents.
+    r, l = theirs.get(branch), ours.get(branch)
+    if r and r != l:
+        short = branch.removeprefix("refs/heads/")
+        if l is None or _is_ancestor(repo, l, r):
+            ops.append((branch, r, l))
+            notes.append(f"snapshot branch {short}: took {name}'s saves")
+        elif not _is_ancestor(repo, r, l):
+            tree = repo.git("rev-parse", f"{l}^{{tree}}")
+            message = f"gitpack merge: saves from {name}\n\n{MERGE_TRAILER}: {r}\n"
+            merge = repo._commit_tree(["commit-tree", tree, "-p", l, "-p", r, "-m", message])
+            ops.append((branch, merge, l))
+            notes.append(f"snapshot branch {short}: merged {name}'s saves with this clone's (merge {merge[:12]})")
+
+    # Versions, name by name.
+    def by_name(refs: dict[str, str], kind: str) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        for ref, sha in refs.items():
+            parts = split_store_ref(ref)
+            if parts and parts[0] == kind:
+                out.setdefault(parts[1], {})[parts[2]] = sha
+        return out
+
+    def numbered(entries: dict[str, str]) -> dict[int, str]:
+        return {n: sha for sel, sha in entries.items() if (n := version_number(sel)) is not None}
+
+    our_versions, their_versions = by_name(ours, "artifacts"), by_name(theirs, "artifacts")
+    newest: dict[str, str] = {}
+    changed_names: set[str] = set()
+    for art in sorted(set(our_versions) | set(their_versions)):
+        local, remote_map = numbered(our_versions.get(art, {})), numbered(their_versions.get(art, {}))
+        final, moves = merge_versions(local, remote_map)
+        new_from_remote = sorted(n for n, sha in remote_map.items() if sha not in local.values())
+        if new_from_remote:
+            notes.append(f"{art}: got {', '.join(f'v{n}' for n in new_from_remote)} from {name}")
+        for old, new in moves:
+            if old in remote_map and remote_map[old] != local[old]:
+                notes.append(f"{art}: your v{old} is now {art}@v{new} ({name} already had a different v{old})")
+            else:
+                notes.append(f"{art}: your v{old} is now {art}@v{new} (its number on {name})")
+        if new_from_remote or moves:
+            changed_names.add(art)
+        for n, sha in final.items():
+            ref = version_ref(art, n)
+            if ours.get(ref) != sha:
+                ops.append((ref, sha, ours.get(ref)))
+        for n, sha in local.items():
+            if n not in final:
+                ops.append((version_ref(art, n), None, sha))
+        if final:
+            newest[art] = final[max(final)]
+
+    # Aliases: the side that moved since the last sync wins; both moved -> the remote's.
+    our_aliases, their_aliases = by_name(ours, "aliases"), by_name(theirs, "aliases")
+    base_aliases = by_name(base, "aliases")
+    for art in sorted(set(our_aliases) | set(their_aliases) | set(newest)):
+        mine, yours, before = our_aliases.get(art, {}), their_aliases.get(art, {}), base_aliases.get(art, {})
+        for alias in sorted(set(mine) | set(yours) | ({LATEST} if art in newest else set())):
+            ref = alias_ref(art, alias)
+            l_sha, r_sha, b_sha = mine.get(alias), yours.get(alias), before.get(alias)
+            if alias == LATEST and art in changed_names:
+                want = newest[art]
+            elif r_sha is None or r_sha == l_sha:
+                continue
+            elif l_sha is None or l_sha == b_sha:
+                want = r_sha
+            elif r_sha == b_sha:
+                continue  # only we moved it: the push publishes it
+            else:
+                want = r_sha
+                notes.append(f"{art}@{alias}: moved both here and on {name}; kept {name}'s (move it again with `gitpack alias`)")
+            if want != l_sha:
+                ops.append((ref, want, l_sha))
+
+    if ops:
+        lines = []
+        for ref, new, old in ops:
+            if new is None:
+                lines.append(f"delete {ref} {old}")
+            else:
+                lines.append(f"update {ref} {new} {old or zero_sha(new)}")
+        try:
+            run_git(repo, "-c", "core.logAllRefUpdates=false", "update-ref", "--stdin", input=("\n".join(lines) + "\n").encode())
+        except GitError:
+            raise RemoteError("the local store changed while merging (a save running meanwhile?); run the command again") from None
+    return notes
+
+
+def pull(repo: Repo, remote: str | None = None) -> SyncReport:
+    """Fetch the remote's snapshot branch and artifacts and merge them into this clone's."""
+    target = resolve_remote(repo, remote)
+    branch = snapshot_branch(repo)
+    base = _fetch(repo, target, branch)
+    return SyncReport(target.label, _integrate(repo, target, branch, base))
+
+
+# ------------------------------------------------------------------ push
+def _outgoing(repo: Repo, remote: Remote, branch: str) -> list[tuple[str, str, str | None]]:
+    """(ref, local sha, remote sha we integrated or None) for every gitpack ref the remote lacks or differs in."""
+    store = Store(repo)
+    theirs = _tracked(repo, remote)
+    ours = {**store.refs(branch), **store.refs("refs/gitpack")}
+    return [(ref, sha, theirs.get(ref)) for ref, sha in sorted(ours.items())
+            if (ref == branch or split_store_ref(ref)) and theirs.get(ref) != sha]
+
+
+def _try_push(repo: Repo, remote: Remote, updates: list[tuple[str, str, str | None]], atomic: bool) -> tuple[str, str]:
+    """("ok"|"retry"|"refused"|"unsupported"|"error", detail)."""
+    args = ["push", "--porcelain", "--no-follow-tags"]
+    if atomic:
+        args.append("--atomic")
+    args += [f"--force-with-lease={ref}:{old or ''}" for ref, _, old in updates]
+    args += [remote.argument] + [f"{new}:{ref}" for ref, new, _ in updates]
+    result = _network(repo, args, f"pushing to {remote.argument}")
+    rejected = []
+    for line in result.stdout.splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 3 and parts[0] == "!":
+            rejected.append(parts[2])
+    if result.returncode == 0 and not rejected:
+        return "ok", ""
+    if not rejected:
+        detail = _failure_detail(result)
+        if atomic and "atomic" in detail:
+            return "unsupported", detail
+        return "error", detail
+    remote_said = [m[len("remote:"):].strip() for m in result.messages if m.startswith("remote:")]
+    remote_said = [m for m in remote_said if m and not _PROGRESS_LINE.match("remote: " + m)]
+    real = [r for r in rejected if "atomic push failed" not in r and "transaction failed" not in r] or rejected
+    if all(_RETRYABLE.search(r) for r in real):
+        return "retry", "; ".join(sorted(set(real)))
+    reason = "; ".join(sorted(set(real)))
+    return "refused", reason + (": " + " / ".join(remote_said) if remote_said else "")
+
+
+def push(repo: Repo, remote: str | None = None) -> SyncReport:
+    """Integrate the remote's saves, then publish this clone's, never overwriting anyone's."""
+    target = resolve_remote(repo, remote)
+    branch = snapshot_branch(repo)
+    report = SyncReport(target.label)
+    atomic = True
+    last = ""
+    for attempt in range(MAX_ATTEMPTS):
+        base = _fetch(repo, target, branch)
+        report.notes += _integrate(repo, target, branch, base)
+        updates = _outgoing(repo, target, branch)
+        if not updates:
+            return report
+        outcome, detail = _try_push(repo, target, updates, atomic)
+        if outcome == "unsupported":
+            atomic = False
+            outcome, detail = _try_push(repo, target, updates, atomic)
+        if outcome == "ok":
+            lines = [f"update {target.tracking_ref(ref)} {new}" for ref, new, _ in updates]
+            run_git(repo, "-c", "core.logAllRefUpdates=false", "update-ref", "--stdin", input=("\n".join(lines) + "\n").encode())
+            report.pushed = [ref for ref, _, _ in updates]
+            return report
+        if outcome == "refused":
+            raise RemoteError(
+                f"{target.label} refused the push ({detail}); nothing was pushed and every save is kept here - "
+                "fix what the remote objects to, then `gitpack push` again"
+            )
+        if outcome == "error":
+            raise RemoteError(f"cannot push to {target.label}: {detail}; nothing was lost here, `gitpack push` again later")
+        last = detail
+        report.notes.append(f"{target.argument} changed while pushing ({detail}); merging again")
+        time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))  # someone pushed meanwhile: merge again
+    raise RemoteError(f"{target.label} kept changing while pushing ({last}); nothing was lost, run `gitpack push` again")
+
+
+# ------------------------------------------------------------------ history
+def merged_in_tips(repo: Repo, ref: str) -> list[str]:
+    """Second parents of gitpack's merge commits on *ref*'s first-parent history (recursively).
+
+    ``gitpack log`` walks first parents only (the second parent of a save is
+    the user's HEAD); these tips add the saves that a pull merged in.
+    """
+    if repo.rev_parse(ref) is None:
+        return []
+    seen: list[str] = []
+    frontier = [ref]
+    while frontier:
+        out = repo.git("rev-list", "--first-parent", "--parents", f"--grep=^{MERGE_TRAILER}: ", *frontier, "--")
+        frontier = []
+        for line in out.splitlines():
+            for parent in line.split()[2:]:
+                if parent not in seen:
+                    seen.append(parent)
+                    frontier.append(parent)
+    return seen
