@@ -46,10 +46,11 @@ TRACKING = "refs/gitpack-remotes/"
 MERGE_TRAILER = "Gitpack-Merge"
 MAX_ATTEMPTS = 10
 _PROGRESS_LINE = re.compile(r"^(?:remote: )?([A-Z][A-Za-z ]+):\s+(\d+)%")
-_RETRYABLE = re.compile(
-    r"stale info|fetch first|non-fast-forward|already exists|failed to update ref|cannot lock ref|failed to lock|"
-    r"incorrect old value|but expected|atomic push failed|transaction failed"
-)
+# Rejections that mean "the remote moved since we fetched": integrate again and retry.  git itself
+# rejects ("[rejected]") on a failed lease; the server ("[remote rejected]") when a concurrent push
+# took a ref lock or moved a ref between its advertisement and our update.
+_MOVED_CLIENT_SIDE = re.compile(r"stale info|fetch first|non-fast-forward|already exists|atomic push failed")
+_MOVED_SERVER_SIDE = re.compile(r"lock|failed to update ref|incorrect old value|but expected|transaction failed")
 
 
 class RemoteError(StoreError):
@@ -393,7 +394,7 @@ def _try_push(repo: Repo, remote: Remote, updates: list[tuple[str, str, str | No
     args += [f"--force-with-lease={ref}:{old or ''}" for ref, _, old in updates]
     args += [remote.argument] + [f"{new}:{ref}" for ref, new, _ in updates]
     result = _network(repo, args, f"pushing to {remote.argument}")
-    rejected = []
+    rejected = []  # "[rejected] (stale info)", "[remote rejected] (pre-receive hook declined)", ...
     for line in result.stdout.splitlines():
         parts = line.split("\t")
         if len(parts) >= 3 and parts[0] == "!":
@@ -407,10 +408,19 @@ def _try_push(repo: Repo, remote: Remote, updates: list[tuple[str, str, str | No
         return "error", detail
     remote_said = [m[len("remote:"):].strip() for m in result.messages if m.startswith("remote:")]
     remote_said = [m for m in remote_said if m and not _PROGRESS_LINE.match("remote: " + m)]
-    real = [r for r in rejected if "atomic push failed" not in r and "transaction failed" not in r] or rejected
-    if all(_RETRYABLE.search(r) for r in real):
-        return "retry", "; ".join(sorted(set(real)))
+    # In an atomic push one failing ref makes every other one fail too; the first kind says why.
+    real = [r for r in rejected if "atomic push failed" not in r and "atomic transaction failed" not in r] or rejected
+
+    def moved(r: str) -> bool:
+        if r.startswith("[remote rejected]"):
+            return bool(_MOVED_SERVER_SIDE.search(r))
+        return r.startswith("[rejected]") and bool(_MOVED_CLIENT_SIDE.search(r))
+
     reason = "; ".join(sorted(set(real)))
+    if all(moved(r) for r in real):
+        return "retry", reason
+    if any(r.startswith("[remote rejected]") and "non-fast-forward" in r for r in real):
+        reason += " - the remote denies non-fast-forward updates (receive.denyNonFastForwards), which moving an alias needs"
     return "refused", reason + (": " + " / ".join(remote_said) if remote_said else "")
 
 
