@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from . import audit, progress
+from .archive import read_manifest
 from .errors import GitError, NotARepoError, StoreError
 from .gitrepo import Repo
 from .isolation import cache_root
@@ -355,12 +356,17 @@ class Store:
         blob, size = self.archive_blob(version)
         dest = cache_root() / "store" / f"{blob}.gitpack"
         try:
-            if dest.stat().st_size == size:
-                return dest
+            cached = dest.stat().st_size == size
         except FileNotFoundError:
-            pass
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        self.copy_blob(blob, size, dest, f"reading {version.label}")
+            cached = False
+        if not cached:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            self.copy_blob(blob, size, dest, f"reading {version.label}")
+        if read_manifest(dest).get("commit") != version.snapshot:
+            raise StoreError(
+                f"{version.label} ({version.commit[:12]}) holds an archive of another snapshot than its parent "
+                f"{version.snapshot[:12]}; it was not written by gitpack, do not trust it"
+            )
         return dest
 
     def copy_blob(self, blob: str, size: int, dest: Path, description: str) -> None:

@@ -201,6 +201,20 @@ def test_unknown_names_versions_and_aliases_are_one_line_errors(tmp_path):
     assert listing(repo)[0]["version"] == "v1"
 
 
+def test_a_version_gitpack_did_not_write_is_refused(tmp_path):
+    repo = make_project(tmp_path / "proj")
+    ok(save(repo, "clf", "v1"))
+    ok(save(repo, "clf", "v2"))
+    v1 = git(repo, "rev-parse", "refs/gitpack/artifacts/clf/v1")
+    # v3 claims v1's snapshot but holds v2's archive; v4 holds no archive at all.
+    forged = git(repo, "commit-tree", "refs/gitpack/artifacts/clf/v2^{tree}", "-p", f"{v1}^", "-m", "forged")
+    git(repo, "update-ref", "refs/gitpack/artifacts/clf/v3", forged)
+    empty = git(repo, "commit-tree", git(repo, "hash-object", "-t", "tree", "/dev/null"), "-p", f"{v1}^", "-m", "empty")
+    git(repo, "update-ref", "refs/gitpack/artifacts/clf/v4", empty)
+    one_line_error(gitpack_cli(repo, "load", "clf@v3"), "holds an archive of another snapshot", "do not trust it")
+    one_line_error(gitpack_cli(repo, "load", "clf@v4"), "holds no archive.gitpack")
+
+
 def test_concurrent_saves_in_one_clone_get_distinct_versions(tmp_path):
     repo = make_project(tmp_path / "proj")
     env = dict(os.environ, **QUIET_ENV)
