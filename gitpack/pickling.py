@@ -138,6 +138,7 @@ class GitpackPickler(dill.Pickler):
         self._pids: dict[int, tuple] = {}
         self._keep: list[Any] = []
         self.repo_objects: dict[str, Any] = {}  # "module:qualname" -> class or function used
+        self.repo_instances: dict[int, Any] = {}  # id -> instance of a repo class met in the graph
 
     def persistent_id(self, obj: Any):
         t = type(obj)
@@ -160,6 +161,8 @@ class GitpackPickler(dill.Pickler):
                 pid = ("module", module)
         elif is_storage(obj):
             return self.storages.persistent_id(obj)
+        elif self.module_map.canonical(getattr(t, "__module__", None)) is not None:
+            self.repo_instances[id(obj)] = obj
         if pid is not None:
             self._pids[id(obj)] = pid
             self._keep.append(obj)

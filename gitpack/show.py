@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.tree import Tree
 
 
@@ -26,6 +27,76 @@ def _add(node: Tree, value: Any) -> None:
         node.add(json.dumps(value, default=str))
 
 
+def _capture(node: Tree, tree: dict[str, Any]) -> None:
+    """One branch per object: its class, then each argument, defaults and references marked."""
+    from .capturing import INFERRED, format_value
+
+    for key, entry in tree["objects"].items():
+        inferred = entry.get("origin") == INFERRED
+        label = f"[bold]{escape(key)}[/]  {escape(str(entry.get('class')))}"
+        obj = node.add(label + ("  [yellow](inferred from attributes; capture was off)[/]" if inferred else ""))
+        defaults = set(entry.get("defaults") or ())
+        for name, value in (entry.get("args") or {}).items():
+            if isinstance(value, dict) and set(value) == {"$ref"}:
+                obj.add(f"{escape(name)} -> [bold]{escape(str(value['$ref']))}[/]")
+            else:
+                obj.add(f"{escape(name)} = {escape(format_value(value))}" + ("  [dim](default)[/]" if name in defaults else ""))
+        for name in entry.get("unknown") or ():
+            obj.add(f"{escape(name)} = [dim]? (no attribute of that name)[/]")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _counts(entry: dict[str, Any]) -> str:
+    params = entry.get("parameters") or {}
+    text = f"{params.get('total', 0):,} params"
+    if params.get("trainable", 0) != params.get("total", 0):
+        text += f" ({params.get('trainable', 0):,} trainable)"
+    buffers = entry.get("buffers") or {}
+    if buffers.get("total"):
+        text += f", {buffers['total']:,} buffer elements"
+    return text + f", {_size(int(entry.get('bytes') or 0))}"
+
+
+def _structure(root: Tree, structure: dict[str, Any]) -> None:
+    """torch modules nested by path, each with its counts and its own tensors."""
+    node = root.add(f"[bold]structure[/]  {_counts(structure.get('total') or {})}")
+    nodes: dict[str, Tree] = {}
+    for entry in structure["modules"]:
+        path = str(entry.get("path"))
+        parent = node
+        prefix = path
+        while "." in prefix:
+            prefix = prefix.rsplit(".", 1)[0]
+            if prefix in nodes:
+                parent = nodes[prefix]
+                break
+        extra = f"({entry.get('extra_repr')})" if entry.get("extra_repr") else ""
+        label = f"[bold]{escape(path)}[/]  {escape(str(entry.get('class')) + extra)}  [dim]{_counts(entry)}[/]"
+        nodes[path] = parent.add(label)
+        for name, t in (entry.get("tensors") or {}).items():
+            shape = "x".join(str(d) for d in t.get("shape") or []) or "scalar"
+            frozen = "" if t.get("requires_grad") or t.get("kind") != "parameter" else " frozen"
+            nodes[path].add(escape(f"{name}  {t.get('kind')}{frozen} {shape} {t.get('dtype')} on {t.get('device')}"))
+
+
+def _environment(node: Tree, env: dict[str, Any]) -> None:
+    node.add(escape(f"python {env.get('python')} ({env.get('implementation')}) on {env.get('platform')}"))
+    packages = env.get("packages") or {}
+    if packages:
+        node.add(escape(", ".join(f"{k} {v}" for k, v in packages.items() if v) or "no tracked packages"))
+    for key, value in env.items():
+        if key not in ("python", "implementation", "platform", "packages"):
+            _add(node.add(f"[bold]{escape(str(key))}[/]"), value) if isinstance(value, (dict, list)) and value else \
+                node.add(escape(f"{key} {json.dumps(value, default=str)}"))
+
+
 def manifest(m: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console(highlight=False)
     root = Tree(f"[bold]{m.get('object', {}).get('type', '?')}[/]  saved {m.get('created', '?')}")
@@ -34,9 +105,18 @@ def manifest(m: dict[str, Any], console: Console | None = None) -> None:
     src.add(f"from {m.get('head_branch') or 'detached HEAD'} at {m.get('head') or '(no commits)'}" + ("  [yellow](dirty)[/]" if m.get("dirty") else ""))
     if m.get("remote_url"):
         src.add(f"remote {m['remote_url']}")
-    for title, key in (("parameters", "params"), ("captured arguments", "capture"), ("structure", "structure"), ("environment", "environment")):
-        if m.get(key):
-            _add(root.add(f"[bold]{title}[/]"), m[key])
+    if m.get("params"):
+        _add(root.add("[bold]parameters[/]"), m["params"])
+    if (m.get("capture") or {}).get("objects"):
+        _capture(root.add("[bold]constructed with[/]"), m["capture"])
+    if m.get("stale_code"):
+        stale = root.add("[bold yellow]saved with stale code[/] (--allow-stale)")
+        for s in m["stale_code"]:
+            stale.add(escape(f"{s.get('module')}:{s.get('qualname')} ({s.get('reason')})"))
+    if (m.get("structure") or {}).get("modules"):
+        _structure(root, m["structure"])
+    if m.get("environment"):
+        _environment(root.add("[bold]environment[/]"), m["environment"])
     integrity = root.add("[bold]integrity[/]")
     integrity.add(f"payload {m.get('payload_digest')}")
     integrity.add(f"{len(m.get('members', []))} members, {sum(x.get('size', 0) for x in m.get('members', []))} bytes")

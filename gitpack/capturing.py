@@ -103,10 +103,11 @@ def _is_candidate(cls: type) -> bool:
 class _Ref:
     """An argument that is itself a (possible) repo object: a weak reference plus that object's own record."""
 
-    __slots__ = ("cls", "ref", "record")
+    __slots__ = ("cls", "key", "ref", "record")
 
     def __init__(self, obj: Any):
         self.cls = type(obj)
+        self.key = id(obj)  # for objects that cannot be weakly referenced (__slots__ without __weakref__)
         try:
             self.ref = weakref.ref(obj)
         except TypeError:
@@ -553,6 +554,8 @@ def build_tree(instances: dict[int, Any], paths: dict[int, tuple[str, Any]], mod
     def resolve(value: Any, owner: str, where: str) -> Any:
         if isinstance(value, _Ref):
             target = value.target()
+            if value.ref is None and type(instances.get(value.key)) is value.cls:
+                target = instances[value.key]
             if target is not None and id(target) in keys:
                 return {"$ref": keys[id(target)]}
             if is_repo(value.cls) and (value.record is not None or target is not None):
