@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import stat
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -50,6 +52,37 @@ class TreeEntry:
     kind: str  # "blob", "tree" or "commit"
     sha: str
     name: str
+
+
+class _NeedsIndex(Exception):
+    """The overlay snapshot cannot promise to match ``git add -A`` here; use an index."""
+
+
+class _TreeWriter:
+    """One ``git mktree --batch`` for every tree of a snapshot, written bottom-up."""
+
+    def __init__(self, repo: "Repo"):
+        self._proc = repo._git.execute(["git", "mktree", "--batch"], as_process=True, istream=subprocess.PIPE)
+
+    def write(self, entries: dict[str, tuple[str, str, str]]) -> str:
+        lines = []
+        for name, (mode, kind, sha) in entries.items():
+            if "\n" in name or name.startswith('"'):
+                raise _NeedsIndex("a name mktree would misread")
+            lines.append(f"{mode} {kind} {sha}\t".encode() + os.fsencode(name) + b"\n")
+        self._proc.stdin.write(b"".join(lines) + b"\n")
+        self._proc.stdin.flush()
+        sha = self._proc.stdout.readline().strip().decode()
+        if not sha:
+            raise GitError("git mktree failed: " + (self._proc.stderr.read().decode(errors="replace").strip() or "no tree written"))
+        return sha
+
+    def close(self) -> None:
+        try:
+            self._proc.stdin.close()
+            self._proc.wait()
+        except (OSError, GitCommandError):
+            pass
 
 
 class Repo:
@@ -105,9 +138,10 @@ class Repo:
                 strip_newline_in_stdout=strip,
             )
         except GitCommandError as exc:
-            stderr = (exc.stderr or "").strip().splitlines()
-            detail = stderr[-1].strip() if stderr else f"exit status {exc.status}"
-            detail = detail.removeprefix("stderr: ").strip("' ")
+            # GitPython wraps stderr as "\n  stderr: '...\n'": the last line can be a lone quote.
+            lines = [line.strip().removeprefix("stderr: ").strip("' ") for line in (exc.stderr or "").splitlines()]
+            lines = [line for line in lines if line]
+            detail = lines[-1] if lines else f"exit status {exc.status}"
             raise GitError(f"git {args[0]} failed: {detail}") from None
 
     def _start(self, *args: str, env: dict[str, str] | None = None):
@@ -134,14 +168,12 @@ class Repo:
             return None
 
     def _resolve_commit(self, rev: str) -> str | None:
-        """The commit *rev* names, via the persistent batch-check; None when it names none."""
+        """The commit *rev* names, via the persistent ``cat-file --batch``; None when it names none."""
         try:
-            sha, kind, _ = self._git.get_object_header(rev)
-        except (ValueError, GitCommandError):
-            return None
-        sha = sha.decode() if isinstance(sha, bytes) else sha
-        kind = kind.decode() if isinstance(kind, bytes) else kind
-        return sha if kind == "commit" else self.rev_parse(rev)
+            found = self._commit_and_tree(rev)
+        except GitError:
+            return self.rev_parse(rev)  # a tag or another object: let rev-parse say what it is
+        return found[0] if found else None
 
     def object_type(self, sha: str) -> str | None:
         """'commit', 'tree', 'blob' or None for a missing object, through the persistent cat-file."""
@@ -197,10 +229,257 @@ class Repo:
     def write_snapshot_tree(self, *, size_cap: int = DEFAULT_SIZE_CAP, exclude: set[str] = frozenset()) -> SnapshotTree:
         """Write the working tree (tracked, modified and untracked-not-ignored) as a tree object.
 
-        Works in a private copy of the user's index, so only the paths that git
-        status reports are re-hashed and the user's index is never written.
+        The user's index is only read.  ``git status`` (its stat cache skips
+        unchanged files) says which paths differ from HEAD; only those are
+        hashed (``git hash-object``) and only the directories holding them are
+        rewritten (``git mktree``) on top of HEAD's tree.  So a save costs about
+        one ``git status`` plus a constant handful of small git processes,
+        whatever the size of the repository, and no index file is written.
+        Where that could differ from ``git add -A`` (submodules, merge
+        conflicts, end-of-line conversion, unusual file types) the tree is built
+        in a private copy of the user's index instead.
         """
         self.cleanup_stale_temp_files()
+        try:
+            return self._snapshot_overlay(size_cap, exclude)
+        except _NeedsIndex:
+            return self._snapshot_via_index(size_cap, exclude)
+
+    def _snapshot_overlay(self, size_cap: int, exclude: set[str]) -> SnapshotTree:
+        read_only = {"GIT_OPTIONAL_LOCKS": "0"}  # status must not even refresh the user's index
+        status_proc = self._start(
+            "status", "--porcelain=v2", "--branch", "-z", "--untracked-files=all", "--no-renames",
+            "--ignore-submodules=none", env=read_only,
+        )
+        listing = self._start("ls-files", "-z", "--", "*.gitpack", ".gitattributes", "*/.gitattributes", env=read_only)
+        # While status runs: the configuration, and HEAD's commit and tree through the long-lived cat-file.
+        try:
+            if (self.config("core.autocrlf") or "false").lower() not in ("false", "no", "off", "0"):
+                raise _NeedsIndex("core.autocrlf converts line endings depending on the index")
+            if (self.config("core.symlinks") or "true").lower() in ("false", "no", "off", "0"):
+                raise _NeedsIndex("core.symlinks=false")
+            early_head = self._commit_and_tree("HEAD")
+        finally:
+            status = self._finish(status_proc, "status")
+        tracked = [p for p in self._finish(listing, "ls-files").split("\0") if p]
+        head = head_branch = None
+        records = []
+        for record in status.split("\0"):
+            kind = record[:2]
+            if kind == "# ":
+                key, _, value = record[2:].partition(" ")
+                if key == "branch.oid" and value != "(initial)":
+                    head = value
+                elif key == "branch.head" and value != "(detached)":
+                    head_branch = "refs/heads/" + value
+            elif kind in ("1 ", "? "):
+                records.append(record)
+            elif record:
+                raise _NeedsIndex(f"status record {record[:2]!r}")  # unmerged paths, renames
+        if head is None:
+            base_tree = None
+        elif early_head is not None and early_head[0] == head:
+            base_tree = early_head[1]
+        else:
+            base_tree = self._commit_and_tree(head)[1]  # HEAD moved while status ran
+
+        filemode = (self.config("core.filemode") or "true").lower() not in ("false", "no", "off", "0")
+        changed: list[str] = []
+        warnings: list[str] = []
+        excluded: list[tuple[str, str]] = []
+        changes: dict[str, tuple[str, str] | None] = {}  # path -> (mode, sha) or None to drop it
+        from_worktree: dict[str, str] = {}  # path -> mode, for files to hash
+        links: list[str] = []
+        attribute_files = [p for p in tracked if p.rpartition("/")[2] == ".gitattributes"]
+        for record in records:
+            if record[0] == "?":
+                path = record[2:]
+                if path.endswith("/"):
+                    # An untracked nested repository: git cannot snapshot into it.
+                    warnings.append(f"{path} is a nested git repository and is not captured")
+                    continue
+                xy, mode_index, sha_index, mode_worktree = "??", "000000", None, None
+            else:
+                fields = record.split(" ", 8)
+                if len(fields) != 9 or fields[2] != "N...":
+                    raise _NeedsIndex("a submodule changed")  # git add decides its gitlink
+                xy, mode_worktree, sha_index, path = fields[1], fields[5], fields[7], fields[8]
+                mode_index = fields[4]
+            if "\n" in path or path.startswith('"'):
+                raise _NeedsIndex("a path git's line-based plumbing would misread")
+            changed.append(path)
+            if path.rpartition("/")[2] == ".gitattributes":
+                attribute_files.append(path)
+            if TEMP_MARK in os.path.basename(path):
+                # Another save's archive, still being written: never snapshot, nothing to report.
+                changes[path] = None if mode_index == "000000" else (mode_index, sha_index)
+                continue
+            reason = self._exclusion_reason(path, size_cap, exclude)
+            if reason:
+                excluded.append((path, reason))
+                changes[path] = None
+                continue
+            worktree_state = xy[1]
+            if worktree_state == ".":  # the worktree matches the index: take the staged entry
+                changes[path] = None if mode_index == "000000" else (mode_index, sha_index)
+            elif worktree_state == "D":
+                changes[path] = None
+            else:
+                try:
+                    st = os.lstat(self.root / path)
+                except (FileNotFoundError, NotADirectoryError):
+                    changes[path] = None  # gone since status: git add would drop it too
+                    continue
+                if stat.S_ISLNK(st.st_mode):
+                    links.append(path)
+                    from_worktree[path] = "120000"
+                elif stat.S_ISREG(st.st_mode):
+                    if mode_worktree in ("100644", "100755"):
+                        from_worktree[path] = mode_worktree
+                    else:
+                        from_worktree[path] = "100755" if filemode and st.st_mode & 0o100 else "100644"
+                else:
+                    raise _NeedsIndex(f"{path} is neither a file nor a symlink")
+        for path in tracked:
+            if path.endswith(".gitpack") and path not in changes:
+                # Committed archives stay out too, however they are named.
+                excluded.append((path, "gitpack archive"))
+                changes[path] = None
+        regular = [p for p in from_worktree if from_worktree[p] != "120000"]
+        if regular and self._may_convert_line_endings(attribute_files):
+            for path in regular:
+                with open(self.root / path, "rb") as fh:
+                    if b"\r" in fh.read():
+                        raise _NeedsIndex("line endings that git add may keep or convert")
+        shas = self._hash_files(regular, filters=True) + self._hash_links(links)
+        for path, sha in zip(regular + links, shas):
+            changes[path] = (from_worktree[path], sha)
+        tree = self._overlay(base_tree, changes)
+        return SnapshotTree(tree, head, head_branch, bool(changed), excluded, warnings)
+
+    def _commit_and_tree(self, rev: str) -> tuple[str, str] | None:
+        """(commit, its tree) for *rev* through the persistent ``cat-file --batch``; None when unborn."""
+        try:
+            sha, kind, _, data = self._git.get_object_data(rev)
+        except (ValueError, GitCommandError):
+            return None
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        if kind != "commit" or not data.startswith(b"tree "):
+            raise GitError(f"{rev} is a {kind}, not a commit")
+        sha = sha.decode() if isinstance(sha, bytes) else sha
+        return sha, data[5 : data.index(b"\n")].decode()
+
+    def _may_convert_line_endings(self, attribute_files: list[str]) -> bool:
+        """Whether any attribute could ask git to convert line endings (text, eol, crlf)."""
+        candidates = [self.root / p for p in attribute_files] + [self.common_dir / "info" / "attributes"]
+        configured = self.config("core.attributesfile")
+        if configured:
+            candidates.append(Path(os.path.expanduser(configured)))
+        else:
+            xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+            candidates.append(Path(xdg) / "git" / "attributes")
+        for candidate in candidates:
+            try:
+                text = candidate.read_text(errors="replace")
+            except OSError:
+                continue
+            for line in text.splitlines():
+                for token in line.split()[1:]:
+                    if token.split("=", 1)[0] in ("text", "eol", "crlf"):
+                        return True
+        return False
+
+    def _hash_files(self, paths: list[str], *, filters: bool) -> list[str]:
+        """Write *paths* (relative to the root, or absolute) as blobs with one ``git hash-object``."""
+        if not paths:
+            return []
+        fd, list_file = tempfile.mkstemp(prefix=_temp_prefix("paths"), dir=str(self.git_dir))
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(b"".join(os.fsencode(p) + b"\n" for p in paths))
+            args = ["hash-object", "-w", "--stdin-paths"] + ([] if filters else ["--no-filters"])
+            with open(list_file, "rb") as stdin:
+                out = self._git.execute(["git", *args], istream=stdin)
+        except GitCommandError as exc:
+            lines = str(exc.stderr or "").strip().splitlines()
+            raise GitError(f"git hash-object failed: {lines[-1].strip() if lines else exc.status}") from None
+        finally:
+            os.unlink(list_file)
+        shas = out.split()
+        if len(shas) != len(paths):
+            raise GitError(f"git hash-object returned {len(shas)} ids for {len(paths)} files")
+        return shas
+
+    def _hash_links(self, links: list[str]) -> list[str]:
+        """Symlinks are blobs of their target's text, never of what they point to."""
+        if not links:
+            return []
+        temp = tempfile.mkdtemp(prefix=_temp_prefix("links"), dir=str(self.git_dir))
+        try:
+            files = []
+            for i, link in enumerate(links):
+                target = os.path.join(temp, str(i))
+                with open(target, "wb") as fh:
+                    fh.write(os.fsencode(os.readlink(self.root / link)))
+                files.append(target)
+            return self._hash_files(files, filters=False)
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+
+    def _overlay(self, base_tree: str | None, changes: dict[str, tuple[str, str] | None]) -> str:
+        """*base_tree* with *changes* applied: only the directories on a changed path are rewritten."""
+        files: dict[str, dict[str, tuple[str, str] | None]] = {}
+        subdirs: dict[str, set[str]] = {}
+        for path, entry in changes.items():
+            directory, _, name = path.rpartition("/")
+            files.setdefault(directory, {})[name] = entry
+            while directory:
+                parent, _, child = directory.rpartition("/")
+                subdirs.setdefault(parent, set()).add(child)
+                directory = parent
+        if not changes and base_tree is not None:
+            return base_tree
+        writer = _TreeWriter(self)
+        try:
+            tree = self._rewrite("", base_tree, files, subdirs, writer)
+            return tree if tree is not None else writer.write({})
+        finally:
+            writer.close()
+
+    def _rewrite(self, directory, base_sha, files, subdirs, writer) -> str | None:
+        entries: dict[str, tuple[str, str, str]] = {}  # name -> (mode, kind, sha)
+        if base_sha is not None:
+            for e in self.read_tree(base_sha):
+                entries[e.name] = ("040000" if e.kind == "tree" else e.mode, e.kind, e.sha)
+        original = dict(entries)
+        for name, entry in files.get(directory, {}).items():
+            if entry is None:
+                entries.pop(name, None)
+            else:
+                mode, sha = entry
+                entries[name] = (mode, "commit" if mode == "160000" else "blob", sha)
+        for child in sorted(subdirs.get(directory, ())):
+            before = original.get(child)
+            sub = self._rewrite(
+                f"{directory}/{child}" if directory else child,
+                before[2] if before is not None and before[1] == "tree" else None,
+                files, subdirs, writer,
+            )
+            if sub is None:
+                if entries.get(child, ("", "tree"))[1] == "tree":
+                    entries.pop(child, None)
+            elif child in files.get(directory, {}) and files[directory][child] is not None:
+                raise _NeedsIndex(f"{child} is both a file and a directory")
+            else:
+                entries[child] = ("040000", "tree", sub)
+        if not entries:
+            return None
+        if entries == original:
+            return base_sha
+        return writer.write(entries)
+
+    def _snapshot_via_index(self, size_cap: int, exclude: set[str]) -> SnapshotTree:
+        """The general way: ``git add`` the changed paths in a private copy of the user's index."""
         user_index = self.git_dir / "index"
         fd, temp_index = tempfile.mkstemp(prefix=_temp_prefix("index"), dir=str(self.git_dir))
         os.close(fd)
@@ -212,13 +491,14 @@ class Repo:
             env = {"GIT_INDEX_FILE": temp_index, "GIT_LITERAL_PATHSPECS": "1"}
             # A constant handful of git processes, whatever the repo's size: ls-files runs
             # beside status, and status (porcelain v2) also reports HEAD and its branch.
-            archives_listing = self._start("ls-files", "-z", "--", "*.gitpack", env=env)
+            archives_listing = self._start("ls-files", "-z", "--", "*.gitpack", env={"GIT_INDEX_FILE": temp_index})
             status = self.git(
                 "status", "--porcelain=v2", "--branch", "-z", "--untracked-files=all", "--no-renames",
                 "--ignore-submodules=none",
                 env=env, strip=False,
             )
             changed, submodule_warnings, head, head_branch = _parse_status(status)
+            settled = _staged_only(status)
             dirty = bool(changed)
             to_add: list[str] = []
             excluded: list[tuple[str, str]] = []
@@ -228,7 +508,7 @@ class Repo:
                 reason = self._exclusion_reason(path, size_cap, exclude)
                 if reason:
                     excluded.append((path, reason))
-                else:
+                elif path not in settled:
                     to_add.append(path)
             # Committed archives stay out too, however they are named.
             tracked_archives = [p for p in self._finish(archives_listing, "ls-files").split("\0") if p and p not in changed]
@@ -252,7 +532,7 @@ class Repo:
             return "gitpack archive"
         try:
             st = full.lstat()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None  # deleted: staging the deletion is what we want
         if not full.is_file() or full.is_symlink():
             return None
@@ -423,6 +703,17 @@ def parse_tree(data: bytes) -> list[TreeEntry]:
         entries.append(TreeEntry(mode, kind, sha, name))
         i = nul + 21
     return entries
+
+
+def _staged_only(out: str) -> set[str]:
+    """Paths whose worktree matches the index: nothing to add (``git rm``'d ones would even fail)."""
+    settled, untracked = set(), set()
+    for record in out.split("\0"):
+        if record.startswith("1 ") and record[3] == ".":
+            settled.add(record.split(" ", 8)[8])
+        elif record.startswith("? "):
+            untracked.add(record[2:])  # `git rm --cached` leaves a path both deleted and untracked
+    return settled - untracked
 
 
 def _parse_status(out: str) -> tuple[list[str], list[str], str | None, str | None]:
