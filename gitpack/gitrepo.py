@@ -640,7 +640,10 @@ class Repo:
         for entry in self.git_dir.glob(_TEMP_PREFIX + "*"):
             try:
                 if is_stale_temp(entry, _STALE_TEMP_SECONDS):
-                    entry.unlink()
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink()
             except OSError:
                 pass
 
