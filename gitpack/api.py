@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import audit, environment, pickling
+from . import audit, environment, pickling, progress
 from .archive import ArchiveReader, ArchiveWriter, read_manifest
 from .errors import ArchiveError, GitpackError, MissingCommitError, PolicyError
 from .gitrepo import DEFAULT_BRANCH, DEFAULT_SIZE_CAP, Repo, branch_ref
@@ -26,9 +26,13 @@ BUFFER_PREFIX = "buffers/"
 
 @dataclass(frozen=True)
 class SaveInfo:
-    """What a save produced: the archive, its snapshot commit and what was left out of the snapshot."""
+    """What a save produced: the archive, its snapshot commit and what was left out of the snapshot.
 
-    path: Path
+    ``path`` is None when the archive went only into the store; ``artifact``
+    is then (or also) its stored version, e.g. ``clf@v3``.
+    """
+
+    path: Path | None
     commit: str
     tree: str
     digest: str
@@ -36,6 +40,7 @@ class SaveInfo:
     object_type: str
     excluded: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    artifact: str | None = None
 
 
 def _jsonable(value: Any) -> Any:
@@ -50,8 +55,9 @@ def object_type_name(obj: Any, module_map: pickling.ModuleMap | None = None) -> 
 
 def save(
     obj: Any,
-    path: str | os.PathLike,
+    path: str | os.PathLike | None = None,
     *,
+    name: str | None = None,
     params: dict | None = None,
     message: str | None = None,
     branch: str | None = None,
@@ -64,13 +70,22 @@ def save(
     The repository is the one containing the current directory (or *repo*).
     The user's HEAD, index, working tree, stash and reflogs are left exactly as
     they were; on any error no archive is written and the branch does not move.
+    With *name*, the archive is also (or, with no *path*, only) stored in the
+    repository as the next version of that artifact (see :mod:`gitpack.store`).
     """
+    from . import store
+
+    if path is None and name is None:
+        raise GitpackError("nothing to save to: give a path for the archive file, a name to store it under, or both")
+    if name is not None:
+        store.validate_name(name)
     params = _jsonable(params or {})
     git_repo = Repo.discover(repo)
     try:
         branch = branch or git_repo.config("gitpack.branch") or DEFAULT_BRANCH
         cap = size_cap if size_cap is not None else int(git_repo.config("gitpack.sizecap") or DEFAULT_SIZE_CAP)
-        dest = Path(path).absolute()
+        # Store-only saves build the archive beside the object database and never publish the file.
+        dest = Path(path).absolute() if path is not None else git_repo.common_dir / f"{name}.gitpack"
         exclude = set()
         try:
             exclude.add(dest.resolve().relative_to(git_repo.root.resolve()).as_posix())
@@ -81,11 +96,14 @@ def save(
             snap = git_repo.write_snapshot_tree(size_cap=cap, exclude=exclude)
             module_map = pickling.ModuleMap(git_repo.root, lambda rel: git_repo.object_type(f"{snap.tree}:{rel}") == "blob")
             data, storages, buffers, _ = pickling.dump(obj, module_map)
-            writer.add(PICKLE_MEMBER, [data])
-            for key in storages.storages:
-                writer.add(STORAGE_PREFIX + key, storages.buffers(key))
-            for i, buf in enumerate(buffers):
-                writer.add(f"{BUFFER_PREFIX}{i}", [buf.raw()])
+            tensor_bytes = sum(int(s.nbytes()) for s in storages.storages.values()) + sum(b.raw().nbytes for b in buffers)
+            with progress.Bar(f"saving {name or dest.name}", len(data) + tensor_bytes) as bar:
+                writer.add(PICKLE_MEMBER, [data])
+                for key in storages.storages:
+                    writer.add(STORAGE_PREFIX + key, storages.buffers(key))
+                for i, buf in enumerate(buffers):
+                    writer.add(f"{BUFFER_PREFIX}{i}", [buf.raw()])
+                bar.update(completed=sum(m.size for m in writer.members))  # waits for the queued writes
             digest = writer.payload_digest()
             type_name = object_type_name(obj, module_map)
             manifest = {
@@ -108,26 +126,36 @@ def save(
                 "tensors": {"storages": len(storages.storages), "buffers": len(buffers)},
             }
             text = audit.format_message(
-                archive=dest.name, object_type=type_name, digest=digest, params=params, head=snap.head, message=message
+                archive=dest.name if path is not None else name, object_type=type_name, digest=digest, params=params,
+                head=snap.head, message=message, extra={"Artifact": name} if name else None,
             )
 
             def seal(commit: str) -> None:
                 writer.seal({**manifest, "commit": commit})
 
             commit = git_repo.commit_snapshot(snap.tree, text, branch=branch, head=snap.head, sign=sign, before_update=seal)
-            writer.publish()
+            version = None
+            if name is not None:
+                version = store.Store(git_repo).add(name, writer.temp_path, snapshot=commit, digest=digest,
+                                                    object_type=type_name, params=params)
+            if path is not None:
+                writer.publish()
+            else:
+                writer.abort()  # the sealed bytes now live in the object database
         except BaseException:
             writer.abort()
             raise
-        return SaveInfo(dest, commit, snap.tree, digest, branch_ref(branch), type_name, list(snap.excluded),
-                        list(snap.submodule_warnings))
+        return SaveInfo(dest if path is not None else None, commit, snap.tree, digest, branch_ref(branch), type_name,
+                        list(snap.excluded), list(snap.submodule_warnings), version.label if version else None)
     finally:
         git_repo.close()
 
 
 def inspect(path: str | os.PathLike) -> dict[str, Any]:
-    """What the archive records (provenance, parameters, environment), read without unpickling."""
-    return read_manifest(path)
+    """What the archive (a file, or a stored ``NAME[@VERSION]``) records, read without unpickling."""
+    from . import store
+
+    return read_manifest(store.locate(path)[0])
 
 
 def _verify_commit(git_repo: Repo, manifest: dict[str, Any], path: Path) -> None:
@@ -160,8 +188,16 @@ def load(
     trust: bool = False,
     allow: Iterable[tuple[str, str]] = (),
     repo: str | os.PathLike | None = None,
+    fetch: bool = False,
+    remote: str | None = None,
 ) -> Any:
     """Load an archive against its own snapshot's code, in an isolated namespace.
+
+    *path* is an archive file or a stored artifact, ``NAME``, ``NAME@v2`` or
+    ``NAME@latest`` (:mod:`gitpack.store` documents how the two are told
+    apart).  ``fetch=True`` runs ``gitpack pull`` (from *remote*, default the
+    upstream or origin) first.  A portable archive loads with no repository at
+    all, from its embedded, hash-verified source.
 
     Everything is verified before anything is unpickled: the manifest, the
     member table, the commit (which must vouch for the payload digest) and the
@@ -170,11 +206,19 @@ def load(
     is *not* checked at load (that would read every byte); run
     ``gitpack verify`` to check it.  ``map_location`` works like torch's.
     """
-    path = Path(path)
+    from . import portable, store
+
+    if fetch:
+        pull(remote, repo=repo)
+    path, _ = store.locate(path, repo=repo)
     with ArchiveReader(path) as reader:
         manifest = reader.manifest
-        git_repo = Repo.discover(repo)
-        _verify_commit(git_repo, manifest, path)
+        if portable.is_portable(manifest):
+            source = portable.verified_source(reader)  # every embedded file checked before anything is imported
+        else:
+            git_repo = Repo.discover(repo)
+            _verify_commit(git_repo, manifest, path)
+            source = GitSourceTree(git_repo, manifest["tree"])
         if manifest.get("by_value_code") and not trust:
             raise PolicyError(
                 f"{path} carries by-value code ({', '.join(manifest['by_value_code'][:3])}) defined outside any file; "
@@ -184,7 +228,7 @@ def load(
         count = manifest.get("tensors", {}).get("buffers", 0)
         buffers = [reader.read_buffer(f"{BUFFER_PREFIX}{i}") for i in range(int(count))]
         namespace = namespace_for(
-            GitSourceTree(git_repo, manifest["tree"]),
+            source,
             list(manifest.get("roots") or [""]),
             {name: info.get("root", "") for name, info in (manifest.get("modules") or {}).items()},
         )
@@ -203,9 +247,121 @@ def log(*, branch: str | None = None, repo: str | os.PathLike | None = None, lim
     git_repo = Repo.discover(repo)
     try:
         branch = branch or git_repo.config("gitpack.branch") or DEFAULT_BRANCH
-        return audit.log(git_repo, branch_ref(branch), limit)
+        entries = audit.log(git_repo, branch_ref(branch), limit)
+        from . import share
+
+        merged = share.merged_in_tips(git_repo, branch_ref(branch))
+        if merged:  # saves that `gitpack pull` merged in from other clones
+            by_commit = {e.commit: e for e in entries}
+            for tip in merged:
+                for e in audit.log(git_repo, tip, limit):
+                    by_commit.setdefault(e.commit, e)
+            entries = list(by_commit.values())
+            entries.sort(key=lambda e: _dt.datetime.fromisoformat(e.date), reverse=True)
+            entries = entries[:limit] if limit else entries
+        return entries
     finally:
         git_repo.close()
+
+
+# ---------------------------------------------------------------------- the artifact store and sharing
+def list_artifacts(name: str | None = None, *, repo: str | os.PathLike | None = None) -> list:
+    """Every stored version (of *name*, or of all artifacts), by name, newest first."""
+    from . import store
+
+    git_repo = Repo.discover(repo)
+    try:
+        if name is not None:
+            store.validate_name(name)
+        return store.Store(git_repo).versions(name)
+    finally:
+        git_repo.close()
+
+
+def alias(ref: str, alias_name: str, *, repo: str | os.PathLike | None = None):
+    """Point ``NAME@ALIAS`` at the version *ref* names (``clf@v2`` -> ``prod``); returns that version."""
+    from . import store
+
+    git_repo = Repo.discover(repo)
+    try:
+        return store.Store(git_repo).set_alias(ref, alias_name)
+    finally:
+        git_repo.close()
+
+
+def pull(remote: str | None = None, *, repo: str | os.PathLike | None = None):
+    """Fetch the snapshot branch and artifacts from *remote* (default: upstream, else origin) and merge them in."""
+    from . import share
+
+    git_repo = Repo.discover(repo)
+    try:
+        return share.pull(git_repo, remote)
+    finally:
+        git_repo.close()
+
+
+def push(remote: str | None = None, *, repo: str | os.PathLike | None = None):
+    """Merge *remote*'s saves, then push the snapshot branch and artifacts, never overwriting anyone's."""
+    from . import share
+
+    git_repo = Repo.discover(repo)
+    try:
+        return share.push(git_repo, remote)
+    finally:
+        git_repo.close()
+
+
+def export(ref: str | os.PathLike, output: str | os.PathLike, *, portable: bool = False,
+           repo: str | os.PathLike | None = None):
+    """Write a stored artifact (or an archive file) to *output*; ``portable=True`` embeds its source too.
+
+    A portable archive loads where there is no repository at all.
+    """
+    from . import portable as portable_archive
+    from . import store
+
+    git_repo = Repo.discover(repo)
+    try:
+        archive, _ = store.locate(ref, repo=repo)
+        manifest = read_manifest(archive)
+        if portable_archive.is_portable(manifest):
+            raise ArchiveError(f"{ref} is already portable; copy it as it is")
+        _verify_commit(git_repo, manifest, archive)
+        dest = Path(output).absolute()
+        if portable:
+            return portable_archive.export(git_repo, archive, dest).path
+        import shutil
+
+        if dest.is_dir() or not dest.parent.is_dir():
+            raise ArchiveError(f"cannot write {dest}: give a file path in an existing directory")
+        temp = dest.with_name(f".{dest.name}.gitpack-export-tmp")
+        try:
+            shutil.copyfile(archive, temp)
+            os.replace(temp, dest)
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            raise ArchiveError(f"cannot write {dest}: {exc.strerror}; check the path and free space") from None
+        return dest
+    finally:
+        git_repo.close()
+
+
+def init(*, repo: str | os.PathLike | None = None) -> list[str]:
+    """Set the repository up for archives: .gitattributes (binary, -delta, diff=gitpack) and git config."""
+    from . import native
+
+    git_repo = Repo.discover(repo)
+    try:
+        return native.init(git_repo)
+    finally:
+        git_repo.close()
+
+
+def textconv(path: str | os.PathLike) -> str:
+    """An archive's manifest as stable text for ``git diff`` (never unpickles, never imports torch)."""
+    from . import native
+
+    return native.textconv(path)
 
 
 def source_of(obj: Any) -> str | None:

@@ -38,40 +38,52 @@ def _note(text: str) -> None:
 @app.command()
 def save(
     target: str = typer.Argument(..., help="module:attr or path/to/file.py:attr; a function or class is called with the -p values"),
-    output: str = typer.Option(..., "-o", "--output", help="archive file to write"),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="archive file to write"),
+    name: Optional[str] = typer.Option(None, "--name", help="also (or, without -o, only) store it as the next version of artifact NAME"),
     param: List[str] = typer.Option([], "-p", "--param", help="key=value (JSON where it parses, else a string); repeatable"),
     message: Optional[str] = typer.Option(None, "-m", "--message", help="note recorded in the snapshot commit"),
     branch: Optional[str] = typer.Option(None, "--branch", help="snapshot branch (default: gitpack, or git config gitpack.branch)"),
     size_cap: Optional[int] = typer.Option(None, "--size-cap", help="leave files larger than this many bytes out of the snapshot"),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar"),
 ) -> None:
     """Snapshot the working tree and save TARGET's object with its code pinned to that commit."""
     from . import targets
 
+    _quiet(quiet)
+    if output is None and name is None:
+        raise GitpackError("say where to save: -o FILE, --name NAME (the repository's artifact store), or both")
     params = targets.parse_params(param)
     obj = targets.resolve(target, params)
-    info = api.save(obj, output, params=params, message=message, branch=branch, size_cap=size_cap)
+    info = api.save(obj, output, name=name, params=params, message=message, branch=branch, size_cap=size_cap)
     for path, reason in info.excluded:
         _note(f"left out of the snapshot: {path} ({reason})")
     for warning in info.warnings:
         _note(f"warning: {warning}")
-    _out(f"saved {info.object_type} to {info.path}")
+    if info.path is not None:
+        _out(f"saved {info.object_type} to {info.path}")
+    if info.artifact is not None:
+        _out(f"stored {info.object_type} as {info.artifact}")
     _out(f"snapshot {info.commit} on {info.branch}")
     _out(f"digest {info.digest}")
 
 
 @app.command()
 def load(
-    path: str = typer.Argument(..., help="archive file"),
+    path: str = typer.Argument(..., help="archive file, or stored artifact NAME, NAME@v2, NAME@latest"),
     apply: Optional[str] = typer.Option(None, "--apply", help="run preprocess -> forward (batch of one) -> postprocess on INPUT, print JSON"),
     map_location: Optional[str] = typer.Option(None, "--map-location", help="device for tensors, e.g. cpu or cuda:0"),
     mmap: bool = typer.Option(False, "--mmap", help="map tensor data from the archive instead of reading it"),
     trust: bool = typer.Option(False, "--trust", help="allow any global and by-value code (only for archives you trust)"),
     allow: List[str] = typer.Option([], "--allow", help="also allow global module:qualname; repeatable"),
+    fetch: bool = typer.Option(False, "--fetch", help="`gitpack pull` first, then load"),
+    remote: Optional[str] = typer.Option(None, "--remote", help="remote for --fetch (default: upstream, else origin)"),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar"),
 ) -> None:
-    """Load an archive against the code it was saved with, in isolation."""
+    """Load an archive (a file or a stored artifact) against the code it was saved with, in isolation."""
     from .policy import parse_allow
 
-    obj = api.load(path, map_location=map_location, mmap=mmap, trust=trust, allow=parse_allow(allow))
+    _quiet(quiet)
+    obj = api.load(path, map_location=map_location, mmap=mmap, trust=trust, allow=parse_allow(allow), fetch=fetch, remote=remote)
     if apply is not None:
         _out(json.dumps(api.apply(obj, apply), default=str))
         return
@@ -84,7 +96,7 @@ def load(
 
 @app.command()
 def inspect(
-    path: str = typer.Argument(..., help="archive file"),
+    path: str = typer.Argument(..., help="archive file, or stored artifact NAME[@VERSION]"),
     as_json: bool = typer.Option(False, "--json", help="print the whole manifest as JSON"),
 ) -> None:
     """Show what an archive records (code, parameters, environment) without unpickling it."""
@@ -111,6 +123,108 @@ def log(
     for e in entries:
         params = " ".join(f"{k}={json.dumps(v)}" for k, v in list(e.params.items())[:4])
         _out(f"{e.commit[:12]}  {e.date}  {e.object_type}  {e.archive}  {params}".rstrip())
+
+
+def _quiet(quiet: bool) -> None:
+    from . import progress
+
+    progress.set_quiet(quiet)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+@app.command("list")
+def list_(
+    name: Optional[str] = typer.Argument(None, help="only this artifact"),
+    as_json: bool = typer.Option(False, "--json", help="all fields, as JSON"),
+) -> None:
+    """List the stored artifacts: names, versions, aliases, dates, snapshot commits and sizes."""
+    versions = api.list_artifacts(name)
+    if as_json:
+        _out(json.dumps([v.as_json() for v in versions], indent=2))
+        return
+    if not versions:
+        _note("no artifacts here yet (`gitpack save TARGET --name NAME` stores one, `gitpack pull` fetches others')")
+        return
+    rows = [(v.name, f"v{v.number}", ",".join(v.aliases), v.date, v.snapshot[:12], _size(v.size), v.object_type) for v in versions]
+    header = ("NAME", "VERSION", "ALIASES", "DATE", "SNAPSHOT", "SIZE", "OBJECT")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    for row in [header] + rows:
+        _out("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+@app.command("alias")
+def alias_(
+    ref: str = typer.Argument(..., help="the version: NAME@v2 (or NAME@ALIAS)"),
+    alias_name: str = typer.Argument(..., metavar="ALIAS", help="alias to point at it, e.g. prod"),
+) -> None:
+    """Point NAME@ALIAS at a stored version (aliases move; versions never do)."""
+    version = api.alias(ref, alias_name)
+    _out(f"{version.name}@{alias_name} -> {version.label}")
+
+
+def _report(report) -> None:
+    for note in report.notes:
+        _note(note)
+
+
+@app.command()
+def push(
+    remote: Optional[str] = typer.Argument(None, help="remote name or URL (default: the branch's upstream, else origin)"),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar"),
+) -> None:
+    """Push the snapshot branch and the artifacts (merging others' saves first; never force)."""
+    _quiet(quiet)
+    report = api.push(remote)
+    _report(report)
+    _out(f"pushed {len(report.pushed)} ref(s) to {report.remote}" if report.pushed else f"{report.remote} is up to date")
+
+
+@app.command()
+def pull(
+    remote: Optional[str] = typer.Argument(None, help="remote name or URL (default: the branch's upstream, else origin)"),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar"),
+) -> None:
+    """Fetch the snapshot branch and the artifacts and merge them into this clone's."""
+    _quiet(quiet)
+    report = api.pull(remote)
+    _report(report)
+    _out(f"pulled from {report.remote}" if report.notes else f"already up to date with {report.remote}")
+
+
+@app.command()
+def export(
+    ref: str = typer.Argument(..., help="stored artifact NAME[@VERSION], or an archive file"),
+    output: str = typer.Option(..., "-o", "--output", help="file to write"),
+    portable: bool = typer.Option(False, "--portable", help="embed the snapshot's source: loads with no repository at all"),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar"),
+) -> None:
+    """Write a stored artifact to a file; --portable embeds its source, verified by git hashes at load."""
+    _quiet(quiet)
+    path = api.export(ref, output, portable=portable)
+    _out(f"wrote {'portable ' if portable else ''}archive {path}")
+
+
+@app.command()
+def init() -> None:
+    """Set this repository up for archives: .gitattributes (binary, -delta, diff=gitpack) and git config."""
+    done = api.init()
+    for line in done:
+        _out(line)
+    if not done:
+        _out("already set up")
+
+
+@app.command()
+def textconv(path: str = typer.Argument(..., help="archive file (git passes a temp file)")) -> None:
+    """Print an archive's manifest as text, for git diff (never unpickles, never imports torch)."""
+    sys.stdout.write(api.textconv(path))
 
 
 def _click_classes(name: str) -> tuple[type, ...]:
