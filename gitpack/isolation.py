@@ -11,9 +11,12 @@ and stdlib imports resolve normally.
 
 Files are materialised lazily, one directory at a time, into a cache keyed by
 tree (``$GITPACK_CACHE``, else ``$XDG_CACHE_HOME/gitpack``, else
-``~/.cache/gitpack``).  A directory is written together with its data files and
-data-only subdirectories, so ``__file__``-relative reads work; a listing written
-last marks it complete, so a cache hit costs a stat and one small read.
+``~/.cache/gitpack``): only the directories that hold a module actually
+imported, each together with its data files and data-only subdirectories, so
+``__file__``-relative reads work.  Directories that imports only pass through
+(the import root, a package's parents) are listed, never written.  A listing
+written last marks a directory complete, so a cache hit costs a stat and one
+small read per directory, and no git process.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from typing import Protocol
 from .errors import GitpackError
 
 PREFIX_FORMAT = "__gitpack_{}__"
-LISTING = ".gitpack-dir.json"
+LISTING = ".gitpack-dir.json"  # written last: the directory's files are all there
+NAMES = ".gitpack-names.json"  # only the directory's names, for resolving imports through it
 _SYMLINK_MODE = "120000"
 
 
@@ -56,14 +60,24 @@ class GitSourceTree:
     def __init__(self, repo, tree: str):
         self.repo = repo
         self.key = tree
+        self._trees: dict[str, str | None] = {"": tree}  # directory -> its tree's sha
+
+    def _tree_of(self, rel: str) -> str | None:
+        if rel in self._trees:
+            return self._trees[rel]
+        parent, _, name = rel.rpartition("/")
+        parent_sha = self._tree_of(parent)
+        sha = None
+        if parent_sha is not None:
+            entry = next((e for e in self.repo.read_tree(parent_sha) if e.name == name), None)
+            sha = entry.sha if entry is not None and entry.kind == "tree" else None
+        self._trees[rel] = sha
+        return sha
 
     def list_dir(self, rel: str) -> dict[str, tuple[str, str]] | None:
-        sha = self.key
-        for part in [p for p in rel.split("/") if p]:
-            entry = {e.name: e for e in self.repo.read_tree(sha)}.get(part)
-            if entry is None or entry.kind != "tree":
-                return None
-            sha = entry.sha
+        sha = self._tree_of("/".join(p for p in rel.split("/") if p))
+        if sha is None:
+            return None
         out = {}
         for e in self.repo.read_tree(sha):
             if e.kind == "commit":
@@ -96,7 +110,34 @@ class Materializer:
         self.source = source
         self.root = (root or cache_root() / "trees") / source.key
         self._listings: dict[str, dict | None] = {}
+        self._names: dict[str, dict | None] = {}
         self._lock = threading.RLock()
+
+    def names(self, rel: str) -> dict | None:
+        """``{"files": [...], "dirs": [...]}`` of a directory, *without* writing its files.
+
+        Resolving an import walks directories (the import root, a package's
+        parents) whose files the model may never use; they are listed, not
+        materialised.  From memory, else from the directory's marker in the
+        cache (a stat and a small read), else from the tree, and then kept in a
+        names marker so that the next process needs no git at all.
+        """
+        with self._lock:
+            if rel in self._names:
+                return self._names[rel]
+            found = _read_marker(self.path(rel) / LISTING) or _read_marker(self.path(rel) / NAMES)
+            if found is None:
+                entries = self.source.list_dir(rel)
+                if entries is not None:
+                    found = {
+                        "files": sorted(n for n, (kind, _) in entries.items() if kind != "tree"),
+                        "dirs": sorted(n for n, (kind, _) in entries.items() if kind == "tree"),
+                    }
+                    target = self.path(rel)
+                    target.mkdir(parents=True, exist_ok=True)
+                    _atomic_write(target / NAMES, json.dumps(found).encode())
+            self._names[rel] = found
+            return found
 
     def path(self, rel: str) -> Path:
         return self.root / rel if rel else self.root
@@ -106,10 +147,8 @@ class Materializer:
         with self._lock:
             if rel in self._listings:
                 return self._listings[rel]
-            marker = self.path(rel) / LISTING
-            try:
-                listing = json.loads(marker.read_bytes())
-            except FileNotFoundError:
+            listing = _read_marker(self.path(rel) / LISTING)
+            if listing is None:
                 listing = self._materialise(rel)
             self._listings[rel] = listing
             return listing
@@ -122,7 +161,7 @@ class Materializer:
         target.mkdir(parents=True, exist_ok=True)
         files, dirs = [], []
         for name, (kind, ref) in sorted(entries.items()):
-            if not _safe_name(name) or name == LISTING:
+            if not _safe_name(name) or name in (LISTING, NAMES):
                 raise GitpackError(f"snapshot {self.source.key[:12]} has an unsafe path {rel}/{name!r}; refusing to materialise it")
             if kind == "tree":
                 dirs.append(name)
@@ -189,6 +228,13 @@ class Materializer:
         return True
 
 
+def _read_marker(marker: Path) -> dict | None:
+    try:
+        return json.loads(marker.read_bytes())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
 def _atomic_write(dest: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".gitpack-tmp-", dir=str(dest.parent))
     try:
@@ -230,14 +276,14 @@ class SnapshotNamespace:
             found = None
             preferred = [r for n, r in self.known.items() if n.partition(".")[0] == top]
             for root in preferred + [r for r in self.roots if r not in preferred]:
-                listing = self.files.listing(root)
+                listing = self.files.names(root)
                 if listing is None:
                     continue
                 if top + ".py" in listing["files"]:
                     found = root
                     break
                 if top in listing["dirs"]:
-                    sub = self.files.listing(_join(root, top))
+                    sub = self.files.names(_join(root, top))
                     if sub and ("__init__.py" in sub["files"] or top in preferred or any(f.endswith(".py") for f in sub["files"])):
                         found = root
                         break
@@ -276,7 +322,9 @@ class SnapshotNamespace:
         directory = root
         for part in parts[:-1]:
             directory = _join(directory, part)
-        listing = self.files.listing(directory)
+        # Only the directory that holds the module (or the package's own) is
+        # materialised; the ones above it are only listed.
+        listing = self.files.names(directory)
         if listing is None:
             return None
         last = parts[-1]
@@ -294,6 +342,7 @@ class SnapshotNamespace:
             spec.submodule_search_locations = [location]
             return spec
         if last + ".py" in listing["files"]:
+            self.files.listing(directory)
             path = str(self.files.path(directory) / (last + ".py"))
             return importlib.util.spec_from_file_location(fullname, path, loader=_SnapshotLoader(fullname, path, self))
         return None
