@@ -2,8 +2,12 @@
 
 While capture is on (``with gitpack.capture():``, a plain ``gitpack.capture()``
 call at program start, or ``gitpack save TARGET`` around the import of TARGET),
-a profile hook (``sys.setprofile`` + ``threading.setprofile``) sees each Python
-``__init__`` call.  For the outermost ``__init__`` of every object whose class
+each Python ``__init__`` call is seen: through ``sys.monitoring`` on Python
+3.12+ (every other function is switched off after its first call, so the cost
+is close to nothing), else through a profile hook (``sys.setprofile`` +
+``threading.setprofile``; it slows pure-Python call-heavy code several times
+over, and threads that already run are not seen, so prefer the ``with`` form
+around model building there).  For the outermost ``__init__`` of every object whose class
 lives in a file outside the standard library and site-packages, it records the
 arguments *as they were at call time* (before the body can mutate them), which
 parameters were left at their defaults (read from the caller's call
@@ -401,11 +405,68 @@ class _Chained:
         _hook(frame, event, arg)
 
 
+# Python 3.12+: sys.monitoring reports only function starts and returns, and each function that is not
+# an __init__ is switched off after its first call, so capture costs next to nothing once warmed up.
+_MONITORING = getattr(sys, "monitoring", None)
+_MONITORING_TOOLS = (4, 3, 5)  # 0, 1 and 2 are the ids reserved for debuggers, coverage and profilers
+_MONITORED = "sys.monitoring"
+
+
+def _on_start(code: types.CodeType, offset: int) -> Any:
+    if code.co_name != "__init__":
+        return _MONITORING.DISABLE
+    try:
+        _on_init(sys._getframe(1), "call")
+    except Exception:
+        pass
+    return None
+
+
+def _on_return(code: types.CodeType, offset: int, value: Any) -> Any:
+    if code.co_name != "__init__":
+        return _MONITORING.DISABLE
+    try:
+        _on_init(sys._getframe(1), "return")
+    except Exception:
+        pass
+    return None
+
+
 _state_lock = threading.RLock()
 _depth = 0
 _installed: Any = None
 _previous: Any = None
 _previous_threading: Any = None
+_tool: int | None = None
+_monitored_before = False
+
+
+def _start_monitoring() -> bool:
+    global _tool, _monitored_before
+    m = _MONITORING
+    for tool in _MONITORING_TOOLS:
+        if m.get_tool(tool) is None:
+            break
+    else:
+        return False
+    m.use_tool_id(tool, "gitpack.capture")
+    m.register_callback(tool, m.events.PY_START, _on_start)
+    m.register_callback(tool, m.events.PY_RETURN, _on_return)
+    m.set_events(tool, m.events.PY_START | m.events.PY_RETURN)
+    if _monitored_before:
+        m.restart_events()  # functions switched off by an earlier capture report again
+    _tool, _monitored_before = tool, True
+    return True
+
+
+def _stop_monitoring() -> None:
+    global _tool
+    m = _MONITORING
+    m.set_events(_tool, 0)
+    m.register_callback(_tool, m.events.PY_START, None)
+    m.register_callback(_tool, m.events.PY_RETURN, None)
+    m.free_tool_id(_tool)
+    _tool = None
 
 
 def _start() -> None:
@@ -413,6 +474,9 @@ def _start() -> None:
     with _state_lock:
         _depth += 1
         if _depth > 1:
+            return
+        if _MONITORING is not None and _start_monitoring():
+            _installed = _MONITORED
             return
         previous = sys.getprofile()
         if previous is not None and not callable(previous):
@@ -434,9 +498,12 @@ def _stop() -> None:
         _depth -= 1
         if _depth or _installed is None:
             return
-        if sys.getprofile() is _installed:
-            sys.setprofile(_previous)
-        threading.setprofile(_previous_threading)
+        if _installed is _MONITORED:
+            _stop_monitoring()
+        else:
+            if sys.getprofile() is _installed:
+                sys.setprofile(_previous)
+            threading.setprofile(_previous_threading)
         _installed = None
 
 
@@ -476,7 +543,7 @@ def is_capturing() -> bool:
 def paused() -> Iterator[None]:
     """Turn the hook off in this thread for the duration (gitpack's own work need not be watched)."""
     current = sys.getprofile()
-    if current is None or current is not _installed:
+    if current is None or current is not _installed:  # (sys.monitoring needs no pause: it is nearly free)
         yield
         return
     sys.setprofile(_previous)

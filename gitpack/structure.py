@@ -22,6 +22,7 @@ from typing import Any, Callable
 ROOT = "$"
 MAX_VISITS = 2_000_000
 _LEAVES = (type(None), bool, int, float, complex, str, bytes, bytearray, memoryview, range)
+_LEAF_TYPES = frozenset(_LEAVES)  # exact types skipped before a path is even formatted (big lists of numbers)
 _OPAQUE = (type, types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType,
            types.CodeType, types.FrameType)
 _module_internals: frozenset[str] | None = None
@@ -53,13 +54,15 @@ def _children(obj: Any, path: str, torch: Any) -> list[tuple[Any, str]]:
     if t is dict or isinstance(obj, dict):
         out = []
         for key, value in list(obj.items()):
+            if type(value) in _LEAF_TYPES:
+                continue
             if type(key) is str:
                 out.append((value, f"{path}[{json.dumps(key)}]"))
             elif type(key) in (int, bool, float) or key is None:
                 out.append((value, f"{path}[{key!r}]"))
         return out
     if t is list or t is tuple or isinstance(obj, (list, tuple)):
-        return [(value, f"{path}[{i}]") for i, value in enumerate(obj)]
+        return [(value, f"{path}[{i}]") for i, value in enumerate(obj) if type(value) not in _LEAF_TYPES]
     if isinstance(obj, (set, frozenset)):
         return []
     out = []
@@ -124,7 +127,7 @@ def object_paths(root: Any, want: Callable[[Any], bool], max_visits: int = MAX_V
         except Exception:  # exotic objects (proxies, C extensions) are leaves
             continue
         for child, child_path in children:
-            if type(child) in _LEAVES or id(child) in seen:
+            if id(child) in seen or type(child) in _LEAF_TYPES:
                 continue
             queue.append((child, child_path))
     return found
