@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from conftest import QUIET_ENV, git, gitpack_cli, init_repo, run, run_python
+from gitpack import api
+from gitpack.errors import GitpackError, StoreError
 
 MODEL = textwrap.dedent(
     '''
@@ -184,19 +186,28 @@ def test_name_or_path_rule_and_ambiguity(tmp_path):
     one_line_error(gitpack_cli(repo, "load", "sub/clf"), "no such archive")
 
 
-def test_unknown_names_versions_and_aliases_are_one_line_errors(tmp_path):
+def test_unknown_names_versions_and_aliases_are_one_line_errors(tmp_path, monkeypatch):
     repo = make_project(tmp_path / "proj")
     ok(save(repo, "clf", "v1"))
     refs_before = git(repo, "for-each-ref")
+    # The CLI's one line, for each kind of command ...
     one_line_error(gitpack_cli(repo, "load", "nope"), "no artifact named 'nope'", "gitpack pull")
-    one_line_error(gitpack_cli(repo, "load", "clf@v7"), "clf has no version v7 (it has v1)")
-    one_line_error(gitpack_cli(repo, "load", "clf@prod"), "no alias 'prod'")
-    one_line_error(gitpack_cli(repo, "inspect", "clf@v7"), "no version v7")
-    one_line_error(gitpack_cli(repo, "alias", "clf@v7", "prod"), "no version v7")
-    one_line_error(gitpack_cli(repo, "alias", "clf@v1", "v3"), "looks like a version")
+    one_line_error(gitpack_cli(repo, "inspect", "clf@v7"), "clf has no version v7 (it has v1)", "gitpack pull")
     one_line_error(save(repo, "bad/name"), "not a valid artifact name")
-    one_line_error(save(repo, "-dash"), "not a valid artifact name")
     one_line_error(gitpack_cli(repo, "save", "clfpkg.model:make"), "-o FILE", "--name NAME")
+    # ... and the same errors from the API, in-process (cheaper than a process each).
+    monkeypatch.chdir(repo)
+    for call, error, message in [
+        (lambda: api.load("clf@v7"), StoreError, r"clf has no version v7 \(it has v1\)"),
+        (lambda: api.load("clf@prod"), StoreError, r"no alias 'prod' \(aliases: latest; versions: v1\)"),
+        (lambda: api.alias("clf@v7", "prod"), StoreError, "no version v7"),
+        (lambda: api.alias("clf@v1", "v3"), StoreError, "looks like a version"),
+        (lambda: api.save(object(), name="-dash"), StoreError, "not a valid artifact name"),
+        (lambda: api.list_artifacts("no/such"), StoreError, "not a valid artifact name"),
+        (lambda: api.save(object()), GitpackError, "give a path .* a name"),
+    ]:
+        with pytest.raises(error, match=message):
+            call()
     assert git(repo, "for-each-ref") == refs_before  # nothing moved, nothing half-written
     assert listing(repo)[0]["version"] == "v1"
 
