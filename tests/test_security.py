@@ -436,32 +436,38 @@ def test_trust_is_the_only_way_past_the_policy(project, tmp_path):
 
 
 # ----------------------------------------------------------------------------- materialisation safety
-def _archive_for_tree(project, tmp_path, files: dict[str, str], links: dict[str, str], name: str,
-                      extra_tree_entries: str = "") -> Path:
-    """An archive of a Box whose snapshot tree is *files* + *links* (+ raw mktree lines), vouched for by a commit."""
+def _hash(repo: Path, text: str) -> str:
+    return subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=repo, input=text, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def _mktree(repo: Path, lines: list[str]) -> str:
+    return subprocess.run(["git", "mktree"], cwd=repo, input="".join(line + "\n" for line in lines), capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def _archive_for_pkg(project, tmp_path, files: dict[str, str], links: dict[str, str], name: str,
+                     raw_entries: list[str] = ()) -> Path:
+    """An archive of a Box whose snapshot's ``pkg/`` (the directory load materialises) also holds *files*,
+    *links* and raw mktree lines; vouched for by a commit."""
     repo = project.repo
-    lines = []
-    for path, text in files.items():
-        sha = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=repo, input=text, capture_output=True, text=True, check=True).stdout.strip()
-        lines.append(f"100644 blob {sha}\t{path}")
-    for path, target in links.items():
-        sha = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=repo, input=target, capture_output=True, text=True, check=True).stdout.strip()
-        lines.append(f"120000 blob {sha}\t{path}")
-    pkg_tree = git(repo, "rev-parse", "HEAD:pkg")
-    lines.append(f"040000 tree {pkg_tree}\tpkg")
-    tree = subprocess.run(["git", "mktree"], cwd=repo, input="\n".join(lines) + "\n" + extra_tree_entries,
-                          capture_output=True, text=True, check=True).stdout.strip()
+    lines = git(repo, "ls-tree", "HEAD:pkg").splitlines()
+    lines += [f"100644 blob {_hash(repo, text)}\t{path}" for path, text in files.items()]
+    lines += [f"120000 blob {_hash(repo, target)}\t{path}" for path, target in links.items()]
+    lines += list(raw_entries)
+    root = [line for line in git(repo, "ls-tree", "HEAD").splitlines() if not line.endswith("\tpkg")]
+    tree = _mktree(repo, root + [f"040000 tree {_mktree(repo, lines)}\tpkg"])
     with ArchiveReader(project.base) as reader:
         data = reader.read("pickle")
     return forge(project.base, tmp_path / name, repo, data, manifest_changes={"tree": tree})
 
 
-def test_symlinks_never_lead_outside_the_snapshot(project, tmp_path, monkeypatch):
+def test_symlinks_never_lead_outside_the_snapshot(project, tmp_path):
     outside = tmp_path / "outside.py"
     outside.write_text(f"import pathlib\npathlib.Path({str(tmp_path / 'OUTSIDE_RAN')!r}).write_text('ran')\n")
     depth = 24  # deeper than any cache path: a lexical check would think these stay inside
-    sneaky = "d/" * depth + "../" * depth + str(outside).lstrip("/")
-    archive = _archive_for_tree(
+    sneaky = "d/" * depth + "../" * depth + "../" + str(outside).lstrip("/")
+    archive = _archive_for_pkg(
         project, tmp_path,
         files={"data.txt": "inside\n"},
         links={"d": ".", "inside_link.txt": "data.txt", "abs.py": str(outside), "up.py": "../../../../outside.py",
@@ -469,10 +475,12 @@ def test_symlinks_never_lead_outside_the_snapshot(project, tmp_path, monkeypatch
         name="links.gitpack",
     )
     box = gitpack.load(archive, repo=project.repo)
-    tree_dir = Path(os.environ["GITPACK_CACHE"]) / "trees" / gitpack.inspect(archive)["tree"]
-    assert (tree_dir / "inside_link.txt").read_text() == "inside\n"  # a link inside the snapshot works
+    pkg_dir = Path(os.environ["GITPACK_CACHE"]) / "trees" / gitpack.inspect(archive)["tree"] / "pkg"
+    assert (pkg_dir / "model.py").exists()  # the directory was materialised
+    assert (pkg_dir / "inside_link.txt").read_text() == "inside\n"  # a link inside the snapshot works
     for name in ("abs.py", "up.py", "trick.py", "chain.py"):
-        assert not os.path.lexists(tree_dir / name), name
+        assert not os.path.lexists(pkg_dir / name), name
+    tree_dir = pkg_dir.parent
     for path in tree_dir.rglob("*"):
         assert Path(os.path.realpath(path)).is_relative_to(os.path.realpath(tree_dir)), path
     assert box.data == [1, 2, 3]
@@ -480,10 +488,9 @@ def test_symlinks_never_lead_outside_the_snapshot(project, tmp_path, monkeypatch
 
 
 def test_unsafe_paths_in_a_snapshot_are_refused(project, tmp_path):
-    blob = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=project.repo, input="x", capture_output=True,
-                          text=True, check=True).stdout.strip()
-    for bad in ("..", ".git"):
-        archive = _archive_for_tree(project, tmp_path, {}, {}, f"bad{len(bad)}.gitpack", f"100644 blob {blob}\t{bad}\n")
+    blob = _hash(project.repo, "x")
+    for i, bad in enumerate(("..", ".git", ".GIT")):
+        archive = _archive_for_pkg(project, tmp_path, {}, {}, f"bad{i}.gitpack", [f"100644 blob {blob}\t{bad}"])
         with pytest.raises(GitpackError, match="unsafe path"):
             gitpack.load(archive, repo=project.repo)
 
