@@ -32,9 +32,7 @@ import json
 import math
 import os
 import reprlib
-import site
 import sys
-import sysconfig
 import threading
 import types
 import warnings
@@ -62,6 +60,9 @@ _SHORT.maxother = REPR_LIMIT
 
 # --------------------------------------------------------------------------- which classes to record
 def _library_dirs() -> tuple[str, ...]:
+    import site
+    import sysconfig
+
     dirs = set()
     paths = sysconfig.get_paths()
     for key in ("stdlib", "platstdlib", "purelib", "platlib"):
@@ -78,7 +79,7 @@ def _library_dirs() -> tuple[str, ...]:
     return tuple(os.path.realpath(d).rstrip(os.sep) + os.sep for d in dirs)
 
 
-_LIBRARY_DIRS = _library_dirs()
+_library_dirs_cache: tuple[str, ...] | None = None  # computed on first use: sysconfig is slow to import
 _verdicts: "weakref.WeakKeyDictionary[type, bool]" = weakref.WeakKeyDictionary()
 
 
@@ -95,7 +96,10 @@ def _is_candidate(cls: type) -> bool:
     module = sys.modules.get(name) if isinstance(name, str) else None
     file = getattr(module, "__file__", None)
     if isinstance(file, str) and file:
-        verdict = not os.path.realpath(file).startswith(_LIBRARY_DIRS)
+        global _library_dirs_cache
+        if _library_dirs_cache is None:
+            _library_dirs_cache = _library_dirs()
+        verdict = not os.path.realpath(file).startswith(_library_dirs_cache)
     try:
         _verdicts[cls] = verdict
     except TypeError:
@@ -699,11 +703,15 @@ def key_args(tree: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (entry.get("args") or {}).items() if not (isinstance(v, dict) and "$ref" in v)}
 
 
+def parse_trailer(text: str | None) -> dict[str, Any] | None:
+    """The capture tree from a commit's ``Gitpack-Capture`` trailer (None when absent or unreadable)."""
+    try:
+        tree = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return tree if isinstance(tree, dict) else None
+
+
 def log_params(params: dict[str, Any] | None, capture_trailer: str | None) -> dict[str, Any]:
     """What a one-line log shows: the explicit parameters, else the root object's captured arguments."""
-    if params:
-        return params
-    try:
-        return key_args(json.loads(capture_trailer)) if capture_trailer else {}
-    except ValueError:
-        return {}
+    return params or key_args(parse_trailer(capture_trailer))

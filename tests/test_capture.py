@@ -310,3 +310,5 @@ def test_cli_save_captures_objects_built_while_importing_the_target(repo, repo_m
     listed = gitpack_cli(repo, "log")
     assert listed.returncode == 0, listed.stderr
     assert "level.gitpack  lr=0.4 momentum=0.9" in listed.stdout  # no -p given: the captured arguments stand in
+    as_json = json.loads(gitpack_cli(repo, "log", "--json").stdout)
+    assert as_json[0]["capture"] == {"objects": objects}
