@@ -95,6 +95,7 @@ class Repo:
         self._git = gitpython.Git(str(root))
         self._tree_cache: dict[str, list[TreeEntry]] = {}
         self._config: dict[str, str] | None = None
+        self._head_branch_seen: tuple[str | None] | None = None  # HEAD's branch as the last snapshot saw it
 
     # ---------------------------------------------------------------- discovery
     @classmethod
@@ -355,6 +356,7 @@ class Repo:
         for path, sha in zip(regular + links, shas):
             changes[path] = (from_worktree[path], sha)
         tree = self._overlay(base_tree, changes)
+        self._head_branch_seen = (head_branch,)
         return SnapshotTree(tree, head, head_branch, bool(changed), excluded, warnings)
 
     def _commit_and_tree(self, rev: str) -> tuple[str, str] | None:
@@ -524,6 +526,7 @@ class Repo:
                 os.unlink(temp_index)
             except FileNotFoundError:
                 pass
+        self._head_branch_seen = (head_branch,)
         return SnapshotTree(tree, head, head_branch, dirty, excluded, submodule_warnings)
 
     def _exclusion_reason(self, path: str, size_cap: int, exclude: set[str]) -> str | None:
@@ -655,6 +658,10 @@ class Repo:
         return self.config(f"remote.{remote}.url")
 
     def config_branch_remote(self) -> str | None:
+        if self._head_branch_seen is not None:  # the snapshot's status already said (a save asks no more)
+            full = self._head_branch_seen[0]
+            branch = full.removeprefix("refs/heads/") if full else None
+            return self.config(f"branch.{branch}.remote") if branch else None
         try:
             branch = self.git("symbolic-ref", "-q", "--short", "HEAD")
         except GitError:

@@ -89,6 +89,9 @@ class StorageLoader:
         self._next = 0  # index in _order of the next member to schedule
         self._scheduled: dict[str, tuple[Any, Any, int]] = {}  # member name -> (storage, future, size)
         self._ahead = 0  # bytes scheduled and not yet handed out
+        if not mmap and self._order and self._target("cpu") != "meta":
+            # Start reading now: the pickle is scanned and unpickled while the first bytes arrive.
+            self._schedule_through(None)
 
     def load(self, pid: tuple) -> Any:
         import torch
@@ -126,12 +129,12 @@ class StorageLoader:
         future.result()  # raises ArchiveError when the bytes do not match their digest
         return storage
 
-    def _schedule_through(self, name: str) -> None:
-        """Start reading members in file order until *name* is started and the readahead is full."""
+    def _schedule_through(self, name: str | None) -> None:
+        """Start reading members in file order until *name* (if any) is started and the readahead is full."""
         import torch
 
         while self._next < len(self._order):
-            if name in self._scheduled and self._ahead >= self.readahead:
+            if (name is None or name in self._scheduled) and self._ahead >= self.readahead:
                 return
             member = self._order[self._next]
             self._next += 1
@@ -139,7 +142,7 @@ class StorageLoader:
             future = self.reader.readinto_async(member.name, flat.numpy())
             self._scheduled[member.name] = (flat.untyped_storage(), future, member.size)
             self._ahead += member.size
-        if name not in self._scheduled:
+        if name is not None and name not in self._scheduled:
             raise ArchiveError(f"{self.reader.path}: storage member {name!r} is used twice; the archive is corrupt")
 
     def _target(self, location: str) -> str | None:
