@@ -3,9 +3,13 @@
     info = gitpack.save(model, "model.gitpack", params={"lr": 3e-4})
     model = gitpack.load("model.gitpack")      # runs the code it was saved with
     gitpack.inspect("model.gitpack")           # what built it, without unpickling
+    with gitpack.capture(): model = build()    # record the constructor arguments of repo objects
+    gitpack.diff("a.gitpack", "b.gitpack")     # parameters, environment and code that differ
+    gitpack.verify("model.gitpack")            # every digest, the commit that vouches for it, its signature
+    gitpack.scan("model.gitpack")              # every global the pickle would resolve, without running it
 """
 
-from .api import SaveInfo, __version__, inspect, load, log, save
+from .api import SaveInfo, __version__, capture, diff, inspect, load, log, save, scan, verify
 from .errors import GitpackError
 
-__all__ = ["GitpackError", "SaveInfo", "__version__", "inspect", "load", "log", "save"]
+__all__ = ["GitpackError", "SaveInfo", "__version__", "capture", "diff", "inspect", "load", "log", "save", "scan", "verify"]

@@ -5,17 +5,22 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import audit, environment, pickling, progress
-from .archive import ArchiveReader, ArchiveWriter, read_manifest
-from .errors import ArchiveError, GitpackError, MissingCommitError, PolicyError
+from . import audit, environment, pickling, progress, signing
+from .archive import ArchiveReader, ArchiveWriter, manifest_digest, read_manifest, sealed_manifest
+from .capturing import build_tree, capture, paused, summary_lines
+from .diffing import DiffReport, compare as _compare
+from .errors import ArchiveError, GitError, GitpackError, MissingCommitError, PolicyError, SignatureError, UnpicklingError
 from .gitrepo import DEFAULT_BRANCH, DEFAULT_SIZE_CAP, Repo, branch_ref
 from .isolation import GitSourceTree, namespace_for
 from .policy import Policy
+from .provenance import find_stale, stale_error
+from .structure import is_module, object_paths, summarize
 from .tensors import STORAGE_PREFIX, StorageLoader
 
 __version__ = "0.1.0"
@@ -64,6 +69,7 @@ def save(
     size_cap: int | None = None,
     sign: bool = False,
     repo: str | os.PathLike | None = None,
+    allow_stale: bool = False,
 ) -> SaveInfo:
     """Snapshot the working tree onto gitpack's branch and write *obj* to the archive at *path*.
 
@@ -72,6 +78,10 @@ def save(
     they were; on any error no archive is written and the branch does not move.
     With *name*, the archive is also (or, with no *path*, only) stored in the
     repository as the next version of that artifact (see :mod:`gitpack.store`).
+    The constructor arguments captured by :func:`capture` (or inferred), a
+    structure summary of every torch module, and the check that the code in
+    memory is the code being snapshotted (refused with StaleCodeError unless
+    *allow_stale*) all go into the manifest and the commit message.
     """
     from . import store
 
@@ -95,7 +105,20 @@ def save(
         try:
             snap = git_repo.write_snapshot_tree(size_cap=cap, exclude=exclude)
             module_map = pickling.ModuleMap(git_repo.root, lambda rel: git_repo.object_type(f"{snap.tree}:{rel}") == "blob")
-            data, storages, buffers, _ = pickling.dump(obj, module_map)
+
+            def snapshot_source(rel: str) -> bytes | None:
+                spec = f"{snap.tree}:{rel}"
+                return git_repo.read_object(spec)[1] if git_repo.object_type(spec) == "blob" else None
+
+            with paused():  # gitpack's own work need not pass through the capture hook
+                data, storages, buffers, pickler = pickling.dump(obj, module_map)
+                stale = find_stale(pickler.repo_objects, module_map, snapshot_source)
+                if stale and not allow_stale:
+                    raise stale_error(stale)
+                instances = pickler.repo_instances
+                paths = object_paths(obj, lambda o: id(o) in instances or is_module(o))
+                captured = build_tree(instances, paths, module_map)
+                structure = summarize(paths, module_map)
             tensor_bytes = sum(int(s.nbytes()) for s in storages.storages.values()) + sum(b.raw().nbytes for b in buffers)
             with progress.Bar(f"saving {name or dest.name}", len(data) + tensor_bytes) as bar:
                 writer.add(PICKLE_MEMBER, [data])
@@ -118,6 +141,10 @@ def save(
                 "object": {"type": type_name},
                 "params": params,
                 "message": message,
+                "capture": captured,
+                "structure": structure,
+                "allow_stale": bool(allow_stale),
+                "stale_code": [s.as_json() for s in stale],
                 "environment": environment.describe(),
                 "modules": module_map.used,
                 "roots": module_map.roots,
@@ -125,15 +152,25 @@ def save(
                 "excluded": [list(e) for e in snap.excluded],
                 "tensors": {"storages": len(storages.storages), "buffers": len(buffers)},
             }
+            # The commit vouches for the whole manifest too (all of it but the commit field itself).
+            vouched = {"Manifest": manifest_digest(sealed_manifest(manifest, writer.members))}
+            trailers = {**vouched, "Artifact": name} if name else dict(vouched)
+            trailers.update(_capture_trailers(captured, stale))
             text = audit.format_message(
                 archive=dest.name if path is not None else name, object_type=type_name, digest=digest, params=params,
-                head=snap.head, message=message, extra={"Artifact": name} if name else None,
+                head=snap.head, message=_message_with_capture(message, captured), extra=trailers,
             )
 
             def seal(commit: str) -> None:
                 writer.seal({**manifest, "commit": commit})
 
-            commit = git_repo.commit_snapshot(snap.tree, text, branch=branch, head=snap.head, sign=sign, before_update=seal)
+            sign = signing.wants_signing(git_repo, sign)
+            try:
+                commit = git_repo.commit_snapshot(snap.tree, text, branch=branch, head=snap.head, sign=sign, before_update=seal)
+            except GitError as exc:
+                if sign and "commit-tree" in str(exc):
+                    raise signing.explain_signing_failure(exc) from None
+                raise
             version = None
             if name is not None:
                 version = store.Store(git_repo).add(name, writer.temp_path, snapshot=commit, digest=digest,
@@ -151,6 +188,44 @@ def save(
         git_repo.close()
 
 
+CAPTURE_TRAILER_LIMIT = 16_000
+
+
+def _capture_trailers(captured: dict[str, Any], stale: list) -> dict[str, str]:
+    """``Gitpack-Capture`` (the tree as one-line JSON, when it is not huge) and ``Gitpack-Allow-Stale``."""
+    out = {}
+    text = json.dumps(captured, sort_keys=True, separators=(",", ":"), default=str)
+    if captured.get("objects") and len(text) <= CAPTURE_TRAILER_LIMIT:
+        out["Capture"] = text
+    if stale:
+        out["Allow-Stale"] = "; ".join(str(s) for s in stale)
+    return out
+
+
+def _message_with_capture(message: str | None, captured: dict[str, Any]) -> str | None:
+    """The user's message plus one readable line per constructed object, for plain ``git log``."""
+    lines = summary_lines(captured)
+    if not lines:
+        return message
+    block = "Constructed with:\n" + "\n".join(f"    {line}" for line in lines)
+    return f"{message.strip()}\n\n{block}" if message and message.strip() else block
+
+
+def diff(a: str | os.PathLike, b: str | os.PathLike | None = None, *, all_files: bool = False,
+         repo: str | os.PathLike | None = None) -> DiffReport:
+    """What differs between two saves (parameters, environment, code), or between a save and the working tree.
+
+    Reads manifests and git only; nothing is unpickled.  *a* and *b* are archive
+    files or stored ``NAME[@VERSION]`` artifacts.  The code diff is limited to
+    the repo modules the objects use unless *all_files*.
+    """
+    from . import store
+
+    path_a = store.locate(a, repo=repo)[0]
+    path_b = store.locate(b, repo=repo)[0] if b is not None else None
+    return _compare(path_a, path_b, all_files=all_files, repo=repo)
+
+
 def inspect(path: str | os.PathLike) -> dict[str, Any]:
     """What the archive (a file, or a stored ``NAME[@VERSION]``) records, read without unpickling."""
     from . import store
@@ -158,8 +233,12 @@ def inspect(path: str | os.PathLike) -> dict[str, Any]:
     return read_manifest(store.locate(path)[0])
 
 
-def _verify_commit(git_repo: Repo, manifest: dict[str, Any], path: Path) -> None:
-    """The commit must exist, hold the recorded tree, and vouch for the archive's payload digest."""
+def _verify_commit(git_repo: Repo, manifest: dict[str, Any], path: Path) -> bool:
+    """The commit must exist, hold the recorded tree, and vouch for the archive's payload (and manifest) digest.
+
+    Returns whether the commit vouches for the manifest as well (it does for every save since the
+    ``Gitpack-Manifest`` trailer exists).
+    """
     commit = manifest.get("commit")
     if not isinstance(commit, str) or len(commit) != 40:
         raise ArchiveError(f"{path}: manifest records no valid commit; the archive is corrupt")
@@ -172,12 +251,18 @@ def _verify_commit(git_repo: Repo, manifest: dict[str, Any], path: Path) -> None
     headers, message = audit.parse_commit_object(git_repo.read_object(commit)[1])
     if headers.get("tree", [None])[0] != manifest.get("tree"):
         raise ArchiveError(f"{path}: commit {commit[:12]} does not hold the tree the archive records; the archive was tampered with")
-    digest = audit.parse_trailers(message).get("digest")
-    if digest != manifest.get("payload_digest"):
+    trailers = audit.parse_trailers(message)
+    if trailers.get("digest") != manifest.get("payload_digest"):
         raise ArchiveError(
-            f"{path}: payload digest {manifest.get('payload_digest')} does not match the one commit {commit[:12]} vouches for; "
-            "the archive was tampered with"
+            f"{path}: payload digest {str(manifest.get('payload_digest'))[:80]} does not match the one commit {commit[:12]} "
+            "vouches for; the archive was tampered with"
         )
+    vouched = trailers.get("manifest")
+    if vouched is not None and vouched != manifest_digest(manifest):
+        raise ArchiveError(
+            f"{path}: the manifest does not match the digest commit {commit[:12]} vouches for; the archive was tampered with"
+        )
+    return vouched is not None
 
 
 def load(
@@ -186,7 +271,8 @@ def load(
     map_location: Any = None,
     mmap: bool = False,
     trust: bool = False,
-    allow: Iterable[tuple[str, str]] = (),
+    allow: Iterable[tuple[str, str] | str] = (),
+    require_signed: bool | None = None,
     repo: str | os.PathLike | None = None,
     fetch: bool = False,
     remote: str | None = None,
@@ -200,46 +286,233 @@ def load(
     all, from its embedded, hash-verified source.
 
     Everything is verified before anything is unpickled: the manifest, the
-    member table, the commit (which must vouch for the payload digest) and the
-    pickle's bytes.  Tensor bytes are verified as they are read.  With
-    ``mmap=True`` tensor data is mapped from the archive instead and its digest
-    is *not* checked at load (that would read every byte); run
-    ``gitpack verify`` to check it.  ``map_location`` works like torch's.
+    member table, the commit (which must hold the tree and vouch for the
+    payload and manifest digests), its signature when one is required
+    (*require_signed*, or git config ``gitpack.requireSigned``), the pickle's
+    bytes and every tensor storage the pickle names.  With ``mmap=True``
+    tensor data is mapped from the archive instead and its digest is *not*
+    checked at load (that would read every byte); run ``gitpack verify`` to
+    check it.  ``map_location`` works like torch's.
+
+    Globals resolve only through the strict policy (:mod:`gitpack.policy`),
+    extended by *allow* (``(module, qualname)`` pairs or ``"module:qualname"``
+    strings).  ``trust=True`` turns the policy off and admits by-value code:
+    only for archives whose author you trust.
     """
     from . import portable, store
+
+    policy = Policy(allow)  # a malformed allow entry fails before anything is read
 
     if fetch:
         pull(remote, repo=repo)
     path, _ = store.locate(path, repo=repo)
     with ArchiveReader(path) as reader:
         manifest = reader.manifest
+        roots, known, count, by_value = _load_plan(manifest, path)
         if portable.is_portable(manifest):
             source = portable.verified_source(reader)  # every embedded file checked before anything is imported
+            _check_portable_signature(manifest, repo, require_signed)
         else:
             git_repo = Repo.discover(repo)
-            _verify_commit(git_repo, manifest, path)
+            try:
+                _verify_commit(git_repo, manifest, path)
+                signing.check(git_repo, manifest["commit"], require=require_signed)
+            except BaseException:
+                git_repo.close()
+                raise
             source = GitSourceTree(git_repo, manifest["tree"])
-        if manifest.get("by_value_code") and not trust:
+        if by_value and not trust:
             raise PolicyError(
-                f"{path} carries by-value code ({', '.join(manifest['by_value_code'][:3])}) defined outside any file; "
+                f"{path} carries by-value code ({', '.join(by_value[:3])}) defined outside any file; "
                 "load it only if you trust its author (trust=True / --trust)"
             )
         data = reader.read(PICKLE_MEMBER)
-        count = manifest.get("tensors", {}).get("buffers", 0)
-        buffers = [reader.read_buffer(f"{BUFFER_PREFIX}{i}") for i in range(int(count))]
-        namespace = namespace_for(
-            source,
-            list(manifest.get("roots") or [""]),
-            {name: info.get("root", "") for name, info in (manifest.get("modules") or {}).items()},
-        )
-        find_global = pickling.trusted_find_class if trust else Policy(allow).find_class
+        buffers = [reader.read_buffer(f"{BUFFER_PREFIX}{i}") for i in range(count)]
+        storage_loader = StorageLoader(reader, map_location=map_location, mmap=mmap)
+        if not mmap:
+            _read_storages_first(storage_loader, data)
+        namespace = namespace_for(source, roots, known)
+        find_global = pickling.trusted_find_class if trust else policy.find_class
         return pickling.load(
             data,
             namespace=namespace,
-            storage_loader=StorageLoader(reader, map_location=map_location, mmap=mmap),
+            storage_loader=storage_loader,
             find_global=find_global,
             buffers=buffers,
         )
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What :func:`verify` checked: every member's digest, the commit that vouches for them, its signature."""
+
+    path: Path
+    members: int
+    size: int
+    payload_digest: str
+    manifest_vouched: bool  # the commit's message carries the manifest digest (and it matched)
+    commit: str
+    tree: str
+    signature: signing.Signature | None  # None for a portable archive outside a repository
+    portable: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path), "members": self.members, "bytes": self.size, "payload_digest": self.payload_digest,
+            "manifest_vouched": self.manifest_vouched, "commit": self.commit, "tree": self.tree, "portable": self.portable,
+            "signature": self.signature.as_json() if self.signature else None,
+        }
+
+
+def verify(
+    path: str | os.PathLike, *, require_signed: bool | None = None, repo: str | os.PathLike | None = None
+) -> VerifyReport:
+    """Check an archive completely, without unpickling it (and without importing torch).
+
+    Every byte: header, trailer, canonical manifest, member table, padding and
+    the sha256 of every member; then that the snapshot commit exists, holds
+    the recorded tree with all its objects, and its message vouches for the
+    payload and manifest digests; then the commit's signature, when it has
+    one (refused unless trusted when *require_signed* or
+    ``gitpack.requireSigned``).  Raises a :class:`GitpackError` at the first
+    problem; returns what was checked.
+    """
+    from . import portable, store
+
+    path, _ = store.locate(path, repo=repo)
+    with ArchiveReader(path) as reader:
+        manifest = reader.manifest
+        _load_plan(manifest, path)
+        for name in reader.members:
+            reader.verify_member(name)
+        size = sum(m.size for m in reader.members.values())
+        is_portable = portable.is_portable(manifest)
+        if is_portable:
+            portable.verified_source(reader)
+    commit, tree = str(manifest.get("commit")), str(manifest.get("tree"))
+    signature, vouched = None, False
+    try:
+        git_repo = Repo.discover(repo)
+    except GitpackError:
+        if not is_portable:
+            raise
+        git_repo = None
+    try:
+        if git_repo is None or (is_portable and git_repo.object_type(commit) != "commit"):
+            # Portable and its commit not here: the embedded commit vouched for everything (verified_source).
+            _check_portable_signature(manifest, repo, require_signed)
+        else:
+            vouched = _verify_commit(git_repo, manifest, path)
+            listed = git_repo.git("rev-list", "--objects", "--no-walk", "--missing=print", commit).splitlines()
+            missing = [line[1:] for line in listed if line.startswith("?")]
+            if missing:
+                raise MissingCommitError(
+                    f"snapshot commit {commit[:12]} is here but {len(missing)} of its objects are missing "
+                    f"(e.g. {missing[0][:12]}); fetch it again (`gitpack pull`)"
+                )
+            signature = signing.signature(git_repo, commit)
+            signing.check(git_repo, commit, require=require_signed)
+    finally:
+        if git_repo is not None:
+            git_repo.close()
+    return VerifyReport(Path(path), len(reader.members), size, str(manifest.get("payload_digest")), vouched, commit, tree,
+                        signature, is_portable)
+
+
+def scan(path: str | os.PathLike, *, allow: Iterable[tuple[str, str] | str] = (), repo: str | os.PathLike | None = None):
+    """Every global, persistent id, repo function and by-value code object the archive's pickle names.
+
+    Read from the pickle's opcodes (:mod:`gitpack.scanner`): nothing is
+    unpickled, imported or resolved, and no repository is needed.  Each
+    global is marked allowed or refused by the default policy plus *allow*.
+    """
+    from . import store
+    from .scanner import scan as scan_archive
+
+    path, _ = store.locate(path, repo=repo)
+    return scan_archive(path, allow=allow)
+
+
+def _check_portable_signature(manifest: dict[str, Any], repo: str | os.PathLike | None, require: bool | None) -> None:
+    """A portable archive needs no repository, but a required signature can only be checked in one."""
+    try:
+        git_repo = Repo.discover(repo)
+    except GitpackError:
+        if require:
+            raise SignatureError(
+                "a signed snapshot is required but this portable archive is loaded outside any repository, where git "
+                "cannot check signatures; load it inside a clone that has the snapshot commit"
+            ) from None
+        return
+    try:
+        commit = manifest.get("commit")
+        if signing.requires_signature(git_repo, require) and not (isinstance(commit, str) and git_repo.object_type(commit) == "commit"):
+            raise SignatureError(
+                f"a signed snapshot is required but commit {str(commit)[:12]} of this portable archive is not in "
+                f"{git_repo.root}, so git cannot check its signature; fetch it first (`gitpack pull`)"
+            )
+        if isinstance(commit, str) and git_repo.object_type(commit) == "commit":
+            signing.check(git_repo, commit, require=require)
+    finally:
+        git_repo.close()
+
+
+def _read_storages_first(storage_loader: StorageLoader, data: bytes) -> None:
+    """Read (and so verify) every tensor storage the pickle names before unpickling starts.
+
+    The storages are found by scanning the pickle's opcodes (nothing runs);
+    the unpickler then finds them already loaded.  A storage whose id the scan
+    cannot read as constants is simply loaded (and verified) when met.
+    """
+    from .scanner import scan_pickle
+
+    for pid in scan_pickle(data, Policy()).storages():
+        try:
+            storage_loader.load(pid)
+        except GitpackError:
+            raise
+        except Exception as exc:  # torch: a bad device string, a size that does not fit the dtype
+            raise UnpicklingError(f"cannot load tensor storage {str(pid[2])[:40]!r}: {type(exc).__name__}: {exc}") from exc
+
+
+_SNAPSHOT_PATH = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9_.\-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.\-]*)*)?$")
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def _load_plan(manifest: dict[str, Any], path: Path) -> tuple[list[str], dict[str, str], int, list[str]]:
+    """The manifest fields load acts on, checked: import roots, module roots, buffer count, by-value code.
+
+    The commit already vouches for them (manifest digest); this keeps a bad
+    value from ever reaching the filesystem (a root of ``../x`` would read
+    another snapshot's cache) or an allocation.
+    """
+    def bad(field_name: str) -> ArchiveError:
+        return ArchiveError(f"{path}: manifest field {field_name!r} is malformed; the archive is corrupt or tampered with")
+
+    roots = manifest.get("roots") or [""]
+    if not (isinstance(roots, list) and all(_is_snapshot_dir(r) for r in roots)):
+        raise bad("roots")
+    modules = manifest.get("modules") or {}
+    if not isinstance(modules, dict):
+        raise bad("modules")
+    known = {}
+    for name, info in modules.items():
+        root = info.get("root", "") if isinstance(info, dict) else None
+        if not (_MODULE_NAME.match(name) and _is_snapshot_dir(root)):
+            raise bad("modules")
+        known[name] = root
+    tensors = manifest.get("tensors") or {}
+    count = tensors.get("buffers", 0) if isinstance(tensors, dict) else None
+    if type(count) is not int or not 0 <= count <= len(manifest.get("members", [])):
+        raise bad("tensors")
+    by_value = manifest.get("by_value_code") or []
+    if not (isinstance(by_value, list) and all(isinstance(x, str) for x in by_value)):
+        raise bad("by_value_code")
+    return roots, known, count, by_value
+
+
+def _is_snapshot_dir(rel: Any) -> bool:
+    return isinstance(rel, str) and bool(_SNAPSHOT_PATH.match(rel)) and ".." not in rel.split("/")
 
 
 def log(*, branch: str | None = None, repo: str | os.PathLike | None = None, limit: int | None = None) -> list[audit.LogEntry]:

@@ -45,16 +45,23 @@ def save(
     branch: Optional[str] = typer.Option(None, "--branch", help="snapshot branch (default: gitpack, or git config gitpack.branch)"),
     size_cap: Optional[int] = typer.Option(None, "--size-cap", help="leave files larger than this many bytes out of the snapshot"),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar"),
+    sign: bool = typer.Option(False, "--sign", help="sign the snapshot commit with your git signing key (also: git config commit.gpgsign)"),
+    allow_stale: bool = typer.Option(False, "--allow-stale", help="save even if code changed on disk after it was imported (recorded in the archive and commit)"),
 ) -> None:
-    """Snapshot the working tree and save TARGET's object with its code pinned to that commit."""
+    """Snapshot the working tree and save TARGET's object with its code pinned to that commit.
+
+    Constructor arguments of repo objects are captured while TARGET is imported and called.
+    """
     from . import targets
 
     _quiet(quiet)
     if output is None and name is None:
         raise GitpackError("say where to save: -o FILE, --name NAME (the repository's artifact store), or both")
     params = targets.parse_params(param)
-    obj = targets.resolve(target, params)
-    info = api.save(obj, output, name=name, params=params, message=message, branch=branch, size_cap=size_cap)
+    with api.capture():  # on before TARGET is imported, so module-level construction is seen too
+        obj = targets.resolve(target, params)
+    info = api.save(obj, output, name=name, params=params, message=message, branch=branch, size_cap=size_cap, sign=sign,
+                    allow_stale=allow_stale)
     for path, reason in info.excluded:
         _note(f"left out of the snapshot: {path} ({reason})")
     for warning in info.warnings:
@@ -75,6 +82,9 @@ def load(
     mmap: bool = typer.Option(False, "--mmap", help="map tensor data from the archive instead of reading it"),
     trust: bool = typer.Option(False, "--trust", help="allow any global and by-value code (only for archives you trust)"),
     allow: List[str] = typer.Option([], "--allow", help="also allow global module:qualname; repeatable"),
+    require_signed: bool = typer.Option(
+        False, "--require-signed", help="refuse unless the snapshot commit has a trusted signature (also: git config gitpack.requireSigned)"
+    ),
     fetch: bool = typer.Option(False, "--fetch", help="`gitpack pull` first, then load"),
     remote: Optional[str] = typer.Option(None, "--remote", help="remote for --fetch (default: upstream, else origin)"),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar"),
@@ -83,7 +93,8 @@ def load(
     from .policy import parse_allow
 
     _quiet(quiet)
-    obj = api.load(path, map_location=map_location, mmap=mmap, trust=trust, allow=parse_allow(allow), fetch=fetch, remote=remote)
+    obj = api.load(path, map_location=map_location, mmap=mmap, trust=trust, allow=parse_allow(allow),
+                   require_signed=require_signed or None, fetch=fetch, remote=remote)
     if apply is not None:
         _out(json.dumps(api.apply(obj, apply), default=str))
         return
@@ -92,6 +103,72 @@ def load(
     _out(f"class   {type(obj).__qualname__} from {api.source_of(obj) or type(obj).__module__}")
     _out(f"commit  {manifest['commit']}")
     _out(f"params  {json.dumps(manifest.get('params') or {})}")
+
+
+@app.command()
+def scan(
+    path: str = typer.Argument(..., help="archive file, or stored artifact NAME[@VERSION]"),
+    allow: List[str] = typer.Option([], "--allow", help="count global module:qualname as allowed; repeatable"),
+    as_json: bool = typer.Option(False, "--json", help="everything found, as JSON"),
+) -> None:
+    """List every global, repo reference and by-value code the archive's pickle would use, without running it.
+
+    Exits 1 when the default policy (plus --allow) would refuse something.
+    """
+    from .policy import parse_allow
+
+    report = api.scan(path, allow=parse_allow(allow))
+    if as_json:
+        _out(json.dumps(report.as_json(), indent=2))
+    else:
+        seen: dict[tuple, int] = {}
+        for g in report.globals:
+            key = (g.dotted, g.refused, g.depth)
+            seen[key] = seen.get(key, 0) + 1
+        for (dotted, refused, depth), count in seen.items():
+            where = f"  (in a nested pickle)" if depth else ""
+            times = f" x{count}" if count > 1 else ""
+            _out(f"{'REFUSED' if refused else 'allowed'}  global    {dotted}{times}{f'  -- {refused}' if refused else ''}{where}")
+        for p in report.persistent_ids:
+            if p.kind == "storage":
+                continue
+            shown = ":".join(str(x) for x in p.parts[1:]) if p.known else repr(p.parts)[:120]
+            _out(f"{'snapshot' if p.known else 'UNKNOWN '}  {p.kind or 'id':9} {shown}")
+        for f in report.functions:
+            _out(f"snapshot  function  {f.module}:{f.qualname} (line {f.line}, rebuilt from the snapshot's source)")
+        for c in report.code:
+            uses = f", uses {' '.join(c.names[:12])}" if c.names else ""
+            _out(f"BY-VALUE  code      {c.qualname or c.name or '?'} from {c.filename or '?'}{uses}")
+        storages = sum(1 for p in report.persistent_ids if p.kind == "storage")
+        _out(f"{len(report.globals)} globals ({len(report.refused)} refused), {storages} tensor storages, "
+             f"{len(report.functions)} rebuilt functions, {len(report.code)} by-value code objects"
+             + (f", {report.nested} nested pickles" if report.nested else ""))
+    if report.error:
+        raise GitpackError(f"{path}: {report.error}; the archive's pickle is corrupt")
+    if not report.safe:
+        what = [f"{len(report.refused)} global(s) the load policy refuses"] if report.refused else []
+        what += [f"{len(report.code)} by-value code object(s)"] if report.code else []
+        raise GitpackError(f"{path} has {' and '.join(what)}; loading it needs --allow or --trust")
+
+
+@app.command()
+def verify(
+    path: str = typer.Argument(..., help="archive file, or stored artifact NAME[@VERSION]"),
+    require_signed: bool = typer.Option(False, "--require-signed", help="fail unless the snapshot commit has a trusted signature"),
+    as_json: bool = typer.Option(False, "--json", help="what was checked, as JSON"),
+) -> None:
+    """Check every byte of an archive, the snapshot commit that vouches for it, and its signature."""
+    report = api.verify(path, require_signed=require_signed or None)
+    if as_json:
+        _out(json.dumps(report.as_json(), indent=2))
+        return
+    _out(f"archive    ok: {report.members} members, {report.size} bytes, every digest matches")
+    if report.portable and report.signature is None:
+        _out(f"source     ok: embedded snapshot {report.commit[:12]} matches git's hashes")
+    else:
+        _out(f"commit     {report.commit} holds tree {report.tree[:12]} and vouches for {report.payload_digest}"
+             + (" and the manifest" if report.manifest_vouched else ""))
+    _out(f"signature  {report.signature.describe() if report.signature else 'not checked (no repository)'}")
 
 
 @app.command()
@@ -116,13 +193,32 @@ def log(
     limit: Optional[int] = typer.Option(None, "-n", "--limit", help="show at most this many saves"),
 ) -> None:
     """List the saves recorded on the snapshot branch, newest first."""
+    from .capturing import log_params, parse_trailer
+
     entries = api.log(branch=branch, limit=limit)
     if as_json:
-        _out(json.dumps([e.as_json() for e in entries], indent=2))
+        _out(json.dumps([{**e.as_json(), "capture": parse_trailer(e.trailers.get("capture"))} for e in entries], indent=2))
         return
     for e in entries:
-        params = " ".join(f"{k}={json.dumps(v)}" for k, v in list(e.params.items())[:4])
+        params = " ".join(f"{k}={json.dumps(v)}" for k, v in list(log_params(e.params, e.trailers.get("capture")).items())[:4])
         _out(f"{e.commit[:12]}  {e.date}  {e.object_type}  {e.archive}  {params}".rstrip())
+
+
+@app.command()
+def diff(
+    a: str = typer.Argument(..., help="archive file, or stored artifact NAME[@VERSION]"),
+    b: Optional[str] = typer.Argument(None, help="second archive; without it, A is compared with the working tree"),
+    all_files: bool = typer.Option(False, "--all", help="code diff of every file, not only the repo modules the objects use"),
+    as_json: bool = typer.Option(False, "--json", help="everything, as JSON"),
+) -> None:
+    """Compare two saves: parameters, environment and code. Reads manifests and git only; never unpickles."""
+    report = api.diff(a, b, all_files=all_files)
+    if as_json:
+        _out(json.dumps(report.as_json(), indent=2, default=str))
+        return
+    from .diffing import format_text
+
+    sys.stdout.write(format_text(report))
 
 
 def _quiet(quiet: bool) -> None:
