@@ -387,10 +387,14 @@ def verify(
             reader.verify_member(name)
         size = sum(m.size for m in reader.members.values())
         is_portable = portable.is_portable(manifest)
+        vouched = False
         if is_portable:
+            # The embedded commit must hash right and vouch for the payload and the saved manifest.
             portable.verified_source(reader)
+            embedded = audit.parse_commit_object(reader.read(portable.COMMIT_MEMBER))[1]
+            vouched = "manifest" in audit.parse_trailers(embedded)
     commit, tree = str(manifest.get("commit")), str(manifest.get("tree"))
-    signature, vouched = None, False
+    signature = None
     try:
         git_repo = Repo.discover(repo)
     except GitpackError:
@@ -401,6 +405,9 @@ def verify(
         if git_repo is None or (is_portable and git_repo.object_type(commit) != "commit"):
             # Portable and its commit not here: the embedded commit vouched for everything (verified_source).
             _check_portable_signature(manifest, repo, require_signed)
+        elif is_portable:
+            signature = signing.signature(git_repo, commit)
+            signing.check(git_repo, commit, require=require_signed)
         else:
             vouched = _verify_commit(git_repo, manifest, path)
             listed = git_repo.git("rev-list", "--objects", "--no-walk", "--missing=print", commit).splitlines()
@@ -415,8 +422,8 @@ def verify(
     finally:
         if git_repo is not None:
             git_repo.close()
-    return VerifyReport(Path(path), len(reader.members), size, str(manifest.get("payload_digest")), vouched, commit, tree,
-                        signature, is_portable)
+    payload = manifest["portable"].get("payload_digest") if is_portable else manifest.get("payload_digest")
+    return VerifyReport(Path(path), len(reader.members), size, str(payload), vouched, commit, tree, signature, is_portable)
 
 
 def scan(path: str | os.PathLike, *, allow: Iterable[tuple[str, str] | str] = (), repo: str | os.PathLike | None = None):

@@ -127,3 +127,21 @@ def test_a_broken_signing_setup_fails_the_save_cleanly(signed_repo):
     assert (s.out / "model.gitpack").read_bytes() == old
     assert git(s.repo, "rev-parse", "refs/heads/gitpack") == tip
     assert not [p for p in s.out.iterdir() if ".gitpack-tmp-" in p.name]
+
+
+def test_a_portable_archive_is_checked_where_its_commit_is_known(signed_repo, tmp_path):
+    s = signed_repo
+    gitpack.save({"w": 7}, s.out / "signed.gitpack", sign=True, repo=s.repo)
+    gitpack.api.export(s.out / "signed.gitpack", s.out / "portable.gitpack", portable=True, repo=s.repo)
+
+    report = gitpack.verify(s.out / "portable.gitpack", repo=s.repo, require_signed=True)
+    assert report.portable and report.manifest_vouched and report.signature.code == "G"
+    assert gitpack.load(s.out / "portable.gitpack", repo=s.repo, require_signed=True) == {"w": 7}
+
+    # Outside any repository the embedded source still verifies, but a signature cannot be checked.
+    elsewhere = tmp_path / "no-repo"
+    elsewhere.mkdir()
+    proc = gitpack_cli(elsewhere, "verify", str(s.out / "portable.gitpack"))
+    assert proc.returncode == 0 and "signature  not checked (no repository)" in proc.stdout, proc.stderr
+    proc = gitpack_cli(elsewhere, "load", str(s.out / "portable.gitpack"), "--require-signed")
+    assert proc.returncode == 1 and "outside any repository" in proc.stderr and proc.stderr.count("\n") == 1
