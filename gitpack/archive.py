@@ -45,7 +45,6 @@ ALIGN = 64
 CHUNK = 256 << 10  # small enough that a chunk just hashed is still in L2 when it is copied
 READ_CHUNK = 8 << 20  # unverified reads: fewer, larger syscalls
 FLUSH_EVERY = 64 << 20
-MAX_IN_FLIGHT = 512 << 20
 MAX_MANIFEST_BYTES = 64 << 20
 MAX_MEMBERS = 1_000_000
 _MEMBER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_][A-Za-z0-9_.\-]*)*$")
@@ -89,6 +88,20 @@ def payload_digest(members: Iterable[Member]) -> str:
     for m in members:
         h.update(f"{m.name}\0{m.size}\0{m.sha256}\n".encode())
     return "sha256:" + h.hexdigest()
+
+
+class DeferredBuffer:
+    """A member's bytes that exist only once asked for, such as a device tensor's copy in host memory.
+
+    The writer asks (:meth:`materialise`) on a worker thread right before
+    hashing and writing them, so at most one such copy per worker exists at a
+    time: saving a model from a GPU never holds a second copy of it in RAM.
+    """
+
+    nbytes: int
+
+    def materialise(self):
+        raise NotImplementedError
 
 
 def io_workers() -> int:
@@ -188,8 +201,6 @@ class ArchiveWriter:
         self._names: set[str] = set()
         self._sealed_at: int | None = None
         self._aborted = False
-        self._room = threading.Condition()
-        self._in_flight = 0
         self._pool = ThreadPoolExecutor(workers or io_workers(), thread_name_prefix="gitpack-write")
         self._flusher = _Flusher(fd)
         _pwrite_all(fd, memoryview(HEADER.pack(MAGIC, FORMAT_VERSION, 0)), 0)
@@ -202,35 +213,31 @@ class ArchiveWriter:
             raise ValueError(f"member {name!r} added twice")
         if self._sealed_at is not None:
             raise ValueError("archive is sealed; no more members can be added")
-        views = [memoryview(b).cast("B") for b in buffers]
-        size = sum(len(v) for v in views)
+        views = [b if isinstance(b, DeferredBuffer) else memoryview(b).cast("B") for b in buffers]
+        size = sum(v.nbytes for v in views)
         offset = _align(self._end)
         self._end = offset + size
         self._names.add(name)
-        with self._room:
-            # Bound what is queued but unwritten: device storages arrive here as host copies.
-            while self._in_flight and self._in_flight + size > MAX_IN_FLIGHT:
-                self._room.wait()
-            self._in_flight += size
         self._queued.append((name, offset, size, self._pool.submit(self._hash_and_write, views, offset, size)))
 
-    def _hash_and_write(self, views: list[memoryview], offset: int, size: int) -> str:
-        try:
-            h = hashlib.sha256()
-            for view in views:
-                for i in range(0, len(view), CHUNK):
-                    if self._aborted:
-                        return ""
-                    chunk = view[i : i + CHUNK]
-                    h.update(chunk)  # reads the chunk into the cache; the write below copies it from there
-                    _pwrite_all(self._fd, chunk, offset)
-                    offset += len(chunk)
-                    self._flusher.wrote(len(chunk))
-            return h.hexdigest()
-        finally:
-            with self._room:
-                self._in_flight -= size
-                self._room.notify_all()
+    def _hash_and_write(self, views: list, offset: int, size: int) -> str:
+        h = hashlib.sha256()
+        for view in views:
+            if isinstance(view, DeferredBuffer):
+                expected = view.nbytes
+                view = memoryview(view.materialise()).cast("B")
+                if len(view) != expected:
+                    raise ValueError(f"a deferred buffer promised {expected} bytes and gave {len(view)}")
+            for i in range(0, len(view), CHUNK):
+                if self._aborted:
+                    return ""
+                chunk = view[i : i + CHUNK]
+                h.update(chunk)  # reads the chunk into the cache; the write below copies it from there
+                _pwrite_all(self._fd, chunk, offset)
+                offset += len(chunk)
+                self._flusher.wrote(len(chunk))
+            view = chunk = None  # a deferred copy is freed before the next one is made
+        return h.hexdigest()
 
     @property
     def members(self) -> list[Member]:

@@ -188,9 +188,7 @@ class Materializer:
                 except FileExistsError:
                     pass
             return
-        if dest.exists():
-            return
-        _atomic_write(dest, self.source.read(ref))
+        _write_file(dest, self.source.read(ref))
 
     def _link_stays_inside(self, rel: str, link: str, max_hops: int = 40) -> bool:
         """Resolve *link* (found in directory *rel*) through the snapshot's own tree, as the OS will.
@@ -233,6 +231,27 @@ def _read_marker(marker: Path) -> dict | None:
         return json.loads(marker.read_bytes())
     except (FileNotFoundError, NotADirectoryError):
         return None
+
+
+def _write_file(dest: Path, data: bytes) -> None:
+    """Write one snapshot file in place: no temp file and rename per file.
+
+    Creating files is what materialisation costs, so each file is created
+    once.  That is safe because nothing trusts a directory before its listing,
+    written atomically after all of its files, exists; a crash leaves no
+    listing, and the next load writes the directory again.  Concurrent
+    writers write the same bytes at the same offsets (no truncation before
+    writing), so they agree.  A symlink planted at *dest* is not followed.
+    """
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            done += os.pwrite(fd, view[done:], done)
+        os.ftruncate(fd, len(view))
+    finally:
+        os.close(fd)
 
 
 def _atomic_write(dest: Path, data: bytes) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from .archive import DeferredBuffer
 from .errors import ArchiveError, GitpackError
 
 STORAGE_PREFIX = "storages/"
@@ -48,17 +49,32 @@ class StorageCollector:
         return ("storage", str(dtype).removeprefix("torch."), key, _location(storage), numel)
 
     def buffers(self, key: str):
-        """The bytes of storage *key*, as buffers to write; one CUDA storage at a time is copied to host."""
-        import torch
-
+        """The bytes of storage *key*, as buffers to write: a view of CPU memory (no copy), or for
+        a device storage a deferred host copy that the archive writer makes only when it writes it."""
         storage = self.storages[key]
         if storage.device.type == "meta" or storage.nbytes() == 0:
             return []
         if storage.device.type != "cpu":
-            storage = storage.cpu()
-        flat = torch.empty(0, dtype=torch.uint8)
-        flat.set_(storage)
-        return [flat.numpy()]
+            return [_HostCopy(storage)]
+        return [_bytes_of(storage)]
+
+
+class _HostCopy(DeferredBuffer):
+    def __init__(self, storage):
+        self.storage = storage
+        self.nbytes = storage.nbytes()
+
+    def materialise(self):
+        return _bytes_of(self.storage.cpu())
+
+
+def _bytes_of(storage):
+    """A uint8 numpy view of a CPU storage's memory."""
+    import torch
+
+    flat = torch.empty(0, dtype=torch.uint8)
+    flat.set_(storage)
+    return flat.numpy()
 
 
 def _location(storage) -> str:
