@@ -201,9 +201,14 @@ class ArchiveWriter:
         self._names: set[str] = set()
         self._sealed_at: int | None = None
         self._aborted = False
+        try:
+            _pwrite_all(fd, memoryview(HEADER.pack(MAGIC, FORMAT_VERSION, 0)), 0)
+        except OSError as exc:
+            os.close(fd)
+            self.temp_path.unlink()
+            raise ArchiveError(f"cannot write in {self.dest.parent}: {exc.strerror}; free some space or check the disk") from None
         self._pool = ThreadPoolExecutor(workers or io_workers(), thread_name_prefix="gitpack-write")
         self._flusher = _Flusher(fd)
-        _pwrite_all(fd, memoryview(HEADER.pack(MAGIC, FORMAT_VERSION, 0)), 0)
 
     def add(self, name: str, buffers: Iterable) -> None:
         """Queue a member made of *buffers* (bytes-like, contiguous) to be hashed and written."""
