@@ -295,6 +295,9 @@ def make_big_repo(work: Path, n_files: int) -> tuple[Path, list[str]]:
     # user's index once, as any earlier `git status` of the user would have.
     time.sleep(1.1)
     git(repo, "status", "--porcelain")
+    # Flush the 20,000 new files (and their objects) to disk now: their writeback
+    # would otherwise slow every file the measurements below create.
+    os.sync()
     return repo, used
 
 
@@ -589,6 +592,7 @@ def report(work: Path, size: dict, runs: int, n_files: int, quick: bool) -> None
     big, used = make_big_repo(work, n_files)
     snap = child("snapshot", work, big)
     child("save-app", work, big, env={"GITPACK_CACHE": str(work / "cache-save")})
+    os.sync()
 
     progress("materialisation, first load and cache hit")
     first, hit, loads = [], [], []
