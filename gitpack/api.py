@@ -112,20 +112,25 @@ def save(
 
             with paused():  # gitpack's own work need not pass through the capture hook
                 data, storages, buffers, pickler = pickling.dump(obj, module_map)
-                stale = find_stale(pickler.repo_objects, module_map, snapshot_source)
-                if stale and not allow_stale:
-                    raise stale_error(stale)
-                instances = pickler.repo_instances
-                paths = object_paths(obj, lambda o: id(o) in instances or is_module(o))
-                captured = build_tree(instances, paths, module_map)
-                structure = summarize(paths, module_map)
             tensor_bytes = sum(int(s.nbytes()) for s in storages.storages.values()) + sum(b.raw().nbytes for b in buffers)
             with progress.Bar(f"saving {name or dest.name}", len(data) + tensor_bytes) as bar:
+                # Queue every member first: the writer's threads hash and write them while the checks below run.
                 writer.add(PICKLE_MEMBER, [data])
                 for key in storages.storages:
                     writer.add(STORAGE_PREFIX + key, storages.buffers(key))
                 for i, buf in enumerate(buffers):
                     writer.add(f"{BUFFER_PREFIX}{i}", [buf.raw()])
+                with paused():
+                    stale = find_stale(pickler.repo_objects, module_map, snapshot_source)
+                    if stale and not allow_stale:
+                        raise stale_error(stale)
+                    instances = pickler.repo_instances
+                    paths = object_paths(obj, lambda o: id(o) in instances or is_module(o))
+                    captured = build_tree(instances, paths, module_map)
+                    structure = summarize(paths, module_map)
+                environment_description = environment.describe()
+                remote_url = git_repo.remote_url()
+                sign = signing.wants_signing(git_repo, sign)
                 bar.update(completed=sum(m.size for m in writer.members))  # waits for the queued writes
             digest = writer.payload_digest()
             type_name = object_type_name(obj, module_map)
@@ -137,7 +142,7 @@ def save(
                 "head": snap.head,
                 "head_branch": snap.head_branch,
                 "dirty": snap.dirty,
-                "remote_url": git_repo.remote_url(),
+                "remote_url": remote_url,
                 "object": {"type": type_name},
                 "params": params,
                 "message": message,
@@ -145,7 +150,7 @@ def save(
                 "structure": structure,
                 "allow_stale": bool(allow_stale),
                 "stale_code": [s.as_json() for s in stale],
-                "environment": environment.describe(),
+                "environment": environment_description,
                 "modules": module_map.used,
                 "roots": module_map.roots,
                 "by_value_code": module_map.by_value,
@@ -164,7 +169,6 @@ def save(
             def seal(commit: str) -> None:
                 writer.seal({**manifest, "commit": commit})
 
-            sign = signing.wants_signing(git_repo, sign)
             try:
                 commit = git_repo.commit_snapshot(snap.tree, text, branch=branch, head=snap.head, sign=sign, before_update=seal)
             except GitError as exc:
