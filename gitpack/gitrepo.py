@@ -16,6 +16,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,63 @@ class _NeedsIndex(Exception):
     """The overlay snapshot cannot promise to match ``git add -A`` here; use an index."""
 
 
+class _CatFile:
+    """One long-lived ``git cat-file --batch`` that takes many requests at once.
+
+    Asking for the objects of a whole directory in one write costs one round
+    trip to git instead of one per object (each of which waits for git to be
+    scheduled: on a busy machine that dominates materialisation).
+    """
+
+    BATCH = 256  # requests per write: always far below a pipe's buffer, so writing never blocks on git
+
+    def __init__(self, git):
+        self._git = git
+        self._proc = None
+        self._lock = threading.Lock()
+
+    def read(self, names: list[str], *, with_names: bool = False) -> list:
+        """For each name, (type, bytes), or (sha, type, bytes) *with_names*; None for a missing object."""
+        for name in names:
+            if not name or "\n" in name:
+                raise GitError(f"malformed object name {name!r}")
+        out: list = []
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._proc = self._git.execute(["git", "cat-file", "--batch"], as_process=True, istream=subprocess.PIPE)
+            stdin, stdout = self._proc.stdin, self._proc.stdout
+            try:
+                for start in range(0, len(names), self.BATCH):
+                    batch = names[start : start + self.BATCH]
+                    stdin.write(b"".join(name.encode("utf-8", "surrogateescape") + b"\n" for name in batch))
+                    stdin.flush()
+                    for _ in batch:
+                        header = stdout.readline().split()
+                        if len(header) != 3:
+                            if not header:
+                                raise GitError("git cat-file stopped answering")
+                            out.append(None)  # "<name> missing" or "<name> ambiguous"
+                            continue
+                        size = int(header[2])
+                        data = stdout.read(size)
+                        stdout.read(1)
+                        kind = header[1].decode()
+                        out.append((header[0].decode(), kind, data) if with_names else (kind, data))
+            except (OSError, ValueError):
+                self.close()
+                raise GitError("git cat-file stopped answering") from None
+        return out
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            try:
+                proc.stdin.close()
+                proc.wait()
+            except (OSError, GitCommandError):
+                pass
+
+
 class _TreeWriter:
     """One ``git mktree --batch`` for every tree of a snapshot, written bottom-up."""
 
@@ -94,6 +152,7 @@ class Repo:
         self.common_dir = common_dir
         self._git = gitpython.Git(str(root))
         self._tree_cache: dict[str, list[TreeEntry]] = {}
+        self._cat = _CatFile(self._git)
         self._config: dict[str, str] | None = None
         self._head_branch_seen: tuple[str | None] | None = None  # HEAD's branch as the last snapshot saw it
 
@@ -186,11 +245,15 @@ class Repo:
 
     def read_object(self, sha: str) -> tuple[str, bytes]:
         """(type, bytes) of an object, through one long-lived ``git cat-file --batch``."""
-        try:
-            _, kind, _, data = self._git.get_object_data(sha)
-        except (ValueError, GitCommandError):
-            raise GitError(f"object {sha} is missing from {self.root}; fetch it (`gitpack pull`)") from None
-        return (kind.decode() if isinstance(kind, bytes) else kind), data
+        return self.read_objects([sha])[0]
+
+    def read_objects(self, names: list[str]) -> list[tuple[str, bytes]]:
+        """(type, bytes) of many objects, asked for at once: one round trip to git, not one per object."""
+        found = self._cat.read(names)
+        for name, item in zip(names, found):
+            if item is None:
+                raise GitError(f"object {name} is missing from {self.root}; fetch it (`gitpack pull`)")
+        return found  # type: ignore[return-value]
 
     def read_tree(self, sha: str) -> list[TreeEntry]:
         """The entries of one tree object, parsed from its raw form (cached: trees are immutable)."""
@@ -224,6 +287,7 @@ class Repo:
         return self._config.get(_config_key(key)) or None
 
     def close(self) -> None:
+        self._cat.close()
         self._git.clear_cache()
 
     # ------------------------------------------------------------------ snapshot
@@ -361,14 +425,12 @@ class Repo:
 
     def _commit_and_tree(self, rev: str) -> tuple[str, str] | None:
         """(commit, its tree) for *rev* through the persistent ``cat-file --batch``; None when unborn."""
-        try:
-            sha, kind, _, data = self._git.get_object_data(rev)
-        except (ValueError, GitCommandError):
+        found = self._cat.read([rev], with_names=True)[0]
+        if found is None:
             return None
-        kind = kind.decode() if isinstance(kind, bytes) else kind
+        sha, kind, data = found
         if kind != "commit" or not data.startswith(b"tree "):
             raise GitError(f"{rev} is a {kind}, not a commit")
-        sha = sha.decode() if isinstance(sha, bytes) else sha
         return sha, data[5 : data.index(b"\n")].decode()
 
     def _may_convert_line_endings(self, attribute_files: list[str]) -> bool:

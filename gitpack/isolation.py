@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .errors import GitpackError
+from .gitrepo import parse_tree
 
 PREFIX_FORMAT = "__gitpack_{}__"
 LISTING = ".gitpack-dir.json"  # written last: the directory's files are all there
@@ -89,6 +90,16 @@ class GitSourceTree:
     def read(self, ref: str) -> bytes:
         return self.repo.read_object(ref)[1]
 
+    def read_many(self, refs: list[str]) -> list[bytes]:
+        """Blobs' bytes, and subtrees remembered for :meth:`list_dir`, all in one request to git."""
+        wanted = [r for r in refs if r not in self.repo._tree_cache]
+        out: dict[str, bytes] = {}
+        for ref, (kind, data) in zip(wanted, self.repo.read_objects(wanted)):
+            if kind == "tree":
+                self.repo._tree_cache[ref] = parse_tree(data)
+            out[ref] = data
+        return [out.get(r, b"") for r in refs]
+
 
 def cache_root() -> Path:
     env = os.environ.get("GITPACK_CACHE")
@@ -111,6 +122,7 @@ class Materializer:
         self.root = (root or cache_root() / "trees") / source.key
         self._listings: dict[str, dict | None] = {}
         self._names: dict[str, dict | None] = {}
+        self._prefetched: dict[str, bytes] = {}  # blob -> bytes, for the directory being written
         self._lock = threading.RLock()
 
     def names(self, rel: str) -> dict | None:
@@ -160,9 +172,15 @@ class Materializer:
         target = self.path(rel)
         target.mkdir(parents=True, exist_ok=True)
         files, dirs = [], []
-        for name, (kind, ref) in sorted(entries.items()):
+        for name in entries:
             if not _safe_name(name) or name in (LISTING, NAMES):
                 raise GitpackError(f"snapshot {self.source.key[:12]} has an unsafe path {rel}/{name!r}; refusing to materialise it")
+        # Ask for the whole directory at once (files and subtrees): one round trip to git, not one per entry.
+        read_many = getattr(self.source, "read_many", None)
+        if read_many is not None:
+            refs = [ref for kind, ref in entries.values() if kind != "link"]
+            self._prefetched = dict(zip(refs, read_many(refs)))
+        for name, (kind, ref) in sorted(entries.items()):
             if kind == "tree":
                 dirs.append(name)
                 child = f"{rel}/{name}" if rel else name
@@ -172,6 +190,7 @@ class Materializer:
             else:
                 files.append(name)
                 self._write_entry(target, name, kind, ref, rel)
+        self._prefetched = {}
         listing = {"files": files, "dirs": dirs}
         _atomic_write(target / LISTING, json.dumps(listing).encode())
         return listing
@@ -188,7 +207,8 @@ class Materializer:
                 except FileExistsError:
                     pass
             return
-        _write_file(dest, self.source.read(ref))
+        data = self._prefetched.get(ref)
+        _write_file(dest, data if data is not None else self.source.read(ref))
 
     def _link_stays_inside(self, rel: str, link: str, max_hops: int = 40) -> bool:
         """Resolve *link* (found in directory *rel*) through the snapshot's own tree, as the OS will.

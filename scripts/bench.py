@@ -284,7 +284,10 @@ def make_big_repo(work: Path, n_files: int) -> tuple[Path, list[str]]:
         written += 1
         i += 1
     git(repo, "add", "-A")
+    # No automatic gc in the background of the measurements: pack the objects now, as a real repo has them.
+    git(repo, "config", "gc.auto", "0")
     git(repo, "commit", "-q", "-m", f"{n_files} files")
+    git(repo, "gc", "-q")
     # A few dirty files: three edits, two untracked.
     for p in sorted((repo / "lib").rglob("mod001.py"))[:3]:
         with open(p, "a") as fh:
