@@ -602,6 +602,9 @@ def report(work: Path, size: dict, runs: int, n_files: int, quick: bool) -> None
     cached_files = 0
     for r in range(2 if quick else runs):
         cache = work / f"cache-mat-{r}"
+        # Each run starts with the previous runs' files on disk: their deferred writeback (ext4's
+        # journal) otherwise lands inside the next measurement and triples it on this kind of VM.
+        os.sync()
         first.append(child("materialise", work, big, *sum((["--arg", m] for m in used), []), env={"GITPACK_CACHE": str(cache)}))
         hit.append(child("materialise", work, big, *sum((["--arg", m] for m in used), []), env={"GITPACK_CACHE": str(cache)}))
         loads.append(child("first-load", work, big, env={"GITPACK_CACHE": str(work / f"cache-load-{r}")}))
