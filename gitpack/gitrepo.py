@@ -549,7 +549,7 @@ class Repo:
         os.close(fd)
         try:
             try:
-                shutil.copyfile(user_index, temp_index)
+                shutil.copy2(user_index, temp_index)  # keep its mtime: git's racy-clean check depends on it
             except FileNotFoundError:
                 os.unlink(temp_index)  # git creates it; an empty file is not a valid index
             env = {"GIT_INDEX_FILE": temp_index, "GIT_LITERAL_PATHSPECS": "1"}
