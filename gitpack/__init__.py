@@ -9,7 +9,8 @@
     gitpack.scan("model.gitpack")              # every global the pickle would resolve, without running it
 """
 
-from .api import SaveInfo, __version__, capture, diff, inspect, load, log, save, scan, verify
+from .api import SaveInfo, __version__, diff, inspect, load, log, save, scan, verify
+from .capturing import capture
 from .errors import GitpackError
 
 __all__ = ["GitpackError", "SaveInfo", "__version__", "capture", "diff", "inspect", "load", "log", "save", "scan", "verify"]

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 from . import audit, environment, pickling, progress, signing
 from .archive import ArchiveReader, ArchiveWriter, manifest_digest, read_manifest, sealed_manifest
-from .capturing import build_tree, capture, paused, summary_lines
+from .capturing import build_tree, capture, paused, summary_lines  # noqa: F401  (capture: part of the API the CLI calls)
 from .diffing import DiffReport, compare as _compare
 from .errors import ArchiveError, GitError, GitpackError, MissingCommitError, PolicyError, SignatureError, UnpicklingError
 from .gitrepo import DEFAULT_BRANCH, DEFAULT_SIZE_CAP, Repo, branch_ref
@@ -243,15 +243,7 @@ def _verify_commit(git_repo: Repo, manifest: dict[str, Any], path: Path) -> bool
     Returns whether the commit vouches for the manifest as well (it does for every save since the
     ``Gitpack-Manifest`` trailer exists).
     """
-    commit = manifest.get("commit")
-    if not isinstance(commit, str) or len(commit) != 40:
-        raise ArchiveError(f"{path}: manifest records no valid commit; the archive is corrupt")
-    if git_repo.object_type(commit) != "commit":
-        remote = manifest.get("remote_url") or "the repository it was saved in"
-        raise MissingCommitError(
-            f"snapshot commit {commit} is not in {git_repo.root}; fetch it from {remote} "
-            f"(`gitpack pull` or `git fetch origin {manifest.get('branch', 'refs/heads/gitpack')}`)"
-        )
+    commit = audit.require_snapshot_commit(git_repo, manifest, path)
     headers, message = audit.parse_commit_object(git_repo.read_object(commit)[1])
     if headers.get("tree", [None])[0] != manifest.get("tree"):
         raise ArchiveError(f"{path}: commit {commit[:12]} does not hold the tree the archive records; the archive was tampered with")

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import ArchiveError, MissingCommitError
+
 TRAILER_PREFIX = "Gitpack-"
 
 
@@ -74,6 +76,20 @@ class LogEntry:
             "digest": self.digest, "head": self.head, "params": self.params, "subject": self.subject,
             "trailers": self.trailers,
         }
+
+
+def require_snapshot_commit(repo, manifest: dict[str, Any], path) -> str:
+    """The archive's snapshot commit, which must be in *repo*; else say how to fetch it."""
+    commit = manifest.get("commit")
+    if not isinstance(commit, str) or len(commit) != 40:
+        raise ArchiveError(f"{path}: manifest records no valid commit; the archive is corrupt")
+    if repo.object_type(commit) != "commit":
+        remote = manifest.get("remote_url") or "the repository it was saved in"
+        raise MissingCommitError(
+            f"snapshot commit {commit} of {path} is not in {repo.root}; fetch it from {remote} "
+            f"(`gitpack pull` or `git fetch origin {manifest.get('branch', 'refs/heads/gitpack')}`)"
+        )
+    return commit
 
 
 def parse_commit_object(raw: bytes) -> tuple[dict[str, list[str]], str]:

@@ -126,7 +126,7 @@ def scan(
             key = (g.dotted, g.refused, g.depth)
             seen[key] = seen.get(key, 0) + 1
         for (dotted, refused, depth), count in seen.items():
-            where = f"  (in a nested pickle)" if depth else ""
+            where = "  (in a nested pickle)" if depth else ""
             times = f" x{count}" if count > 1 else ""
             _out(f"{'REFUSED' if refused else 'allowed'}  global    {dotted}{times}{f'  -- {refused}' if refused else ''}{where}")
         for p in report.persistent_ids:

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from . import environment
+from .audit import require_snapshot_commit
 from .archive import read_manifest
-from .errors import ArchiveError, MissingCommitError
 from .gitrepo import DEFAULT_SIZE_CAP, Repo
 
 WORKING_TREE = "working tree"
@@ -158,17 +158,6 @@ def used_paths(*manifests: dict[str, Any]) -> list[str]:
     return sorted(paths)
 
 
-def _commit_of(repo: Repo, manifest: dict[str, Any], path: Path) -> str:
-    commit = manifest.get("commit")
-    if not isinstance(commit, str) or len(commit) != 40:
-        raise ArchiveError(f"{path}: manifest records no valid commit; the archive is corrupt")
-    if repo.object_type(commit) != "commit":
-        remote = manifest.get("remote_url") or "the repository it was saved in"
-        raise MissingCommitError(
-            f"snapshot commit {commit} of {path} is not in {repo.root}; fetch it from {remote} "
-            f"(`gitpack pull` or `git fetch origin {manifest.get('branch', 'refs/heads/gitpack')}`)"
-        )
-    return commit
 
 
 def code_diff(repo: Repo, old: str, new: str, paths: list[str] | None) -> str:
@@ -195,12 +184,12 @@ def compare(a: str | os.PathLike, b: str | os.PathLike | None = None, *, all_fil
     manifest_a = read_manifest(path_a)
     git_repo = Repo.discover(repo)
     try:
-        commit_a = _commit_of(git_repo, manifest_a, path_a)
+        commit_a = require_snapshot_commit(git_repo, manifest_a, path_a)
         side_a = {"archive": str(path_a), "commit": commit_a, "object": (manifest_a.get("object") or {}).get("type")}
         if b is not None:
             path_b = Path(b)
             manifest_b = read_manifest(path_b)
-            commit_b = _commit_of(git_repo, manifest_b, path_b)
+            commit_b = require_snapshot_commit(git_repo, manifest_b, path_b)
             side_b = {"archive": str(path_b), "commit": commit_b, "object": (manifest_b.get("object") or {}).get("type")}
             params, env = compare_manifests(manifest_a, manifest_b)
             paths = None if all_files else used_paths(manifest_a, manifest_b)

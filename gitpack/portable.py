@@ -28,11 +28,10 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from . import archive as archive_format
 from . import audit

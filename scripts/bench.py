@@ -39,7 +39,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -499,7 +498,8 @@ def child_first_load(work: Path) -> dict:
         os.environ["GIT_TRACE2_EVENT"] = str(trace)
         t = time.perf_counter()
         model = gitpack.load(work / "out" / "app.gitpack")
-        elapsed = time.perf_counter() - t if attempt == 0 else elapsed
+        if attempt == 0:
+            elapsed = time.perf_counter() - t
         del os.environ["GIT_TRACE2_EVENT"]
         assert len(model.layers) == 49 and model.vocab == ["alpha", "beta", "gamma"]
         events = trace.read_text().splitlines() if trace.exists() else []

@@ -15,7 +15,6 @@ import json
 import re
 import shutil
 import sys
-import textwrap
 import threading
 import uuid
 from pathlib import Path

@@ -10,7 +10,6 @@ import shutil
 import textwrap
 from pathlib import Path
 
-import pytest
 
 from conftest import edit_forward_to_break, git, gitpack_cli, init_repo, run, run_python, user_git_state
 

@@ -17,10 +17,8 @@ import signal
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
-import pytest
 
 import gitpack
 from gitpack.archive import ArchiveReader

@@ -9,7 +9,6 @@ import json
 import textwrap
 from pathlib import Path
 
-import pytest
 
 from conftest import git, gitpack_cli, run_python
 

@@ -22,7 +22,6 @@ import json
 import os
 import sys
 import types
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st

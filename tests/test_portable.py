@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import git, gitpack_cli, run, run_python
+from conftest import git, gitpack_cli, run_python
 from gitpack import api
 from gitpack.archive import ArchiveReader, ArchiveWriter
 from gitpack.errors import ArchiveError

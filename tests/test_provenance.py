@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-import textwrap
 import uuid
 from pathlib import Path
 

@@ -13,15 +13,12 @@ be caught by the digests.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
-import shutil
 import struct
 import subprocess
 import sys
-import textwrap
 import types
 from fractions import Fraction
 from pathlib import Path
@@ -32,10 +29,10 @@ import pytest
 import gitpack
 from gitpack import audit
 from gitpack.archive import ArchiveReader, ArchiveWriter, manifest_digest, sealed_manifest
-from gitpack.errors import ArchiveError, GitpackError, PolicyError, UnpicklingError
+from gitpack.errors import ArchiveError, GitpackError, PolicyError
 from gitpack.policy import _ALLOW, Policy, parse_allow
 
-from conftest import QUIET_ENV, git, gitpack_cli, init_repo, run
+from conftest import git, gitpack_cli, init_repo, run
 
 MODEL = '''\
 import os  # so ('pkg.model', 'os.system') names something reachable from the snapshot module
