@@ -86,7 +86,7 @@ def save(
     from . import store
 
     if path is None and name is None:
-        raise GitpackError("nothing to save to: give a path for the archive file, a name to store it under, or both")
+        raise GitpackError("nothing to save to: give a path for the archive file (-o FILE), a name to store it under (--name NAME), or both")
     if name is not None:
         store.validate_name(name)
     params = _jsonable(params or {})

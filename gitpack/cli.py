@@ -55,8 +55,6 @@ def save(
     from . import targets
 
     _quiet(quiet)
-    if output is None and name is None:
-        raise GitpackError("say where to save: -o FILE, --name NAME (the repository's artifact store), or both")
     params = targets.parse_params(param)
     with api.capture():  # on before TARGET is imported, so module-level construction is seen too
         obj = targets.resolve(target, params)
@@ -121,34 +119,11 @@ def scan(
     if as_json:
         _out(json.dumps(report.as_json(), indent=2))
     else:
-        seen: dict[tuple, int] = {}
-        for g in report.globals:
-            key = (g.dotted, g.refused, g.depth)
-            seen[key] = seen.get(key, 0) + 1
-        for (dotted, refused, depth), count in seen.items():
-            where = "  (in a nested pickle)" if depth else ""
-            times = f" x{count}" if count > 1 else ""
-            _out(f"{'REFUSED' if refused else 'allowed'}  global    {dotted}{times}{f'  -- {refused}' if refused else ''}{where}")
-        for p in report.persistent_ids:
-            if p.kind == "storage":
-                continue
-            shown = ":".join(str(x) for x in p.parts[1:]) if p.known else repr(p.parts)[:120]
-            _out(f"{'snapshot' if p.known else 'UNKNOWN '}  {p.kind or 'id':9} {shown}")
-        for f in report.functions:
-            _out(f"snapshot  function  {f.module}:{f.qualname} (line {f.line}, rebuilt from the snapshot's source)")
-        for c in report.code:
-            uses = f", uses {' '.join(c.names[:12])}" if c.names else ""
-            _out(f"BY-VALUE  code      {c.qualname or c.name or '?'} from {c.filename or '?'}{uses}")
-        storages = sum(1 for p in report.persistent_ids if p.kind == "storage")
-        _out(f"{len(report.globals)} globals ({len(report.refused)} refused), {storages} tensor storages, "
-             f"{len(report.functions)} rebuilt functions, {len(report.code)} by-value code objects"
-             + (f", {report.nested} nested pickles" if report.nested else ""))
-    if report.error:
-        raise GitpackError(f"{path}: {report.error}; the archive's pickle is corrupt")
-    if not report.safe:
-        what = [f"{len(report.refused)} global(s) the load policy refuses"] if report.refused else []
-        what += [f"{len(report.code)} by-value code object(s)"] if report.code else []
-        raise GitpackError(f"{path} has {' and '.join(what)}; loading it needs --allow or --trust")
+        from . import show
+
+        for line in show.scan_lines(report):
+            _out(line)
+    report.raise_if_unsafe()
 
 
 @app.command()
@@ -227,14 +202,6 @@ def _quiet(quiet: bool) -> None:
     progress.set_quiet(quiet)
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
 @app.command("list")
 def list_(
     name: Optional[str] = typer.Argument(None, help="only this artifact"),
@@ -248,11 +215,10 @@ def list_(
     if not versions:
         _note("no artifacts here yet (`gitpack save TARGET --name NAME` stores one, `gitpack pull` fetches others')")
         return
-    rows = [(v.name, f"v{v.number}", ",".join(v.aliases), v.date, v.snapshot[:12], _size(v.size), v.object_type) for v in versions]
-    header = ("NAME", "VERSION", "ALIASES", "DATE", "SNAPSHOT", "SIZE", "OBJECT")
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    for row in [header] + rows:
-        _out("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    from . import show
+
+    for line in show.artifact_table(versions):
+        _out(line)
 
 
 @app.command("alias")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .archive import ArchiveReader
+from .errors import ArchiveError, PolicyError
 from .policy import Policy
 
 PICKLE_MEMBER = "pickle"  # the archive member holding the pickle (api.PICKLE_MEMBER)
@@ -133,6 +134,15 @@ class ScanReport(PickleScan):
     def safe(self) -> bool:
         """No refused global, no by-value code and a well-formed pickle: the default policy would let it load."""
         return not self.refused and not self.code and self.error is None
+
+    def raise_if_unsafe(self) -> None:
+        """Refuse (as ``gitpack scan`` exits 1) a malformed pickle or one the default policy would not load."""
+        if self.error:
+            raise ArchiveError(f"{self.path}: {self.error}; the archive's pickle is corrupt")
+        if not self.safe:
+            what = [f"{len(self.refused)} global(s) the load policy refuses"] if self.refused else []
+            what += [f"{len(self.code)} by-value code object(s)"] if self.code else []
+            raise PolicyError(f"{self.path} has {' and '.join(what)}; loading it needs --allow or --trust")
 
     def as_json(self) -> dict[str, Any]:
         def clean(value):

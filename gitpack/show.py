@@ -45,10 +45,10 @@ def _capture(node: Tree, tree: dict[str, Any]) -> None:
             obj.add(f"{escape(name)} = [dim]? (no attribute of that name)[/]")
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
-            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
 
@@ -121,3 +121,39 @@ def manifest(m: dict[str, Any], console: Console | None = None) -> None:
     integrity.add(f"payload {m.get('payload_digest')}")
     integrity.add(f"{len(m.get('members', []))} members, {sum(x.get('size', 0) for x in m.get('members', []))} bytes")
     console.print(root)
+
+
+def artifact_table(versions) -> list[str]:
+    """``gitpack list``: one aligned row per stored version."""
+    rows = [(v.name, f"v{v.number}", ",".join(v.aliases), v.date, v.snapshot[:12], _size(v.size), v.object_type) for v in versions]
+    header = ("NAME", "VERSION", "ALIASES", "DATE", "SNAPSHOT", "SIZE", "OBJECT")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + rows]
+
+
+def scan_lines(report) -> list[str]:
+    """``gitpack scan``: what the pickle would resolve, one line each, then a count."""
+    lines = []
+    seen: dict[tuple, int] = {}
+    for g in report.globals:
+        key = (g.dotted, g.refused, g.depth)
+        seen[key] = seen.get(key, 0) + 1
+    for (dotted, refused, depth), count in seen.items():
+        where = "  (in a nested pickle)" if depth else ""
+        times = f" x{count}" if count > 1 else ""
+        lines.append(f"{'REFUSED' if refused else 'allowed'}  global    {dotted}{times}{f'  -- {refused}' if refused else ''}{where}")
+    for p in report.persistent_ids:
+        if p.kind == "storage":
+            continue
+        shown = ":".join(str(x) for x in p.parts[1:]) if p.known else repr(p.parts)[:120]
+        lines.append(f"{'snapshot' if p.known else 'UNKNOWN '}  {p.kind or 'id':9} {shown}")
+    for f in report.functions:
+        lines.append(f"snapshot  function  {f.module}:{f.qualname} (line {f.line}, rebuilt from the snapshot's source)")
+    for c in report.code:
+        uses = f", uses {' '.join(c.names[:12])}" if c.names else ""
+        lines.append(f"BY-VALUE  code      {c.qualname or c.name or '?'} from {c.filename or '?'}{uses}")
+    storages = sum(1 for p in report.persistent_ids if p.kind == "storage")
+    lines.append(f"{len(report.globals)} globals ({len(report.refused)} refused), {storages} tensor storages, "
+                 f"{len(report.functions)} rebuilt functions, {len(report.code)} by-value code objects"
+                 + (f", {report.nested} nested pickles" if report.nested else ""))
+    return lines
