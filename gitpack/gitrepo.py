@@ -327,19 +327,13 @@ class Repo:
         finally:
             status = self._finish(status_proc, "status")
         tracked = [p for p in self._finish(listing, "ls-files").split("\0") if p]
-        head = head_branch = None
+        head, head_branch = _status_branch(status)
         records = []
         for record in status.split("\0"):
             kind = record[:2]
-            if kind == "# ":
-                key, _, value = record[2:].partition(" ")
-                if key == "branch.oid" and value != "(initial)":
-                    head = value
-                elif key == "branch.head" and value != "(detached)":
-                    head_branch = "refs/heads/" + value
-            elif kind in ("1 ", "? "):
+            if kind in ("1 ", "? "):
                 records.append(record)
-            elif record:
+            elif record and kind != "# ":
                 raise _NeedsIndex(f"status record {record[:2]!r}")  # unmerged paths, renames
         if head is None:
             base_tree = None
@@ -788,22 +782,32 @@ def _staged_only(out: str) -> set[str]:
     return settled - untracked
 
 
+def _status_branch(out: str) -> tuple[str | None, str | None]:
+    """HEAD's commit (None when unborn) and branch ref (None when detached) from porcelain v2 ``--branch`` headers."""
+    head = head_branch = None
+    for record in out.split("\0"):
+        if not record.startswith("# "):
+            if record:
+                break  # headers come first
+            continue
+        key, _, value = record[2:].partition(" ")
+        if key == "branch.oid" and value != "(initial)":
+            head = value
+        elif key == "branch.head" and value != "(detached)":
+            head_branch = "refs/heads/" + value
+    return head, head_branch
+
+
 def _parse_status(out: str) -> tuple[list[str], list[str], str | None, str | None]:
     """From ``git status --porcelain=v2 --branch -z``: the paths that differ from HEAD or the index
     (modified, staged, deleted, unmerged, untracked), warnings about nested repositories, HEAD's
     commit (None when unborn) and HEAD's branch as a full ref (None when detached)."""
     changed: list[str] = []
     warnings: list[str] = []
-    head = head_branch = None
+    head, head_branch = _status_branch(out)
     for record in out.split("\0"):
         kind = record[:2]
-        if kind == "# ":
-            key, _, value = record[2:].partition(" ")
-            if key == "branch.oid" and value != "(initial)":
-                head = value
-            elif key == "branch.head" and value != "(detached)":
-                head_branch = "refs/heads/" + value
-        elif kind == "1 ":
+        if kind == "1 ":
             fields = record.split(" ", 8)
             changed.append(fields[8])
             sub = fields[2]  # "N..." for a file, "S<c><m><u>" for a submodule
