@@ -95,7 +95,7 @@ def save(
         branch = branch or git_repo.config("gitpack.branch") or DEFAULT_BRANCH
         cap = size_cap if size_cap is not None else int(git_repo.config("gitpack.sizecap") or DEFAULT_SIZE_CAP)
         # Store-only saves build the archive beside the object database and never publish the file.
-        dest = Path(path).absolute() if path is not None else git_repo.common_dir / f"{name}.gitpack"
+        dest = Path(os.path.abspath(path)) if path is not None else git_repo.common_dir / f"{name}.gitpack"
         exclude = set()
         try:
             exclude.add(dest.resolve().relative_to(git_repo.root.resolve()).as_posix())
