@@ -68,12 +68,23 @@ class Signature:
 
 
 def config_bool(repo, key: str) -> bool | None:
-    """A boolean git setting, None when unset (or not a boolean)."""
-    try:
-        value = repo.git("config", "--type=bool", "--get", key)
-    except GitError:
+    """A boolean git setting as git reads it, None when unset (or not a boolean).
+
+    Read from the repository's cached configuration, so a save or load asks git once however many
+    settings it consults.
+    """
+    value = repo.config(key)
+    if value is None:
         return None
-    return {"true": True, "false": False}.get(value.strip())
+    text = value.strip().lower()
+    if text in ("true", "yes", "on"):
+        return True
+    if text in ("false", "no", "off", ""):
+        return False
+    try:
+        return int(text) != 0
+    except ValueError:
+        return None
 
 
 def wants_signing(repo, sign: bool = False) -> bool:
