@@ -68,13 +68,19 @@ class _HostCopy(DeferredBuffer):
         return _bytes_of(self.storage.cpu())
 
 
-def _bytes_of(storage):
-    """A uint8 numpy view of a CPU storage's memory."""
-    import torch
+def _bytes_of(storage) -> memoryview:
+    """The memory of a CPU storage as a writable byte view, with no copy and no numpy.
 
-    flat = torch.empty(0, dtype=torch.uint8)
-    flat.set_(storage)
-    return flat.numpy()
+    The view does not own the memory: callers keep *storage* alive while they use it
+    (the collector holds every storage it hands out; the loader holds the storage it
+    reads into).
+    """
+    import ctypes
+
+    size = storage.nbytes()
+    if size == 0:
+        return memoryview(bytearray())
+    return memoryview((ctypes.c_ubyte * size).from_address(storage.data_ptr())).cast("B")
 
 
 def _location(storage) -> str:
@@ -155,7 +161,7 @@ class StorageLoader:
             member = self._order[self._next]
             self._next += 1
             flat = torch.empty(member.size, dtype=torch.uint8)
-            future = self.reader.readinto_async(member.name, flat.numpy())
+            future = self.reader.readinto_async(member.name, _bytes_of(flat.untyped_storage()))
             self._scheduled[member.name] = (flat.untyped_storage(), future, member.size)
             self._ahead += member.size
         if name is not None and name not in self._scheduled:

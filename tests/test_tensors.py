@@ -318,7 +318,10 @@ def test_cpu_storages_are_written_from_their_own_memory(code_repo):
     collector = StorageCollector()
     pid = collector.persistent_id(t.untyped_storage())
     (view,) = collector.buffers(pid[2])
-    assert view.__array_interface__["data"][0] == t.untyped_storage().data_ptr()
+    import ctypes
+
+    assert ctypes.addressof(ctypes.c_ubyte.from_buffer(view)) == t.untyped_storage().data_ptr()
+    assert len(view) == t.untyped_storage().nbytes()
 
 
 def test_deferred_buffers_are_made_on_the_workers_a_few_at_a_time(tmp_path):
