@@ -32,6 +32,8 @@ _ALLOW: set[tuple[str, str]] = {
     ("collections", "defaultdict"),
     ("collections", "deque"),
     ("collections", "Counter"),
+    # functools.partial only binds arguments; calling it needs a callable that passed this policy
+    ("functools", "partial"),
     ("_io", "BytesIO"),
     ("io", "BytesIO"),
     # torch tensors, storages, dtypes
@@ -83,7 +85,7 @@ _CLASS_MODULES = ("numpy.dtypes",)
 # Type objects dill may name by value: plain data types only, never code or I/O types.
 _DILL_SAFE_TYPES = set(
     "NoneType EllipsisType NotImplementedType bool bytearray bytes complex dict float frozenset int list "
-    "object range set slice str tuple".split()
+    "object range set slice str tuple PartialType".split()
 )
 
 

@@ -350,3 +350,42 @@ def test_interactive_session_code_is_pickled_by_value_and_needs_trust(repo):
     _one_line_error(gitpack_cli(repo, "load", "c.gitpack"), "by-value code", "--trust")
     out = _result(run_python(repo, "import gitpack, json\nprint('RESULT ' + json.dumps(gitpack.load('c.gitpack', trust=True).bump()))"))
     assert out == 42
+
+
+def test_everyday_python_parts_load_under_the_default_policy(repo):
+    """Dataclasses, enums, nested classes and functools.partial of repo functions (a scheduler, an activation)."""
+    (repo / "parts.py").write_text(textwrap.dedent(
+        """
+        import dataclasses, enum, functools
+
+        class Color(enum.Enum):
+            RED = 1
+            BLUE = 2
+
+        @dataclasses.dataclass
+        class Cfg:
+            lr: float = 0.1
+            color: Color = Color.RED
+
+        class Outer:
+            class Inner:
+                def __init__(self):
+                    self.v = 5
+
+        def scale(x, k):
+            return x * k
+
+        def build():
+            return {"cfg": Cfg(0.5, Color.BLUE), "inner": Outer.Inner(), "f": functools.partial(scale, k=3)}
+        """
+    ))
+    assert gitpack_cli(repo, "save", "parts:build", "-o", "p.gitpack").returncode == 0
+    (repo / "parts.py").write_text("raise RuntimeError('the checkout is never imported')\n")
+    out = _result(run_python(repo, textwrap.dedent(
+        """
+        import json, gitpack
+        o = gitpack.load("p.gitpack")
+        print("RESULT " + json.dumps([o["cfg"].lr, o["cfg"].color.name, o["inner"].v, o["f"](2)]))
+        """
+    )))
+    assert out == [0.5, "BLUE", 5, 6]
