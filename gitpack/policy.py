@@ -11,6 +11,7 @@ dotted attribute walking: ``('pkg.model', 'os.system')`` is just an unknown pair
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 from typing import Any, Iterable
 
@@ -81,6 +82,9 @@ _ALLOW: set[tuple[str, str]] = {
 # defined in ``torch.nn.modules.*`` or ``numpy.dtypes`` (and only classes).
 _CLASS_FAMILIES = ("torch.nn.modules.", "numpy.dtypes.")
 _CLASS_MODULES = ("numpy.dtypes",)
+# Modules whose public functions are tensor math (a model may hold one, e.g. a TransformerEncoderLayer
+# keeps F.relu): any public function *defined* there is allowed, nothing they merely import.
+_FUNCTION_MODULES = ("torch.nn.functional", "torch._C._nn")
 
 # Type objects dill may name by value: plain data types only, never code or I/O types.
 _DILL_SAFE_TYPES = set(
@@ -132,6 +136,8 @@ class Policy:
             return None
         if _in_class_family(module) and _IDENT.match(name):
             return None
+        if module in _FUNCTION_MODULES and _IDENT.match(name) and not name.startswith("_"):
+            return None
         if "." in name:
             return "dotted name: attribute walking is not allowed"
         return "not on the allowlist"
@@ -159,6 +165,9 @@ class Policy:
         if _in_class_family(module) and (module, name) not in _ALLOW and (module, name) not in self.extra:
             if not isinstance(obj, type):
                 raise PolicyError(f"{module}.{name} is not a class; refusing it")
+        if module in _FUNCTION_MODULES and (module, name) not in self.extra:
+            if not (inspect.isfunction(obj) or inspect.isbuiltin(obj)) or getattr(obj, "__module__", None) != module:
+                raise PolicyError(f"{module}.{name} is not a function defined in {module}; refusing it")
         declared = getattr(obj, "__module__", None) if isinstance(obj, type) or callable(obj) else None
         if isinstance(declared, str) and declared != module and not _same_module(declared, module):
             raise PolicyError(f"{module}.{name} says it lives in {declared}; refusing a global whose module does not agree")

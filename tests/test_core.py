@@ -10,8 +10,16 @@ import shutil
 import textwrap
 from pathlib import Path
 
-
-from conftest import edit_forward_to_break, git, gitpack_cli, init_repo, run, run_python, user_git_state
+import pytest
+from conftest import (
+    edit_forward_to_break,
+    git,
+    gitpack_cli,
+    init_repo,
+    run,
+    run_python,
+    user_git_state,
+)
 
 APPLY = """
 import json, sys, gitpack
@@ -389,3 +397,48 @@ def test_everyday_python_parts_load_under_the_default_policy(repo):
         """
     )))
     assert out == [0.5, "BLUE", 5, 6]
+
+
+def test_stock_torch_layers_load_under_the_default_policy(repo):
+    """A TransformerEncoderLayer keeps F.relu as an attribute: tensor-math functions are allowed, nothing else there."""
+    (repo / "net.py").write_text(textwrap.dedent(
+        """
+        import torch
+
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                layer = torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+                self.enc = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+                self.gelu_layer = torch.nn.TransformerEncoderLayer(16, 2, 32, activation="gelu", batch_first=True)
+                self.head = torch.nn.Sequential(torch.nn.LayerNorm(16), torch.nn.GELU(), torch.nn.Linear(16, 3))
+
+            def forward(self, x):
+                return self.head(self.gelu_layer(self.enc(x)))
+
+        def build():
+            torch.manual_seed(0)
+            return Net().eval()
+        """
+    ))
+    assert gitpack_cli(repo, "save", "net:build", "-o", "n.gitpack").returncode == 0
+    code = textwrap.dedent(
+        """
+        import json, torch, gitpack, net
+        x = torch.randn(1, 5, 16)
+        with torch.no_grad():
+            ok = torch.equal(gitpack.load("n.gitpack")(x), net.build()(x))
+        print("RESULT " + json.dumps(ok))
+        """
+    )
+    assert _result(run_python(repo, code)) is True
+
+    from gitpack.errors import PolicyError
+    from gitpack.policy import Policy
+
+    policy = Policy()
+    assert policy.find_class("torch.nn.functional", "relu") is __import__("torch").nn.functional.relu
+    for module, name in [("torch.nn.functional", "torch"), ("torch.nn.functional", "boolean_dispatch"),
+                         ("torch.nn.functional", "_canonical_mask"), ("torch.nn.functional", "os.system")]:
+        with pytest.raises(PolicyError):
+            policy.find_class(module, name)
