@@ -104,7 +104,13 @@ def save(
         writer = ArchiveWriter(dest)
         try:
             snap = git_repo.write_snapshot_tree(size_cap=cap, exclude=exclude)
-            module_map = pickling.ModuleMap(git_repo.root, lambda rel: git_repo.object_type(f"{snap.tree}:{rel}") == "blob")
+            if not branch_ref(branch).startswith("refs/heads/") or branch_ref(branch) == snap.head_branch:
+                raise GitpackError(
+                    f"--branch {branch} would move {'your checked-out branch' if branch_ref(branch) == snap.head_branch else 'a ref outside refs/heads'}; "
+                    "give gitpack a branch of its own (default: gitpack)"
+                )
+            module_map = pickling.ModuleMap(git_repo.root, lambda rel: git_repo.object_type(f"{snap.tree}:{rel}") == "blob",
+                                            left_out=dict(snap.excluded))
 
             def snapshot_source(rel: str) -> bytes | None:
                 spec = f"{snap.tree}:{rel}"
@@ -128,6 +134,7 @@ def save(
                     paths = object_paths(obj, lambda o: id(o) in instances or is_module(o))
                     captured = build_tree(instances, paths, module_map)
                     structure = summarize(paths, module_map)
+                warnings = list(snap.submodule_warnings) + _policy_warnings(data)
                 environment_description = environment.describe()
                 remote_url = git_repo.remote_url()
                 sign = signing.wants_signing(git_repo, sign)
@@ -152,7 +159,8 @@ def save(
                 "stale_code": [s.as_json() for s in stale],
                 "environment": environment_description,
                 "modules": module_map.used,
-                "roots": module_map.roots,
+                # Only roots the snapshot holds: a .venv's site-packages on sys.path is third-party.
+                "roots": [r for r in module_map.roots if r == "" or git_repo.object_type(f"{snap.tree}:{r}") == "tree"],
                 "by_value_code": module_map.by_value,
                 "excluded": [list(e) for e in snap.excluded],
                 "tensors": {"storages": len(storages.storages), "buffers": len(buffers)},
@@ -187,12 +195,24 @@ def save(
             writer.abort()
             raise
         return SaveInfo(dest if path is not None else None, commit, snap.tree, digest, branch_ref(branch), type_name,
-                        list(snap.excluded), list(snap.submodule_warnings), version.label if version else None)
+                        list(snap.excluded), warnings, version.label if version else None)
     finally:
         git_repo.close()
 
 
 CAPTURE_TRAILER_LIMIT = 16_000
+
+
+def _policy_warnings(data: bytes) -> list[str]:
+    """What the default load policy would refuse in this pickle, said at save time rather than at load."""
+    from .scanner import scan_pickle
+
+    found = scan_pickle(data, Policy())
+    refused = sorted({g.dotted for g in found.refused})
+    if not refused:
+        return []
+    shown = ", ".join(refused[:5]) + (f" and {len(refused) - 5} more" if len(refused) > 5 else "")
+    return [f"the default load policy will refuse {shown}; loading this archive will need --allow (or --trust)"]
 
 
 def _capture_trailers(captured: dict[str, Any], stale: list) -> dict[str, str]:
@@ -307,7 +327,13 @@ def load(
         roots, known, count, by_value = _load_plan(manifest, path)
         if portable.is_portable(manifest):
             source = portable.verified_source(reader)  # every embedded file checked before anything is imported
-            _check_portable_signature(manifest, repo, require_signed)
+            if not _check_portable_signature(manifest, repo, require_signed) and not trust:
+                # The hashes prove the archive is intact, not who wrote the code it carries.
+                raise PolicyError(
+                    f"{path} is a portable archive whose snapshot commit {str(manifest.get('commit'))[:12]} is not in a "
+                    "repository here, so loading it imports code only the archive vouches for; load it only if you "
+                    "trust its author (trust=True / --trust), or inside a clone that has the commit"
+                )
         else:
             git_repo = Repo.discover(repo)
             try:
@@ -436,8 +462,12 @@ def scan(path: str | os.PathLike, *, allow: Iterable[tuple[str, str] | str] = ()
     return scan_archive(path, allow=allow)
 
 
-def _check_portable_signature(manifest: dict[str, Any], repo: str | os.PathLike | None, require: bool | None) -> None:
-    """A portable archive needs no repository, but a required signature can only be checked in one."""
+def _check_portable_signature(manifest: dict[str, Any], repo: str | os.PathLike | None, require: bool | None) -> bool:
+    """A portable archive needs no repository, but a required signature can only be checked in one.
+
+    Returns whether the snapshot commit is in a repository here (then the embedded source, which
+    hashes to that commit, is code this clone already vouches for).
+    """
     try:
         git_repo = Repo.discover(repo)
     except GitpackError:
@@ -446,7 +476,7 @@ def _check_portable_signature(manifest: dict[str, Any], repo: str | os.PathLike 
                 "a signed snapshot is required but this portable archive is loaded outside any repository, where git "
                 "cannot check signatures; load it inside a clone that has the snapshot commit"
             ) from None
-        return
+        return False
     try:
         commit = manifest.get("commit")
         if signing.requires_signature(git_repo, require) and not (isinstance(commit, str) and git_repo.object_type(commit) == "commit"):
@@ -456,6 +486,8 @@ def _check_portable_signature(manifest: dict[str, Any], repo: str | os.PathLike 
             )
         if isinstance(commit, str) and git_repo.object_type(commit) == "commit":
             signing.check(git_repo, commit, require=require)
+            return True
+        return False
     finally:
         git_repo.close()
 
@@ -478,8 +510,7 @@ def _read_storages_first(storage_loader: StorageLoader, data: bytes) -> None:
             raise UnpicklingError(f"cannot load tensor storage {str(pid[2])[:40]!r}: {type(exc).__name__}: {exc}") from exc
 
 
-_SNAPSHOT_PATH = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9_.\-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.\-]*)*)?$")
-_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_MODULE_NAME = re.compile(r"^[^\W\d]\w*(?:\.[^\W\d]\w*)*$")
 
 
 def _load_plan(manifest: dict[str, Any], path: Path) -> tuple[list[str], dict[str, str], int, list[str]]:
@@ -515,7 +546,10 @@ def _load_plan(manifest: dict[str, Any], path: Path) -> tuple[list[str], dict[st
 
 
 def _is_snapshot_dir(rel: Any) -> bool:
-    return isinstance(rel, str) and bool(_SNAPSHOT_PATH.match(rel)) and ".." not in rel.split("/")
+    """A relative path inside the snapshot: no absolute path, no ``..``, no ``.git``, no NUL; any other name is fine."""
+    if not isinstance(rel, str) or rel.startswith("/") or "\0" in rel or "\\" in rel:
+        return False
+    return rel == "" or all(part not in ("", ".", "..", ".git") for part in rel.split("/"))
 
 
 def log(*, branch: str | None = None, repo: str | os.PathLike | None = None, limit: int | None = None) -> list[audit.LogEntry]:

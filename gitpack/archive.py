@@ -186,6 +186,8 @@ class ArchiveWriter:
         self.dest = Path(dest).absolute()
         if self.dest.is_dir():
             raise ArchiveError(f"{self.dest} is a directory; give a file path for the archive")
+        if os.path.lexists(self.dest) and not self.dest.is_file():
+            raise ArchiveError(f"{self.dest} exists and is not a regular file (a device, socket or dangling link); give another path")
         if not self.dest.parent.is_dir():
             raise ArchiveError(f"directory {self.dest.parent} does not exist; create it first")
         cleanup_stale_temp_files(self.dest.parent)
@@ -595,11 +597,3 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     """The manifest of an archive, validated, without reading or unpickling its payload."""
     with ArchiveReader(path) as reader:
         return reader.manifest
-
-
-def is_archive(path: str | os.PathLike) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(len(MAGIC)) == MAGIC
-    except OSError:
-        return False

@@ -9,6 +9,7 @@ parameters as one-line JSON in ``Gitpack-Params``.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,7 +82,7 @@ class LogEntry:
 def require_snapshot_commit(repo, manifest: dict[str, Any], path) -> str:
     """The archive's snapshot commit, which must be in *repo*; else say how to fetch it."""
     commit = manifest.get("commit")
-    if not isinstance(commit, str) or len(commit) != 40:
+    if not isinstance(commit, str) or not re.fullmatch(r"[0-9a-f]{40}", commit):
         raise ArchiveError(f"{path}: manifest records no valid commit; the archive is corrupt")
     if repo.object_type(commit) != "commit":
         remote = manifest.get("remote_url") or "the repository it was saved in"

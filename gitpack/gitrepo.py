@@ -724,17 +724,6 @@ class Repo:
             return None
         return self.config(f"branch.{branch}.remote") if branch else None
 
-    def paths_in_tree(self, tree: str, paths: list[str]) -> set[str]:
-        """Which of *paths* (repo-relative, '/'-separated) are blobs in *tree*, via the persistent batch-check."""
-        found = set()
-        for p in paths:
-            if self.object_type(f"{tree}:{p}") == "blob":
-                found.add(p)
-        return found
-
-    def is_ancestor_or_on_branch(self, commit: str) -> bool:
-        return self.object_type(commit) == "commit"
-
 
 _CONFIG_READS = frozenset({"--get", "--get-all", "--get-regexp", "--get-urlmatch", "--list", "-l"})
 

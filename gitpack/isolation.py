@@ -323,7 +323,8 @@ class SnapshotNamespace:
                     break
                 if top in listing["dirs"]:
                     sub = self.files.names(_join(root, top))
-                    if sub and ("__init__.py" in sub["files"] or top in preferred or any(f.endswith(".py") for f in sub["files"])):
+                    namespace_known = any(n.partition(".")[0] == top for n in self.known)
+                    if sub and ("__init__.py" in sub["files"] or namespace_known or any(f.endswith(".py") for f in sub["files"])):
                         found = root
                         break
             self._tops[top] = found

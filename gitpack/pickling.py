@@ -38,9 +38,10 @@ _PLAIN = frozenset({int, float, str, bytes, bool, type(None), tuple, list, dict,
 class ModuleMap:
     """Which modules are repository code, and their canonical name inside the snapshot."""
 
-    def __init__(self, repo_root: Path, in_snapshot: Callable[[str], bool]):
+    def __init__(self, repo_root: Path, in_snapshot: Callable[[str], bool], left_out: dict[str, str] | None = None):
         self.repo_root = Path(os.path.realpath(repo_root))
         self._in_snapshot = in_snapshot
+        self._left_out = left_out or {}  # repo-relative path -> why the snapshot left it out
         self._cache_trees = Path(os.path.realpath(cache_root() / "trees"))
         self.roots = self._import_roots()
         self._names: dict[str, str | None] = {}
@@ -57,12 +58,12 @@ class ModuleMap:
         return roots
 
     def _relative(self, path: Path) -> str | None:
-        for base in (self.repo_root,):
-            try:
-                rel = path.relative_to(base).as_posix()
-            except ValueError:
-                continue
+        """*path* relative to the repository (or to a snapshot tree in the cache), or None when outside both."""
+        try:
+            rel = path.relative_to(self.repo_root).as_posix()
             return "" if rel == "." else rel
+        except ValueError:
+            pass
         try:
             rel = path.relative_to(self._cache_trees).as_posix()
         except ValueError:
@@ -86,28 +87,53 @@ class ModuleMap:
         if not file:
             return None
         rel = self._relative(Path(os.path.realpath(file)))
-        if rel is None or not rel.endswith(".py") or not self._in_snapshot(rel):
+        if rel is None or not rel.endswith(".py"):
             return None
+        if rel in self._left_out:
+            raise PicklingError(
+                f"the object uses module {canonical_module_name(module_name)} ({rel}), which the snapshot left out "
+                f"({self._left_out[rel]}); its code would not be pinned: raise --size-cap or move what makes it large"
+            )
+        if not self._in_snapshot(rel):
+            return None  # ignored by git (a .venv inside the repo, build output): third-party
         wanted = canonical_module_name(module_name)
-        candidates = []
-        for root in self.roots:
-            if root and not rel.startswith(root + "/"):
-                continue
-            inner = rel[len(root) + 1 :] if root else rel
-            dotted = inner[:-3].replace("/", ".")
-            if dotted.endswith(".__init__"):
-                dotted = dotted[: -len(".__init__")]
-            elif dotted == "__init__":
-                continue
-            candidates.append((dotted, root))
-        if not candidates:
-            root = str(Path(rel).parent.as_posix())
-            root = "" if root == "." else root
+        root = _root_from_name(rel, wanted)
+        if root is not None:
+            dotted = wanted
+        else:  # __main__, or a module imported under a name its path does not spell: the import roots decide
+            candidates = []
+            for root in self.roots:
+                if root and not rel.startswith(root + "/"):
+                    continue
+                inner = rel[len(root) + 1 :] if root else rel
+                dotted = inner[:-3].replace("/", ".").removesuffix(".__init__")
+                if dotted != "__init__":
+                    candidates.append((dotted, root))
+            if not candidates:
+                parent = Path(rel).parent.as_posix()
+                candidates.append((Path(rel).stem, "" if parent == "." else parent))
+            dotted, root = candidates[0]
+        if root not in self.roots:
             self.roots.append(root)
-            candidates.append((Path(rel).stem, root))
-        dotted, root = next(((d, r) for d, r in candidates if d == wanted), candidates[0])
         self.used[dotted] = {"path": rel, "root": root}
         return dotted
+
+
+def _root_from_name(rel: str, dotted: str) -> str | None:
+    """The import root that makes *rel* importable as *dotted* (``src`` for ``mypkg.model`` at
+    ``src/mypkg/model.py``), or None when the path does not spell the name.
+
+    This holds however the module was found (a ``sys.path`` entry, or an editable install's
+    meta-path finder with no ``sys.path`` entry at all)."""
+    if dotted == "__main__" or not dotted:
+        return None
+    stem = dotted.replace(".", "/")
+    for tail in (stem + ".py", stem + "/__init__.py"):
+        if rel == tail:
+            return ""
+        if rel.endswith("/" + tail):
+            return rel[: -len(tail) - 1]
+    return None
 
 
 def _is_interactive(module_name: str | None) -> bool:

@@ -35,6 +35,12 @@ _ALLOW: set[tuple[str, str]] = {
     ("collections", "Counter"),
     # functools.partial only binds arguments; calling it needs a callable that passed this policy
     ("functools", "partial"),
+    # inert value types configs and metadata are made of
+    *(("datetime", n) for n in ("date", "datetime", "time", "timedelta", "timezone")),
+    ("decimal", "Decimal"),
+    ("fractions", "Fraction"),
+    ("uuid", "UUID"),
+    *(("pathlib", n) for n in ("PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath")),
     ("_io", "BytesIO"),
     ("io", "BytesIO"),
     # torch tensors, storages, dtypes
@@ -89,7 +95,7 @@ _FUNCTION_MODULES = ("torch.nn.functional", "torch._C._nn")
 # Type objects dill may name by value: plain data types only, never code or I/O types.
 _DILL_SAFE_TYPES = set(
     "NoneType EllipsisType NotImplementedType bool bytearray bytes complex dict float frozenset int list "
-    "object range set slice str tuple PartialType".split()
+    "object range set slice str tuple PartialType MethodType".split()
 )
 
 
@@ -148,10 +154,11 @@ class Policy:
         why = self.refusal(module, name)
         if why is not None:
             shown = f"{module}.{name}" if len(module) + len(name) < 200 else f"{module[:80]}...{name[:80]}"
-            raise PolicyError(
-                f"the archive's pickle asks for global {shown} ({why}), which the load policy refuses; "
-                f"if you trust the archive, allow it explicitly (--allow {module}:{name})"
-            )
+            if module.startswith("dill"):  # dill's constructors of code and types: allowing one is trusting the archive
+                hint = "it builds code, so only --trust (trust=True) can load it, for an archive whose author you trust"
+            else:
+                hint = f"if you trust the archive, allow it explicitly (--allow {module}:{name})"
+            raise PolicyError(f"the archive's pickle asks for global {shown} ({why}), which the load policy refuses; {hint}")
         if module == "dill._dill" and name == "_load_type":
             return _dill_load_type
         if module == "dill._dill" and name == "_create_namedtuple":

@@ -442,3 +442,91 @@ def test_stock_torch_layers_load_under_the_default_policy(repo):
                          ("torch.nn.functional", "_canonical_mask"), ("torch.nn.functional", "os.system")]:
         with pytest.raises(PolicyError):
             policy.find_class(module, name)
+
+
+MODEL_AND_HELPER = {
+    "mypkg/__init__.py": "",
+    "mypkg/util.py": "def helper(x):\n    return x + 12\n",
+    "mypkg/model.py": "from mypkg.util import helper\n\nclass Model:\n    def forward(self, x):\n        return helper(x)\n",
+}
+
+# An editable install that finds `mypkg` through a meta-path finder, with no sys.path entry for src/
+# (what setuptools' strict and hatch's editable installs do).
+FINDER = """
+import importlib.machinery, sys
+class _Editable:
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name == "mypkg" or name.startswith("mypkg."):
+            return importlib.machinery.PathFinder.find_spec(name, path or [{src!r}])
+sys.meta_path.insert(0, _Editable)
+"""
+
+
+def _write(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+
+
+def test_src_layout_found_by_an_editable_finder_is_pinned(repo):
+    _write(repo / "src", MODEL_AND_HELPER)
+    finder = FINDER.format(src=str(repo / "src"))
+    saved = run_python(repo, finder + "import gitpack, mypkg.model\ngitpack.save(mypkg.model.Model(), 'm.gitpack')\n")
+    assert saved.returncode == 0, saved.stderr
+    manifest = json.loads(gitpack_cli(repo, "inspect", "m.gitpack", "--json").stdout)
+    assert manifest["modules"]["mypkg.model"] == {"path": "src/mypkg/model.py", "root": "src"}
+    (repo / "src/mypkg/util.py").write_text("def helper(x):\n    return x + 1000\n")
+    code = finder + "import gitpack, json, mypkg.util\nprint('RESULT ' + json.dumps([gitpack.load('m.gitpack').forward(1), mypkg.util.helper(1)]))\n"
+    assert _result(run_python(repo, code)) == [13, 1001]  # the snapshot's helper, beside the checkout's
+
+
+def test_a_venv_inside_the_repo_and_odd_directory_names_do_not_break_loading(repo):
+    (repo / ".gitignore").write_text(".venv/\n")
+    made = run(repo, "python", "-m", "venv", "--system-site-packages", "--without-pip", ".venv")
+    assert made.returncode == 0, made.stderr
+    _write(repo / "sub dir é", {"model.py": "class M:\n    def f(self):\n        return 7\n"})
+    venv_python = str(repo / ".venv" / "bin" / "python")
+    saved = run(repo / "sub dir é", venv_python, "-m", "gitpack", "save", "model:M", "-o", "../m.gitpack")
+    assert saved.returncode == 0, saved.stderr
+    manifest = json.loads(gitpack_cli(repo, "inspect", "m.gitpack", "--json").stdout)
+    assert not any(r.startswith(".venv") for r in manifest["roots"])  # ignored: not snapshot code
+    assert _result(run_python(repo, "import gitpack, json\nprint('RESULT ' + json.dumps(gitpack.load('m.gitpack').f()))")) == 7
+
+
+def test_namespace_packages_load_from_the_snapshot(repo):
+    _write(repo, {"nspkg/sub/mod.py": "class M:\n    def f(self):\n        return 'ns'\n"})
+    assert gitpack_cli(repo, "save", "nspkg.sub.mod:M", "-o", "n.gitpack").returncode == 0
+    (repo / "nspkg/sub/mod.py").write_text("raise RuntimeError('checkout imported')\n")
+    assert _result(run_python(repo, "import gitpack, json\nprint('RESULT ' + json.dumps(gitpack.load('n.gitpack').f()))")) == "ns"
+
+
+def test_a_module_left_out_of_the_snapshot_refuses_the_save(repo):
+    (repo / "model.py").write_text("# " + "x" * 200 + "\nclass M:\n    pass\n")
+    git(repo, "add", "model.py")
+    git(repo, "commit", "-q", "-m", "m")
+    (repo / "model.py").write_text("# " + "y" * 200 + "\nclass M:\n    pass\n")
+    _one_line_error(gitpack_cli(repo, "save", "model:M", "-o", "m.gitpack", "--size-cap", "100"), "model", "left out")
+    assert not (repo / "m.gitpack").exists()
+    assert git(repo, "rev-parse", "--verify", "-q", "gitpack", check=False) == ""
+
+
+def test_save_warns_when_the_default_policy_would_refuse_the_archive(repo):
+    (repo / "m.py").write_text("import ipaddress\n\ndef build():\n    return {'addr': ipaddress.IPv4Address('192.0.2.1')}\n")
+    proc = gitpack_cli(repo, "save", "m:build", "-o", "a.gitpack")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: the default load policy will refuse ipaddress.IPv4Address" in proc.stderr
+    assert gitpack_cli(repo, "load", "a.gitpack", "--allow", "ipaddress:IPv4Address").returncode == 0
+
+
+def test_save_never_moves_the_checked_out_branch_nor_writes_over_a_device(repo):
+    (repo / "m.py").write_text("X = {'a': 1}\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "m")
+    head = git(repo, "rev-parse", "HEAD")
+    _one_line_error(gitpack_cli(repo, "save", "m:X", "-o", "a.gitpack", "--branch", "main"), "checked-out branch")
+    _one_line_error(gitpack_cli(repo, "save", "m:X", "-o", "a.gitpack", "--branch", "refs/tags/v1"), "refs/heads")
+    assert git(repo, "rev-parse", "HEAD") == head and not (repo / "a.gitpack").exists()
+    (repo / "dangling").symlink_to(repo / "nowhere")
+    _one_line_error(gitpack_cli(repo, "save", "m:X", "-o", "dangling"), "not a regular file")
+    assert (repo / "dangling").is_symlink()

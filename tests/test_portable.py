@@ -24,7 +24,7 @@ from test_store import make_project, ok, one_line_error, save
 
 LOAD = """
 import sys, gitpack
-print("RESULT", gitpack.load(sys.argv[1]).predict(1))
+print("RESULT", gitpack.load(sys.argv[1], trust=True).predict(1))
 """
 
 
@@ -66,10 +66,13 @@ def test_portable_archive_loads_in_a_fresh_process_with_no_repository(exported, 
     _no_repo_here(outside)
     marker = tmp_path / "marker.txt"
     env = {"GITPACK_CACHE": str(tmp_path / "fresh-cache"), "GITPACK_TEST_MARKER": str(marker)}
+    # Intact is not trusted: with no repository vouching for the commit, the embedded code needs --trust.
+    one_line_error(gitpack_cli(outside, "load", "clf.gitpack", env=env), "portable archive", "--trust")
+    assert not marker.exists()
     proc = ok(run_python(outside, LOAD, "clf.gitpack", env=env))
     assert "RESULT v1:True" in proc.stdout.splitlines()
     assert marker.read_text() == "v1\n"  # the embedded module really ran (the control for the tamper test)
-    loaded = ok(gitpack_cli(outside, "load", "clf.gitpack", env=env))
+    loaded = ok(gitpack_cli(outside, "load", "clf.gitpack", "--trust", env=env))
     assert "class   Clf from " + str(tmp_path / "fresh-cache") in loaded.stdout
     text = ok(gitpack_cli(outside, "textconv", "clf.gitpack")).stdout
     assert "portable    source embedded (2 files, 2 trees)" in text and "threshold = 0.3" in text
@@ -83,7 +86,7 @@ def test_tampered_embedded_source_is_refused_before_any_import(exported, tmp_pat
         reader.read(BLOB_PREFIX + model_blob)
     marker = tmp_path / "marker.txt"
     env = {"GITPACK_CACHE": str(tmp_path / "fresh-cache"), "GITPACK_TEST_MARKER": str(marker)}
-    one_line_error(gitpack_cli(outside, "load", "tampered.gitpack", env=env),
+    one_line_error(gitpack_cli(outside, "load", "tampered.gitpack", "--trust", env=env),
                    "file clfpkg/model.py does not match its git blob hash", "refusing to load")
     proc = run_python(outside, LOAD, "tampered.gitpack", env=env)
     assert proc.returncode == 1 and "ArchiveError" in proc.stderr and "RESULT" not in proc.stdout

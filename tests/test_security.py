@@ -20,7 +20,7 @@ import struct
 import subprocess
 import sys
 import types
-from fractions import Fraction
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import dill
@@ -412,24 +412,24 @@ def test_namedtuple_helper_only_creates_namedtuples():
 
 
 def test_allow_extends_the_policy_from_api_and_cli(project, tmp_path):
-    archive = forge(project.base, tmp_path / "frac.gitpack", project.repo, pickle.dumps(Fraction(1, 3), protocol=4))
-    with pytest.raises(PolicyError, match=r"fractions\.Fraction .*--allow fractions:Fraction"):
+    archive = forge(project.base, tmp_path / "addr.gitpack", project.repo, pickle.dumps(IPv4Address('192.0.2.1'), protocol=4))
+    with pytest.raises(PolicyError, match=r"ipaddress\.IPv4Address .*--allow ipaddress:IPv4Address"):
         gitpack.load(archive, repo=project.repo)
-    assert gitpack.load(archive, repo=project.repo, allow=["fractions:Fraction"]) == Fraction(1, 3)
-    assert gitpack.load(archive, repo=project.repo, allow=[("fractions", "Fraction")]) == Fraction(1, 3)
+    assert gitpack.load(archive, repo=project.repo, allow=["ipaddress:IPv4Address"]) == IPv4Address('192.0.2.1')
+    assert gitpack.load(archive, repo=project.repo, allow=[("ipaddress", "IPv4Address")]) == IPv4Address('192.0.2.1')
 
-    proc = gitpack_cli(project.repo, "load", str(archive), "--allow", "fractions:Fraction")
-    assert proc.returncode == 0 and "Fraction" in proc.stdout, proc.stderr
-    assert gitpack_cli(project.repo, "scan", str(archive), "--allow", "fractions:Fraction").returncode == 0
-    proc = gitpack_cli(project.repo, "load", str(archive), "--allow", "fractions.Fraction")
+    proc = gitpack_cli(project.repo, "load", str(archive), "--allow", "ipaddress:IPv4Address")
+    assert proc.returncode == 0 and "IPv4Address" in proc.stdout, proc.stderr
+    assert gitpack_cli(project.repo, "scan", str(archive), "--allow", "ipaddress:IPv4Address").returncode == 0
+    proc = gitpack_cli(project.repo, "load", str(archive), "--allow", "ipaddress.IPv4Address")
     assert proc.returncode == 1 and "module:qualname" in proc.stderr and proc.stderr.count("\n") == 1
     with pytest.raises(PolicyError):
         parse_allow(["os:system; rm"])
 
 
 def test_trust_is_the_only_way_past_the_policy(project, tmp_path):
-    archive = forge(project.base, tmp_path / "frac.gitpack", project.repo, pickle.dumps(Fraction(2, 3), protocol=4))
-    assert gitpack.load(archive, repo=project.repo, trust=True) == Fraction(2, 3)
+    archive = forge(project.base, tmp_path / "addr.gitpack", project.repo, pickle.dumps(IPv4Address('192.0.2.2'), protocol=4))
+    assert gitpack.load(archive, repo=project.repo, trust=True) == IPv4Address('192.0.2.2')
 
 
 # ----------------------------------------------------------------------------- materialisation safety
