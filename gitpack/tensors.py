@@ -198,7 +198,8 @@ def move_storage(storage, target: str, saved_at: str):
         return storage
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GitpackError(
-            f"a tensor was saved on {saved_at} but CUDA is not available here; load with map_location='cpu'"
+            f"tensors are to be loaded onto {target} (saved on {saved_at}) but CUDA is not available here; "
+            "load with map_location='cpu'"
         )
     try:
         return storage.to(device=device)
