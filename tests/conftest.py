@@ -38,6 +38,20 @@ def init_repo(path: Path) -> Path:
     return path
 
 
+def write_files(root: Path, files: dict[str, str]) -> None:
+    """Write ``{relative path: text}`` under *root*, making directories as needed."""
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+
+
+def commit_files(repo: Path, files: dict[str, str], message: str = "files") -> None:
+    """Write files into *repo* and commit everything."""
+    write_files(repo, files)
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", message)
+
+
 def run(cwd, *args, env=None, timeout=300, input=None) -> subprocess.CompletedProcess:
     """Run a command (a real separate process) and capture its output."""
     full_env = dict(os.environ)

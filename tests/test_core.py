@@ -19,6 +19,7 @@ from conftest import (
     run,
     run_python,
     user_git_state,
+    write_files,
 )
 
 APPLY = """
@@ -463,14 +464,8 @@ sys.meta_path.insert(0, _Editable)
 """
 
 
-def _write(root: Path, files: dict[str, str]) -> None:
-    for rel, text in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-
-
 def test_src_layout_found_by_an_editable_finder_is_pinned(repo):
-    _write(repo / "src", MODEL_AND_HELPER)
+    write_files(repo / "src", MODEL_AND_HELPER)
     finder = FINDER.format(src=str(repo / "src"))
     saved = run_python(repo, finder + "import gitpack, mypkg.model\ngitpack.save(mypkg.model.Model(), 'm.gitpack')\n")
     assert saved.returncode == 0, saved.stderr
@@ -485,7 +480,7 @@ def test_a_venv_inside_the_repo_and_odd_directory_names_do_not_break_loading(rep
     (repo / ".gitignore").write_text(".venv/\n")
     made = run(repo, "python", "-m", "venv", "--system-site-packages", "--without-pip", ".venv")
     assert made.returncode == 0, made.stderr
-    _write(repo / "sub dir é", {"model.py": "class M:\n    def f(self):\n        return 7\n"})
+    write_files(repo / "sub dir é", {"model.py": "class M:\n    def f(self):\n        return 7\n"})
     venv_python = str(repo / ".venv" / "bin" / "python")
     saved = run(repo / "sub dir é", venv_python, "-m", "gitpack", "save", "model:M", "-o", "../m.gitpack")
     assert saved.returncode == 0, saved.stderr
@@ -495,7 +490,7 @@ def test_a_venv_inside_the_repo_and_odd_directory_names_do_not_break_loading(rep
 
 
 def test_namespace_packages_load_from_the_snapshot(repo):
-    _write(repo, {"nspkg/sub/mod.py": "class M:\n    def f(self):\n        return 'ns'\n"})
+    write_files(repo, {"nspkg/sub/mod.py": "class M:\n    def f(self):\n        return 'ns'\n"})
     assert gitpack_cli(repo, "save", "nspkg.sub.mod:M", "-o", "n.gitpack").returncode == 0
     (repo / "nspkg/sub/mod.py").write_text("raise RuntimeError('checkout imported')\n")
     assert _result(run_python(repo, "import gitpack, json\nprint('RESULT ' + json.dumps(gitpack.load('n.gitpack').f()))")) == "ns"

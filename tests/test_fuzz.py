@@ -30,7 +30,7 @@ import gitpack
 from gitpack.archive import HEADER, TRAILER, ArchiveReader
 from gitpack.errors import GitpackError
 
-from conftest import git, init_repo, run
+from conftest import commit_files, git, init_repo, run
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES") or (600 if os.environ.get("CI") == "true" else 300))
 FUZZ = settings(
@@ -72,12 +72,7 @@ gitpack.save(Thing(torch.arange(16, dtype=torch.float32), numpy.arange(8)), sys.
 def target(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     repo = init_repo(root / "repo")
-    (repo / "fz").mkdir()
-    (repo / "fz" / "__init__.py").write_text("")
-    (repo / "fz" / "model.py").write_text(MODEL)
-    (repo / "save.py").write_text(SAVE)
-    git(repo, "add", ".")
-    git(repo, "commit", "-q", "-m", "fuzz target")
+    commit_files(repo, {"fz/__init__.py": "", "fz/model.py": MODEL, "save.py": SAVE}, "fuzz target")
     archive = root / "real.gitpack"
     proc = run(repo, sys.executable, "save.py", str(archive), env={"GITPACK_CACHE": str(root / "save-cache")})
     assert proc.returncode == 0, proc.stderr

@@ -32,7 +32,7 @@ from gitpack.archive import ArchiveReader, ArchiveWriter, manifest_digest, seale
 from gitpack.errors import ArchiveError, GitpackError, PolicyError
 from gitpack.policy import _ALLOW, Policy, parse_allow
 
-from conftest import git, gitpack_cli, init_repo, run
+from conftest import commit_files, git, gitpack_cli, init_repo, run
 
 MODEL = '''\
 import os  # so ('pkg.model', 'os.system') names something reachable from the snapshot module
@@ -109,12 +109,7 @@ def project(tmp_path_factory):
     """A repository with pkg/model.py, and a real archive of a Box (with its lambda) saved from it."""
     root = tmp_path_factory.mktemp("security")
     repo = init_repo(root / "repo")
-    (repo / "pkg").mkdir()
-    (repo / "pkg" / "__init__.py").write_text("")
-    (repo / "pkg" / "model.py").write_text(MODEL)
-    (repo / "save.py").write_text(SAVE)
-    git(repo, "add", ".")
-    git(repo, "commit", "-q", "-m", "model")
+    commit_files(repo, {"pkg/__init__.py": "", "pkg/model.py": MODEL, "save.py": SAVE}, "model")
     proc = run(repo, sys.executable, "save.py", str(root / "base.gitpack"), env={"GITPACK_CACHE": str(root / "cache")})
     assert proc.returncode == 0, proc.stderr
     return types.SimpleNamespace(repo=repo, base=root / "base.gitpack", root=root)
