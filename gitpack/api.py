@@ -90,8 +90,7 @@ def save(
     if name is not None:
         store.validate_name(name)
     params = _jsonable(params or {})
-    git_repo = Repo.discover(repo)
-    try:
+    with Repo.discover(repo) as git_repo:
         branch = branch or git_repo.config("gitpack.branch") or DEFAULT_BRANCH
         cap = size_cap if size_cap is not None else int(git_repo.config("gitpack.sizecap") or DEFAULT_SIZE_CAP)
         # Store-only saves build the archive beside the object database and never publish the file.
@@ -196,8 +195,6 @@ def save(
             raise
         return SaveInfo(dest if path is not None else None, commit, snap.tree, digest, branch_ref(branch), type_name,
                         list(snap.excluded), warnings, version.label if version else None)
-    finally:
-        git_repo.close()
 
 
 CAPTURE_TRAILER_LIMIT = 16_000
@@ -554,8 +551,7 @@ def _is_snapshot_dir(rel: Any) -> bool:
 
 def log(*, branch: str | None = None, repo: str | os.PathLike | None = None, limit: int | None = None) -> list[audit.LogEntry]:
     """The saves recorded on the snapshot branch, newest first."""
-    git_repo = Repo.discover(repo)
-    try:
+    with Repo.discover(repo) as git_repo:
         branch = branch or git_repo.config("gitpack.branch") or DEFAULT_BRANCH
         entries = audit.log(git_repo, branch_ref(branch), limit)
         from . import share
@@ -570,8 +566,6 @@ def log(*, branch: str | None = None, repo: str | os.PathLike | None = None, lim
             entries.sort(key=lambda e: _dt.datetime.fromisoformat(e.date), reverse=True)
             entries = entries[:limit] if limit else entries
         return entries
-    finally:
-        git_repo.close()
 
 
 # ---------------------------------------------------------------------- the artifact store and sharing
@@ -579,46 +573,34 @@ def list_artifacts(name: str | None = None, *, repo: str | os.PathLike | None = 
     """Every stored version (of *name*, or of all artifacts), by name, newest first."""
     from . import store
 
-    git_repo = Repo.discover(repo)
-    try:
+    with Repo.discover(repo) as git_repo:
         if name is not None:
             store.validate_name(name)
         return store.Store(git_repo).versions(name)
-    finally:
-        git_repo.close()
 
 
 def alias(ref: str, alias_name: str, *, repo: str | os.PathLike | None = None):
     """Point ``NAME@ALIAS`` at the version *ref* names (``clf@v2`` -> ``prod``); returns that version."""
     from . import store
 
-    git_repo = Repo.discover(repo)
-    try:
+    with Repo.discover(repo) as git_repo:
         return store.Store(git_repo).set_alias(ref, alias_name)
-    finally:
-        git_repo.close()
 
 
 def pull(remote: str | None = None, *, repo: str | os.PathLike | None = None):
     """Fetch the snapshot branch and artifacts from *remote* (default: upstream, else origin) and merge them in."""
     from . import share
 
-    git_repo = Repo.discover(repo)
-    try:
+    with Repo.discover(repo) as git_repo:
         return share.pull(git_repo, remote)
-    finally:
-        git_repo.close()
 
 
 def push(remote: str | None = None, *, repo: str | os.PathLike | None = None):
     """Merge *remote*'s saves, then push the snapshot branch and artifacts, never overwriting anyone's."""
     from . import share
 
-    git_repo = Repo.discover(repo)
-    try:
+    with Repo.discover(repo) as git_repo:
         return share.push(git_repo, remote)
-    finally:
-        git_repo.close()
 
 
 def export(ref: str | os.PathLike, output: str | os.PathLike, *, portable: bool = False,
@@ -630,8 +612,7 @@ def export(ref: str | os.PathLike, output: str | os.PathLike, *, portable: bool 
     from . import portable as portable_archive
     from . import store
 
-    git_repo = Repo.discover(repo)
-    try:
+    with Repo.discover(repo) as git_repo:
         archive, _ = store.locate(ref, repo=repo)
         manifest = read_manifest(archive)
         if portable_archive.is_portable(manifest):
@@ -652,19 +633,14 @@ def export(ref: str | os.PathLike, output: str | os.PathLike, *, portable: bool 
             temp.unlink(missing_ok=True)
             raise ArchiveError(f"cannot write {dest}: {exc.strerror}; check the path and free space") from None
         return dest
-    finally:
-        git_repo.close()
 
 
 def init(*, repo: str | os.PathLike | None = None) -> list[str]:
     """Set the repository up for archives: .gitattributes (binary, -delta, diff=gitpack) and git config."""
     from . import native
 
-    git_repo = Repo.discover(repo)
-    try:
+    with Repo.discover(repo) as git_repo:
         return native.init(git_repo)
-    finally:
-        git_repo.close()
 
 
 def textconv(path: str | os.PathLike) -> str:

@@ -290,6 +290,12 @@ class Repo:
         self._cat.close()
         self._git.clear_cache()
 
+    def __enter__(self) -> "Repo":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # ------------------------------------------------------------------ snapshot
     def write_snapshot_tree(self, *, size_cap: int = DEFAULT_SIZE_CAP, exclude: set[str] = frozenset()) -> SnapshotTree:
         """Write the working tree (tracked, modified and untracked-not-ignored) as a tree object.
