@@ -416,24 +416,26 @@ _MONITORING_TOOLS = (4, 3, 5)  # 0, 1 and 2 are the ids reserved for debuggers, 
 _MONITORED = "sys.monitoring"
 
 
-def _on_start(code: types.CodeType, offset: int) -> Any:
-    if code.co_name != "__init__":
-        return _MONITORING.DISABLE
-    try:
-        _on_init(sys._getframe(1), "call")
-    except Exception:
-        pass
-    return None
+def _monitor(event: str):
+    """A sys.monitoring callback for *event* ('call' at PY_START, 'return' at PY_RETURN) of ``__init__`` frames.
+
+    Any other function is switched off after its first call, which is what makes capture nearly free on 3.12+.
+    """
+
+    def callback(code: types.CodeType, offset: int, *_value: Any) -> Any:
+        if code.co_name != "__init__":
+            return _MONITORING.DISABLE
+        try:
+            _on_init(sys._getframe(1), event)
+        except Exception:
+            pass
+        return None
+
+    return callback
 
 
-def _on_return(code: types.CodeType, offset: int, value: Any) -> Any:
-    if code.co_name != "__init__":
-        return _MONITORING.DISABLE
-    try:
-        _on_init(sys._getframe(1), "return")
-    except Exception:
-        pass
-    return None
+_on_start = _monitor("call")
+_on_return = _monitor("return")
 
 
 _state_lock = threading.RLock()
