@@ -499,13 +499,9 @@ def test_manifest_paths_are_validated(project, tmp_path):
 
 def test_dirty_submodule_gets_a_clear_warning(tmp_path):
     sub = init_repo(tmp_path / "sub")
-    (sub / "lib.py").write_text("X = 1\n")
-    git(sub, "add", ".")
-    git(sub, "commit", "-q", "-m", "lib")
+    commit_files(sub, {"lib.py": "X = 1\n"}, "lib")
     repo = init_repo(tmp_path / "main")
-    (repo / "a.py").write_text("A = 1\n")
-    git(repo, "add", ".")
-    git(repo, "commit", "-q", "-m", "a")
+    commit_files(repo, {"a.py": "A = 1\n"}, "a")
     git(repo, "-c", "protocol.file.allow=always", "submodule", "-q", "add", str(sub), "sub")
     git(repo, "commit", "-q", "-m", "add submodule")
 

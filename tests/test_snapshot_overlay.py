@@ -19,7 +19,7 @@ import pytest
 from gitpack.archive import MAGIC
 from gitpack.gitrepo import DEFAULT_SIZE_CAP, Repo, _NeedsIndex
 
-from conftest import git, init_repo
+from conftest import commit_files, git, init_repo
 
 
 def _index_digest(repo: Path) -> str | None:
@@ -204,9 +204,7 @@ def test_line_ending_conversion_hands_over_to_the_index(base):
 
 def test_submodules_hand_over_and_nested_repos_are_reported(base, tmp_path):
     inner = init_repo(tmp_path / "inner")
-    (inner / "f.txt").write_text("f\n")
-    git(inner, "add", "f.txt")
-    git(inner, "commit", "-q", "-m", "inner")
+    commit_files(inner, {"f.txt": "f\n"}, "inner")
     git(base, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(inner), "vendor/inner")
     git(base, "commit", "-q", "-m", "submodule")
     fast, general = both_ways(base)  # a clean submodule: nothing to decide
