@@ -83,6 +83,14 @@ _library_dirs_cache: tuple[str, ...] | None = None  # computed on first use: sys
 _verdicts: "weakref.WeakKeyDictionary[type, bool]" = weakref.WeakKeyDictionary()
 
 
+def library_dirs() -> tuple[str, ...]:
+    """The standard library's and site-packages' directories (each ending in a separator), computed once."""
+    global _library_dirs_cache
+    if _library_dirs_cache is None:
+        _library_dirs_cache = _library_dirs()
+    return _library_dirs_cache
+
+
 def _is_candidate(cls: type) -> bool:
     """Whether instances of *cls* may be repo objects: its module comes from a file outside the libraries."""
     try:
@@ -96,10 +104,7 @@ def _is_candidate(cls: type) -> bool:
     module = sys.modules.get(name) if isinstance(name, str) else None
     file = getattr(module, "__file__", None)
     if isinstance(file, str) and file:
-        global _library_dirs_cache
-        if _library_dirs_cache is None:
-            _library_dirs_cache = _library_dirs()
-        verdict = not os.path.realpath(file).startswith(_library_dirs_cache)
+        verdict = not os.path.realpath(file).startswith(library_dirs())
     try:
         _verdicts[cls] = verdict
     except TypeError:

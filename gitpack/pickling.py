@@ -71,6 +71,24 @@ class ModuleMap:
         parts = rel.split("/", 1)  # strip the tree key
         return parts[1] if len(parts) > 1 else ""
 
+    def imported_tops(self) -> list[str]:
+        """Top-level names of every module imported from this repository so far (``__main__`` as its file's stem).
+
+        A load lets exactly these (and the modules the object uses) take over an import of an installed package
+        of the same name: the saved code itself imported them from the repository.
+        """
+        root = str(self.repo_root) + os.sep
+        tops = set()
+        for name, module in list(sys.modules.items()):
+            file = getattr(module, "__file__", None)
+            if not isinstance(file, str) or not os.path.realpath(file).startswith(root):
+                continue
+            rel = self._relative(Path(os.path.realpath(file)))
+            if rel is None or not rel.endswith(".py") or not self._in_snapshot(rel):
+                continue
+            tops.add(Path(rel).stem if name in ("__main__", "__mp_main__") else name.partition(".")[0])
+        return sorted(t for t in tops if _DOTTED.match(t))
+
     def canonical(self, module_name: str | None) -> str | None:
         """The snapshot module name for *module_name*, or None when it is not repo code."""
         if not module_name:
@@ -174,10 +192,12 @@ class GitpackPickler(dill.Pickler):
         if cached is not None:
             return cached
         pid = None
+        if obj is _REBUILDER:
+            return REBUILD_ID
         if isinstance(obj, type) or t in _FUNCTION_TYPES:
             module = self.module_map.canonical(getattr(obj, "__module__", None))
             if module is not None and _reachable(obj):
-                pid = ("global", module, obj.__qualname__)
+                pid = ("class" if isinstance(obj, type) else "function", module, obj.__qualname__)
                 self.repo_objects[f"{module}:{obj.__qualname__}"] = obj
             elif _is_interactive(getattr(obj, "__module__", None)):
                 self.module_map.by_value.append(obj.__qualname__)
@@ -207,6 +227,21 @@ class GitpackPickler(dill.Pickler):
 
 
 _EMPTY_CELL = ("gitpack-empty-cell",)
+REBUILD_ID = ("rebuild",)
+
+
+class _RebuildToken:
+    """Pickled as the persistent id ``('rebuild',)``: at load, gitpack's rebuilder bound to that load's snapshot.
+
+    The rebuilder is never a global, so no pickle can name it by GLOBAL and call it
+    outside a load; the trust gate checks every argument it is given.
+    """
+
+    def __call__(self, *args):  # pickle's save_reduce requires a callable; this one only ever gets pickled
+        raise TypeError("gitpack's rebuild token is not called at save time")
+
+
+_REBUILDER = _RebuildToken()
 
 
 def _function_reduce(fn: types.FunctionType, module: types.ModuleType):
@@ -222,56 +257,9 @@ def _function_reduce(fn: types.FunctionType, module: types.ModuleType):
         closure = tuple(closure)
     code = fn.__code__
     return (
-        rebuild_function,
+        _REBUILDER,
         (module, fn.__qualname__, code.co_firstlineno, fn.__defaults__, fn.__kwdefaults__, closure, fn.__dict__ or None),
     )
-
-
-_code_cache: dict[tuple[str, str], list[types.CodeType]] = {}
-
-
-def _iter_code(code: types.CodeType):
-    yield code
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            yield from _iter_code(const)
-
-
-def rebuild_function(module, qualname, lineno, defaults, kwdefaults, closure, fn_dict):
-    """Rebuild a lambda or nested function from the snapshot's own compiled source."""
-    if not isinstance(module, types.ModuleType) or not isinstance(qualname, str) or type(lineno) is not int:
-        raise UnpicklingError("malformed function reference in archive; the archive is corrupt")
-    if not module.__name__.startswith("__gitpack_"):
-        raise PolicyError(f"function {qualname} refers to module {module.__name__}, which is not snapshot code; refusing it")
-    path = getattr(module, "__file__", None)
-    if not path:
-        raise UnpicklingError(f"cannot rebuild {qualname}: module {module.__name__} has no source file")
-    key = (module.__name__, path)
-    codes = _code_cache.get(key)
-    if codes is None:
-        source = Path(path).read_bytes()
-        codes = list(_iter_code(compile(source, path, "exec", dont_inherit=True)))
-        _code_cache[key] = codes
-    name = qualname.rpartition(".")[2]
-    matches = [c for c in codes if getattr(c, "co_qualname", c.co_name) in (qualname, name) and c.co_firstlineno == lineno]
-    if not matches:
-        raise UnpicklingError(
-            f"function {qualname} (line {lineno}) is not in {canonical_module_name(module.__name__)} of the snapshot"
-        )
-    code = matches[0]
-    cells = None
-    if code.co_freevars:
-        values = closure or ()
-        if len(values) != len(code.co_freevars):
-            raise UnpicklingError(f"closure of {qualname} does not match its code in the snapshot")
-        cells = tuple(types.CellType() if v == _EMPTY_CELL else types.CellType(v) for v in values)
-    fn = types.FunctionType(code, module.__dict__, name, defaults, cells)
-    fn.__qualname__ = qualname
-    if kwdefaults:
-        fn.__kwdefaults__ = kwdefaults
-    if fn_dict:
-        fn.__dict__.update(fn_dict)
-    return fn
 
 
 def dump(obj: Any, module_map: ModuleMap) -> tuple[bytes, StorageCollector, list, GitpackPickler]:
@@ -292,57 +280,138 @@ def dump(obj: Any, module_map: ModuleMap) -> tuple[bytes, StorageCollector, list
     return out.getvalue(), storages, buffers, pickler
 
 
-class GitpackUnpickler(dill.Unpickler):
-    """Resolves repo references in a snapshot namespace and everything else through *find_global*."""
+class Resolver:
+    """How one load turns what the pickle names into objects: the policy for globals, the snapshot for repo code.
 
-    def __init__(self, file, *, namespace, storage_loader, find_global: Callable[[str, str], Any], buffers=None):
-        super().__init__(file, buffers=buffers)
+    The trust gate resolves through it (to check classes) before the real
+    unpickling does, so both see the very same objects.  Reconstructors come
+    back wrapped by :mod:`gitpack.guards`, which check their arguments again at
+    run time; gitpack's function rebuilder reads source only from the
+    snapshot's git tree (:meth:`SnapshotNamespace.source_of`).
+    """
+
+    def __init__(self, namespace, policy, *, trust: bool = False, modules: frozenset[str] | None = None):
+        from . import guards
+
         self.namespace = namespace
-        self.storage_loader = storage_loader
-        self._find_global = find_global
+        self.policy = policy
+        self.trust = trust
+        self.modules = modules
+        self._globals: dict[tuple[str, str], Any] = {}
+        self._guards = guards
+        self.rebuild = guards.Rebuilder(namespace)
 
-    def persistent_load(self, pid):
-        if not isinstance(pid, tuple) or not pid or not isinstance(pid[0], str):
-            raise UnpicklingError("malformed persistent id in archive; the archive is corrupt")
-        kind = pid[0]
-        if kind == "global" and len(pid) == 3 and all(isinstance(p, str) for p in pid):
-            return self._snapshot_global(pid[1], pid[2])
-        if kind == "module" and len(pid) == 2 and isinstance(pid[1], str) and _DOTTED.match(pid[1]):
-            return self.namespace.import_module(pid[1])
-        if kind == "storage" and len(pid) == 5 and self.storage_loader is not None:
-            return self.storage_loader.load(pid)
-        raise UnpicklingError(f"unknown reference {str(pid)[:80]} in archive; the archive is corrupt or from a newer gitpack")
+    def find_class(self, module: str, name: str) -> Any:
+        key = (module, name)
+        found = self._globals.get(key)
+        if found is None:
+            if key == LEGACY_REBUILD:
+                found = self.rebuild
+            elif self.trust:
+                found = _TRUSTED.find_class(module, name)
+            else:
+                found = self._guards.wrap(module, name, self.policy.find_class(module, name))
+            self._globals[key] = found
+        return found
 
-    def _snapshot_global(self, module_name: str, qualname: str) -> Any:
+    def snapshot(self, kind: str, module_name: str, qualname: str) -> Any:
         """A class or function *defined* in snapshot module *module_name*, never anything it merely imports.
 
         The qualname is walked inside the module, so without this check
         ``('pkg.model', 'os.system')`` would reach whatever ``pkg.model`` imported.
         """
-        if not (_DOTTED.match(module_name) and _DOTTED.match(qualname)):
+        if not (_DOTTED.match(module_name) and _QUALNAME.match(qualname)):
             raise UnpicklingError(f"malformed snapshot reference {module_name[:60]!r}:{qualname[:60]!r} in archive; the archive is corrupt")
+        self._check_recorded(module_name)
         module = self.namespace.import_module(module_name)
         obj: Any = module
         for part in qualname.split("."):
-            obj = getattr(obj, part, None)
+            obj = vars(obj).get(part) if isinstance(obj, (type, types.ModuleType)) else None
             if obj is None:
                 raise UnpicklingError(f"{module_name}.{qualname} does not exist in the snapshot; the archive and commit disagree")
-        if not (isinstance(obj, type) or type(obj) in _FUNCTION_TYPES) or obj.__module__ != module.__name__ \
-                or obj.__qualname__ != qualname:
+        defined_here = (isinstance(obj, type) or type(obj) in _FUNCTION_TYPES) and obj.__module__ == module.__name__ \
+            and obj.__qualname__ == qualname
+        if not defined_here or (kind == "class" and not isinstance(obj, type)) or \
+                (kind == "function" and type(obj) not in _FUNCTION_TYPES):
+            what = {"class": "a class", "function": "a function"}.get(kind, "a class or function")
             raise PolicyError(
-                f"the archive asks for {module_name}.{qualname}, which is not a class or function defined in the snapshot's "
-                f"{module_name}; refusing it"
+                f"the archive asks for {module_name}.{qualname} as {what} defined in the snapshot's {module_name}, "
+                "which it is not; refusing it"
             )
         return obj
 
+    def module(self, module_name: str) -> types.ModuleType:
+        if not _DOTTED.match(module_name):
+            raise UnpicklingError(f"malformed snapshot module name {module_name[:60]!r} in archive; the archive is corrupt")
+        self._check_recorded(module_name)
+        return self.namespace.import_module(module_name)
+
+    def _check_recorded(self, module_name: str) -> None:
+        if self.modules is not None and module_name not in self.modules:
+            raise PolicyError(f"the archive refers to snapshot module {module_name[:80]}, which its manifest does not "
+                              "record as used; refusing to import it")
+
+    def ref(self, ref) -> Any:
+        """The real object behind a gate :class:`~gitpack.standins.Ref` (for the gate's class checks)."""
+        if ref.kind == "global":
+            return self.find_class(ref.module, ref.name)
+        if ref.kind in ("class", "function", "legacy"):
+            return self.snapshot(ref.kind, ref.module, ref.name)
+        if ref.kind == "module":
+            return self.module(ref.module)
+        raise UnpicklingError(f"cannot resolve {ref.dotted}")
+
+
+LEGACY_REBUILD = ("gitpack.pickling", "rebuild_function")  # gitpack 0.1 archives name the rebuilder as a global
+_QUALNAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.(<locals>|<lambda>|[A-Za-z_][A-Za-z0-9_]*))*$")
+
+
+class _Loading:
+    """What both unpicklers share: persistent ids resolve through the load's :class:`Resolver`."""
+
+    resolver: Resolver
+    storage_loader: Any
+
+    def persistent_load(self, pid):
+        if not isinstance(pid, tuple) or not pid or not isinstance(pid[0], str):
+            raise UnpicklingError("malformed persistent id in archive; the archive is corrupt")
+        kind = pid[0]
+        if kind in ("class", "function", "global") and len(pid) == 3 and all(isinstance(p, str) for p in pid):
+            return self.resolver.snapshot(kind, pid[1], pid[2])
+        if kind == "module" and len(pid) == 2 and isinstance(pid[1], str):
+            return self.resolver.module(pid[1])
+        if kind == "storage" and len(pid) == 5 and self.storage_loader is not None:
+            return self.storage_loader.load(pid)
+        if pid == REBUILD_ID:
+            return self.resolver.rebuild
+        raise UnpicklingError(f"unknown reference {str(pid)[:80]} in archive; the archive is corrupt or from a newer gitpack")
+
     def find_class(self, module: str, name: str):
-        return self._find_global(module, name)
+        return self.resolver.find_class(module, name)
 
 
-def load(data: bytes, *, namespace, storage_loader, find_global, buffers=None) -> Any:
-    unpickler = GitpackUnpickler(
-        io.BytesIO(data), namespace=namespace, storage_loader=storage_loader, find_global=find_global, buffers=buffers
-    )
+class GitpackUnpickler(_Loading, pickle.Unpickler):
+    """CPython's C unpickler, resolving through the load's :class:`Resolver` (the default, policy-checked load)."""
+
+    def __init__(self, file, *, resolver: Resolver, storage_loader, buffers=None):
+        super().__init__(file, buffers=buffers)
+        self.resolver = resolver
+        self.storage_loader = storage_loader
+
+
+class TrustedUnpickler(_Loading, dill.Unpickler):
+    """dill's unpickler, for archives the caller trusts (by-value code of interactive sessions)."""
+
+    def __init__(self, file, *, resolver: Resolver, storage_loader, buffers=None):
+        super().__init__(file, buffers=buffers)
+        self.resolver = resolver
+        self.storage_loader = storage_loader
+
+
+def load(data: bytes, *, resolver: Resolver, storage_loader, buffers=None) -> Any:
+    """Unpickle *data*; the caller has run the trust gate over it unless the load is trusted."""
+    cls = TrustedUnpickler if resolver.trust else GitpackUnpickler
+    unpickler = cls(io.BytesIO(data), resolver=resolver, storage_loader=storage_loader, buffers=buffers)
     try:
         return unpickler.load()
     except GitpackError:
@@ -356,8 +425,3 @@ def load(data: bytes, *, namespace, storage_loader, find_global, buffers=None) -
 
 
 _TRUSTED = dill.Unpickler(io.BytesIO(b""))
-
-
-def trusted_find_class(module: str, name: str) -> Any:
-    """dill's own resolution, with no policy: only for archives the caller explicitly trusts."""
-    return _TRUSTED.find_class(module, name)

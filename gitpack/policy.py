@@ -25,64 +25,69 @@ _TORCH_DTYPES = (
     "long int short cfloat cdouble"
 ).split()
 
-_ALLOW: set[tuple[str, str]] = {
-    # builtins that only build plain data
-    *(("builtins", n) for n in "set frozenset list dict tuple bytearray bytes complex slice range object int float str bool".split()),
-    ("copyreg", "_reconstructor"),
-    ("collections", "OrderedDict"),
-    ("collections", "defaultdict"),
-    ("collections", "deque"),
-    ("collections", "Counter"),
+# What each allowed global may be used for (the trust gate, gitpack.gate, enforces it):
+RECONSTRUCTOR = "reconstructor"  # a function REDUCE may call; gitpack.rules checks every argument
+VALUE_TYPE = "value type"  # a class REDUCE may call with (checked) arguments: it builds a plain value
+CLASS = "class"  # built with no constructor arguments (NEWOBJ), then given plain-data state
+VALUE = "value"  # may appear as a value only, never be called: dtypes, tensor-math functions
+TRUSTED = "trusted"  # allowed by the user by exact name (--allow module:Qual): any use
+
+_BUILTIN_VALUES = "set frozenset list dict tuple bytearray bytes complex slice range object int float str bool"
+_NUMPY_CORE = ("numpy.core", "numpy._core")
+
+_CATEGORIES: dict[tuple[str, str], str] = {
+    # builtins and the standard library's inert value types
+    **{("builtins", n): VALUE_TYPE for n in _BUILTIN_VALUES.split()},
+    ("collections", "OrderedDict"): VALUE_TYPE,
+    ("collections", "defaultdict"): VALUE_TYPE,
+    ("collections", "deque"): VALUE_TYPE,
+    ("collections", "Counter"): VALUE_TYPE,
     # functools.partial only binds arguments; calling it needs a callable that passed this policy
-    ("functools", "partial"),
-    # inert value types configs and metadata are made of
-    *(("datetime", n) for n in ("date", "datetime", "time", "timedelta", "timezone")),
-    ("decimal", "Decimal"),
-    ("fractions", "Fraction"),
-    ("uuid", "UUID"),
-    *(("pathlib", n) for n in ("PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath")),
-    ("_io", "BytesIO"),
-    ("io", "BytesIO"),
+    ("functools", "partial"): VALUE_TYPE,
+    **{("datetime", n): VALUE_TYPE for n in ("date", "datetime", "time", "timedelta", "timezone")},
+    ("decimal", "Decimal"): VALUE_TYPE,
+    ("fractions", "Fraction"): VALUE_TYPE,
+    ("uuid", "UUID"): CLASS,
+    **{("pathlib", n): VALUE_TYPE for n in ("PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath")},
+    ("_io", "BytesIO"): CLASS,
+    ("io", "BytesIO"): CLASS,
+    ("copyreg", "_reconstructor"): RECONSTRUCTOR,
     # torch tensors, storages, dtypes
-    ("torch._utils", "_rebuild_tensor"),
-    ("torch._utils", "_rebuild_tensor_v2"),
-    ("torch._utils", "_rebuild_tensor_v3"),
-    ("torch._utils", "_rebuild_parameter"),
-    ("torch._utils", "_rebuild_parameter_with_state"),
-    ("torch._utils", "_rebuild_device_tensor_from_numpy"),
-    ("torch._tensor", "_rebuild_from_type_v2"),
-    ("torch", "Tensor"),
-    ("torch", "Size"),
-    ("torch", "device"),
-    ("torch", "dtype"),
-    ("torch", "layout"),
-    ("torch", "strided"),
-    ("torch", "memory_format"),
-    ("torch", "contiguous_format"),
-    ("torch", "channels_last"),
-    ("torch.serialization", "_get_layout"),
-    ("torch.nn.parameter", "Parameter"),
-    ("torch.nn.parameter", "Buffer"),
-    *(("torch", n) for n in _TORCH_DTYPES),
-    # numpy arrays, scalars and dtypes
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"),
+    ("torch._utils", "_rebuild_tensor"): RECONSTRUCTOR,
+    ("torch._utils", "_rebuild_tensor_v2"): RECONSTRUCTOR,
+    ("torch._utils", "_rebuild_tensor_v3"): RECONSTRUCTOR,
+    ("torch._utils", "_rebuild_parameter"): RECONSTRUCTOR,
+    ("torch._utils", "_rebuild_parameter_with_state"): RECONSTRUCTOR,
+    ("torch._utils", "_rebuild_device_tensor_from_numpy"): RECONSTRUCTOR,
+    ("torch._tensor", "_rebuild_from_type_v2"): RECONSTRUCTOR,
+    ("torch.serialization", "_get_layout"): RECONSTRUCTOR,
+    ("torch", "Tensor"): CLASS,
+    ("torch", "Size"): VALUE_TYPE,
+    ("torch", "device"): VALUE_TYPE,
+    ("torch", "dtype"): VALUE,
+    ("torch", "layout"): VALUE,
+    ("torch", "strided"): VALUE,
+    ("torch", "memory_format"): VALUE,
+    ("torch", "contiguous_format"): VALUE,
+    ("torch", "channels_last"): VALUE,
+    ("torch.nn.parameter", "Parameter"): CLASS,
+    ("torch.nn.parameter", "Buffer"): CLASS,
+    **{("torch", n): VALUE for n in _TORCH_DTYPES},
+    # numpy arrays, scalars and dtypes (never object or structured dtypes: gitpack.rules)
+    ("numpy", "ndarray"): CLASS,
+    ("numpy", "dtype"): VALUE_TYPE,
+    **{(m + ".multiarray", "_reconstruct"): RECONSTRUCTOR for m in _NUMPY_CORE},
+    **{(m + ".multiarray", "scalar"): RECONSTRUCTOR for m in _NUMPY_CORE},
+    **{(m + ".numeric", "_frombuffer"): RECONSTRUCTOR for m in _NUMPY_CORE},
     # the sentencepiece processor (its state is the serialized model proto)
-    ("sentencepiece", "SentencePieceProcessor"),
-    # dill helpers that rebuild data, never code
-    ("dill._dill", "_load_type"),
-    ("dill._dill", "_create_namedtuple"),  # replaced by _safe_namedtuple: dill's imports by name
-    ("dill._dill", "_create_dtypemeta"),
-    ("dill._dill", "_create_array"),
-    # gitpack's own: rebuilds repo functions from the snapshot's compiled source
-    ("gitpack.pickling", "rebuild_function"),
+    ("sentencepiece", "SentencePieceProcessor"): CLASS,
+    # dill helpers that rebuild types, never code (archives written by gitpack 0.1)
+    ("dill._dill", "_load_type"): RECONSTRUCTOR,
+    ("dill._dill", "_create_namedtuple"): RECONSTRUCTOR,  # replaced by _safe_namedtuple: dill's imports by name
+    # gitpack 0.1's rebuilder of repo lambdas (archives written since use a persistent id, never a global)
+    ("gitpack.pickling", "rebuild_function"): RECONSTRUCTOR,
 }
+_ALLOW: set[tuple[str, str]] = set(_CATEGORIES)
 
 # Module families whose classes are all plain building blocks of models: any class
 # defined in ``torch.nn.modules.*`` or ``numpy.dtypes`` (and only classes).
@@ -129,6 +134,18 @@ class Policy:
 
     def __init__(self, extra: Iterable[tuple[str, str] | str] = ()):
         self.extra = parse_allow(extra)
+
+    def category(self, module: str, name: str) -> str:
+        """How an allowed global may be used: :data:`RECONSTRUCTOR`, :data:`VALUE_TYPE`, :data:`CLASS`,
+        :data:`VALUE` or :data:`TRUSTED` (an exact ``--allow``).  Only for pairs :meth:`refusal` allows."""
+        if (module, name) in self.extra and (module, name) not in _CATEGORIES:
+            return TRUSTED
+        found = _CATEGORIES.get((module, name))
+        if found is not None:
+            return found
+        if module in _FUNCTION_MODULES:
+            return VALUE
+        return CLASS  # the class families
 
     def allows(self, module: str, name: str) -> bool:
         """Static check (no import): is this pair allowed?  Used by ``scan`` too."""
