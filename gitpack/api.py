@@ -133,7 +133,7 @@ def save(
                     paths = object_paths(obj, lambda o: id(o) in instances or is_module(o))
                     captured = build_tree(instances, paths, module_map)
                     structure = summarize(paths, module_map)
-                warnings = list(snap.submodule_warnings) + _policy_warnings(data)
+                warnings = list(snap.submodule_warnings) + _policy_warnings(data, module_map.used, len(buffers))
                 environment_description = environment.describe()
                 remote_url = git_repo.remote_url()
                 sign = signing.wants_signing(git_repo, sign)
@@ -158,6 +158,7 @@ def save(
                 "stale_code": [s.as_json() for s in stale],
                 "environment": environment_description,
                 "modules": module_map.used,
+                "imported": module_map.imported_tops(),
                 # Only roots the snapshot holds: a .venv's site-packages on sys.path is third-party.
                 "roots": [r for r in module_map.roots if r == "" or git_repo.object_type(f"{snap.tree}:{r}") == "tree"],
                 "by_value_code": module_map.by_value,
@@ -200,15 +201,17 @@ def save(
 CAPTURE_TRAILER_LIMIT = 16_000
 
 
-def _policy_warnings(data: bytes) -> list[str]:
+def _policy_warnings(data: bytes, modules: dict, buffers: int) -> list[str]:
     """What the default load policy would refuse in this pickle, said at save time rather than at load."""
-    from .scanner import scan_pickle
+    from . import gate
 
-    found = scan_pickle(data, Policy())
-    refused = sorted({g.dotted for g in found.refused})
+    found = gate.trace(data, Policy(), modules=list(modules), buffers=buffers)
+    refused = list(dict.fromkeys(found.violations))
+    if found.error:
+        refused.insert(0, f"a malformed pickle ({found.error})")
     if not refused:
         return []
-    shown = ", ".join(refused[:5]) + (f" and {len(refused) - 5} more" if len(refused) > 5 else "")
+    shown = "; ".join(refused[:5]) + (f"; and {len(refused) - 5} more" if len(refused) > 5 else "")
     return [f"the default load policy will refuse {shown}; loading this archive will need --allow (or --trust)"]
 
 
@@ -254,30 +257,6 @@ def inspect(path: str | os.PathLike) -> dict[str, Any]:
     return read_manifest(store.locate(path)[0])
 
 
-def _verify_commit(git_repo: Repo, manifest: dict[str, Any], path: Path) -> bool:
-    """The commit must exist, hold the recorded tree, and vouch for the archive's payload (and manifest) digest.
-
-    Returns whether the commit vouches for the manifest as well (it does for every save since the
-    ``Gitpack-Manifest`` trailer exists).
-    """
-    commit = audit.require_snapshot_commit(git_repo, manifest, path)
-    headers, message = audit.parse_commit_object(git_repo.read_object(commit)[1])
-    if headers.get("tree", [None])[0] != manifest.get("tree"):
-        raise ArchiveError(f"{path}: commit {commit[:12]} does not hold the tree the archive records; the archive was tampered with")
-    trailers = audit.parse_trailers(message)
-    if trailers.get("digest") != manifest.get("payload_digest"):
-        raise ArchiveError(
-            f"{path}: payload digest {str(manifest.get('payload_digest'))[:80]} does not match the one commit {commit[:12]} "
-            "vouches for; the archive was tampered with"
-        )
-    vouched = trailers.get("manifest")
-    if vouched is not None and vouched != manifest_digest(manifest):
-        raise ArchiveError(
-            f"{path}: the manifest does not match the digest commit {commit[:12]} vouches for; the archive was tampered with"
-        )
-    return vouched is not None
-
-
 def load(
     path: str | os.PathLike,
     *,
@@ -292,73 +271,58 @@ def load(
 ) -> Any:
     """Load an archive against its own snapshot's code, in an isolated namespace.
 
-    *path* is an archive file or a stored artifact, ``NAME``, ``NAME@v2`` or
-    ``NAME@latest`` (:mod:`gitpack.store` documents how the two are told
-    apart).  ``fetch=True`` runs ``gitpack pull`` (from *remote*, default the
-    upstream or origin) first.  A portable archive loads with no repository at
-    all, from its embedded, hash-verified source.
+    Args:
+        path: an archive file or a stored artifact, ``NAME``, ``NAME@v2`` or ``NAME@latest``
+            (:mod:`gitpack.store` documents how the two are told apart).
+        map_location: where tensors go, as in ``torch.load`` (a device string, a dict, a callable, ``"meta"``).
+        mmap: with ``mmap=True`` tensor data is mapped from the archive instead of read, and its digests are
+            *not* checked at load (that would read every byte): run ``gitpack verify`` for that.
+        trust: turn the policy off and admit by-value code: only for archives whose author you trust.
+        allow: more globals the policy admits, ``"module:qualname"`` strings or ``(module, qualname)`` pairs.
+        require_signed: refuse unless the snapshot commit has a trusted signature (None: ``gitpack.requireSigned``).
+        repo: the repository (default: the one containing the current directory).
+        fetch: run ``gitpack pull`` (from *remote*, default the upstream or origin) first.
+    Returns:
+        The object, running the code of the snapshot it was saved with.
+    Example:
+        >>> model = gitpack.load("model.gitpack")            # doctest: +SKIP
+        >>> model = gitpack.load("clf@v2", map_location="cpu")  # doctest: +SKIP
 
-    Everything is verified before anything is unpickled: the manifest, the
-    member table, the commit (which must hold the tree and vouch for the
-    payload and manifest digests), its signature when one is required
-    (*require_signed*, or git config ``gitpack.requireSigned``), the pickle's
-    bytes and every tensor storage the pickle names.  With ``mmap=True``
-    tensor data is mapped from the archive instead and its digest is *not*
-    checked at load (that would read every byte); run ``gitpack verify`` to
-    check it.  ``map_location`` works like torch's.
-
-    Globals resolve only through the strict policy (:mod:`gitpack.policy`),
-    extended by *allow* (``(module, qualname)`` pairs or ``"module:qualname"``
-    strings).  ``trust=True`` turns the policy off and admits by-value code:
-    only for archives whose author you trust.
+    Everything is verified before anything is unpickled (:func:`gitpack.verification.open_verified`:
+    the file, the commit that vouches for it, its signature when required), then the pickle passes the
+    trust gate (:mod:`gitpack.gate`: every global, call, state and fill it would make), then every tensor
+    storage it names is read and checked.  A portable archive loads with no repository at all, from its
+    embedded, hash-verified source, but only with *trust* unless a clone here has its commit.
     """
-    from . import portable, store
+    from . import gate, store
+    from .verification import open_verified
 
     policy = Policy(allow)  # a malformed allow entry fails before anything is read
-
     if fetch:
         pull(remote, repo=repo)
     path, _ = store.locate(path, repo=repo)
-    with ArchiveReader(path) as reader:
-        manifest = reader.manifest
-        roots, known, count, by_value = _load_plan(manifest, path)
-        if portable.is_portable(manifest):
-            source = portable.verified_source(reader)  # every embedded file checked before anything is imported
-            if not _check_portable_signature(manifest, repo, require_signed) and not trust:
-                # The hashes prove the archive is intact, not who wrote the code it carries.
-                raise PolicyError(
-                    f"{path} is a portable archive whose snapshot commit {str(manifest.get('commit'))[:12]} is not in a "
-                    "repository here, so loading it imports code only the archive vouches for; load it only if you "
-                    "trust its author (trust=True / --trust), or inside a clone that has the commit"
-                )
-        else:
-            git_repo = Repo.discover(repo)
-            try:
-                _verify_commit(git_repo, manifest, path)
-                signing.check(git_repo, manifest["commit"], require=require_signed)
-            except BaseException:
-                git_repo.close()
-                raise
-            source = GitSourceTree(git_repo, manifest["tree"])
-        if by_value and not trust:
+    with open_verified(path, repo=repo, require_signed=require_signed, trust=trust) as checked:
+        plan = checked.plan
+        if plan.by_value and not trust:
             raise PolicyError(
-                f"{path} carries by-value code ({', '.join(by_value[:3])}) defined outside any file; "
+                f"{path} carries by-value code ({', '.join(plan.by_value[:3])}) defined outside any file; "
                 "load it only if you trust its author (trust=True / --trust)"
             )
-        data = reader.read(PICKLE_MEMBER)
-        buffers = [reader.read_buffer(f"{BUFFER_PREFIX}{i}") for i in range(count)]
-        storage_loader = StorageLoader(reader, map_location=map_location, mmap=mmap)
+        data = checked.reader.read(PICKLE_MEMBER)
+        modules = frozenset(plan.modules)
+        verdict = gate.trace(data, policy, modules=modules, buffers=plan.buffers)
+        if not trust:
+            verdict.raise_if_refused(str(path))
+        buffers = [checked.reader.read_buffer(f"{BUFFER_PREFIX}{i}") for i in range(plan.buffers)]
+        storage_loader = StorageLoader(checked.reader, map_location=map_location, mmap=mmap)
         if not mmap:
-            _read_storages_first(storage_loader, data)
-        namespace = namespace_for(source, roots, known)
-        find_global = pickling.trusted_find_class if trust else policy.find_class
-        return pickling.load(
-            data,
-            namespace=namespace,
-            storage_loader=storage_loader,
-            find_global=find_global,
-            buffers=buffers,
-        )
+            _read_storages_first(storage_loader, verdict.storages)  # every byte verified before any import
+        namespace = namespace_for(checked.source, plan.roots, plan.modules, imported=plan.imported, trusted=trust)
+        resolver = pickling.Resolver(namespace, policy, trust=trust, modules=None if trust else modules)
+        if not trust:
+            verdict.check_classes(resolver.ref)  # imports only the snapshot modules the manifest records as used
+            verdict.raise_if_refused(str(path))
+        return pickling.load(data, resolver=resolver, storage_loader=storage_loader, buffers=buffers)
 
 
 @dataclass(frozen=True)
@@ -388,165 +352,55 @@ def verify(
 ) -> VerifyReport:
     """Check an archive completely, without unpickling it (and without importing torch).
 
-    Every byte: header, trailer, canonical manifest, member table, padding and
-    the sha256 of every member; then that the snapshot commit exists, holds
-    the recorded tree with all its objects, and its message vouches for the
-    payload and manifest digests; then the commit's signature, when it has
-    one (refused unless trusted when *require_signed* or
-    ``gitpack.requireSigned``).  Raises a :class:`GitpackError` at the first
-    problem; returns what was checked.
+    Args:
+        path: an archive file or a stored ``NAME[@VERSION]``.
+        require_signed: refuse unless the snapshot commit has a trusted signature (None: ``gitpack.requireSigned``).
+        repo: the repository (default: the one containing the current directory).
+    Returns:
+        A :class:`VerifyReport` of what was checked.
+    Raises:
+        GitpackError: at the first problem.
+
+    The same checks as :func:`load` (one verification path), plus the digest of every member now
+    and that every object of the snapshot commit is present.
     """
-    from . import portable, store
+    from . import store
+    from .verification import open_verified
 
     path, _ = store.locate(path, repo=repo)
-    with ArchiveReader(path) as reader:
-        manifest = reader.manifest
-        _load_plan(manifest, path)
-        for name in reader.members:
-            reader.verify_member(name)
-        size = sum(m.size for m in reader.members.values())
-        is_portable = portable.is_portable(manifest)
-        vouched = False
-        if is_portable:
-            # The embedded commit must hash right and vouch for the payload and the saved manifest.
-            portable.verified_source(reader)
-            embedded = audit.parse_commit_object(reader.read(portable.COMMIT_MEMBER))[1]
-            vouched = "manifest" in audit.parse_trailers(embedded)
-    commit, tree = str(manifest.get("commit")), str(manifest.get("tree"))
-    signature = None
-    try:
-        git_repo = Repo.discover(repo)
-    except GitpackError:
-        if not is_portable:
-            raise
-        git_repo = None
-    try:
-        if git_repo is None or (is_portable and git_repo.object_type(commit) != "commit"):
-            # Portable and its commit not here: the embedded commit vouched for everything (verified_source).
-            _check_portable_signature(manifest, repo, require_signed)
-        elif is_portable:
-            signature = signing.signature(git_repo, commit)
-            signing.check(git_repo, commit, require=require_signed)
-        else:
-            vouched = _verify_commit(git_repo, manifest, path)
-            listed = git_repo.git("rev-list", "--objects", "--no-walk", "--missing=print", commit).splitlines()
-            missing = [line[1:] for line in listed if line.startswith("?")]
-            if missing:
-                raise MissingCommitError(
-                    f"snapshot commit {commit[:12]} is here but {len(missing)} of its objects are missing "
-                    f"(e.g. {missing[0][:12]}); fetch it again (`gitpack pull`)"
-                )
-            signature = signing.signature(git_repo, commit)
-            signing.check(git_repo, commit, require=require_signed)
-    finally:
-        if git_repo is not None:
-            git_repo.close()
-    payload = manifest["portable"].get("payload_digest") if is_portable else manifest.get("payload_digest")
-    return VerifyReport(Path(path), len(reader.members), size, str(payload), vouched, commit, tree, signature, is_portable)
+    with open_verified(path, repo=repo, require_signed=require_signed, every_member=True, report_signature=True) as checked:
+        manifest = checked.manifest
+        size = sum(m.size for m in checked.reader.members.values())
+        payload = manifest["portable"].get("payload_digest") if checked.portable else manifest.get("payload_digest")
+        return VerifyReport(Path(path), len(checked.reader.members), size, str(payload), checked.manifest_vouched,
+                            checked.commit, str(manifest.get("tree")), checked.signature, checked.portable)
 
 
 def scan(path: str | os.PathLike, *, allow: Iterable[tuple[str, str] | str] = (), repo: str | os.PathLike | None = None):
-    """Every global, persistent id, repo function and by-value code object the archive's pickle names.
+    """Every global, persistent id, call and state the archive's pickle would make, judged by the trust gate.
 
-    Read from the pickle's opcodes (:mod:`gitpack.scanner`): nothing is
-    unpickled, imported or resolved, and no repository is needed.  Each
-    global is marked allowed or refused by the default policy plus *allow*.
+    Read from a dry run of the pickle (:mod:`gitpack.gate`): nothing is
+    unpickled and no snapshot code is imported or run, and no repository is
+    needed.  Checks about snapshot classes are made from their source when the
+    repository here has the snapshot, else reported as pending (load makes them).
     """
     from . import store
     from .scanner import scan as scan_archive
 
     path, _ = store.locate(path, repo=repo)
-    return scan_archive(path, allow=allow)
+    return scan_archive(path, allow=allow, repo=repo)
 
 
-def _check_portable_signature(manifest: dict[str, Any], repo: str | os.PathLike | None, require: bool | None) -> bool:
-    """A portable archive needs no repository, but a required signature can only be checked in one.
-
-    Returns whether the snapshot commit is in a repository here (then the embedded source, which
-    hashes to that commit, is code this clone already vouches for).
-    """
-    try:
-        git_repo = Repo.discover(repo)
-    except GitpackError:
-        if require:
-            raise SignatureError(
-                "a signed snapshot is required but this portable archive is loaded outside any repository, where git "
-                "cannot check signatures; load it inside a clone that has the snapshot commit"
-            ) from None
-        return False
-    try:
-        commit = manifest.get("commit")
-        if signing.requires_signature(git_repo, require) and not (isinstance(commit, str) and git_repo.object_type(commit) == "commit"):
-            raise SignatureError(
-                f"a signed snapshot is required but commit {str(commit)[:12]} of this portable archive is not in "
-                f"{git_repo.root}, so git cannot check its signature; fetch it first (`gitpack pull`)"
-            )
-        if isinstance(commit, str) and git_repo.object_type(commit) == "commit":
-            signing.check(git_repo, commit, require=require)
-            return True
-        return False
-    finally:
-        git_repo.close()
-
-
-def _read_storages_first(storage_loader: StorageLoader, data: bytes) -> None:
-    """Read (and so verify) every tensor storage the pickle names before unpickling starts.
-
-    The storages are found by scanning the pickle's opcodes (nothing runs);
-    the unpickler then finds them already loaded.  A storage whose id the scan
-    cannot read as constants is simply loaded (and verified) when met.
-    """
-    from .scanner import scan_pickle
-
-    for pid in scan_pickle(data, Policy()).storages():
+def _read_storages_first(storage_loader: StorageLoader, storages: list[tuple]) -> None:
+    """Read (and so verify) every tensor storage the pickle names before unpickling starts; the unpickler
+    then finds them already loaded."""
+    for pid in storages:
         try:
             storage_loader.load(pid)
         except GitpackError:
             raise
         except Exception as exc:  # torch: a bad device string, a size that does not fit the dtype
             raise UnpicklingError(f"cannot load tensor storage {str(pid[2])[:40]!r}: {type(exc).__name__}: {exc}") from exc
-
-
-_MODULE_NAME = re.compile(r"^[^\W\d]\w*(?:\.[^\W\d]\w*)*$")
-
-
-def _load_plan(manifest: dict[str, Any], path: Path) -> tuple[list[str], dict[str, str], int, list[str]]:
-    """The manifest fields load acts on, checked: import roots, module roots, buffer count, by-value code.
-
-    The commit already vouches for them (manifest digest); this keeps a bad
-    value from ever reaching the filesystem (a root of ``../x`` would read
-    another snapshot's cache) or an allocation.
-    """
-    def bad(field_name: str) -> ArchiveError:
-        return ArchiveError(f"{path}: manifest field {field_name!r} is malformed; the archive is corrupt or tampered with")
-
-    roots = manifest.get("roots") or [""]
-    if not (isinstance(roots, list) and all(_is_snapshot_dir(r) for r in roots)):
-        raise bad("roots")
-    modules = manifest.get("modules") or {}
-    if not isinstance(modules, dict):
-        raise bad("modules")
-    known = {}
-    for name, info in modules.items():
-        root = info.get("root", "") if isinstance(info, dict) else None
-        if not (_MODULE_NAME.match(name) and _is_snapshot_dir(root)):
-            raise bad("modules")
-        known[name] = root
-    tensors = manifest.get("tensors") or {}
-    count = tensors.get("buffers", 0) if isinstance(tensors, dict) else None
-    if type(count) is not int or not 0 <= count <= len(manifest.get("members", [])):
-        raise bad("tensors")
-    by_value = manifest.get("by_value_code") or []
-    if not (isinstance(by_value, list) and all(isinstance(x, str) for x in by_value)):
-        raise bad("by_value_code")
-    return roots, known, count, by_value
-
-
-def _is_snapshot_dir(rel: Any) -> bool:
-    """A relative path inside the snapshot: no absolute path, no ``..``, no ``.git``, no NUL; any other name is fine."""
-    if not isinstance(rel, str) or rel.startswith("/") or "\0" in rel or "\\" in rel:
-        return False
-    return rel == "" or all(part not in ("", ".", "..", ".git") for part in rel.split("/"))
 
 
 def log(*, branch: str | None = None, repo: str | os.PathLike | None = None, limit: int | None = None) -> list[audit.LogEntry]:
@@ -617,7 +471,10 @@ def export(ref: str | os.PathLike, output: str | os.PathLike, *, portable: bool 
         manifest = read_manifest(archive)
         if portable_archive.is_portable(manifest):
             raise ArchiveError(f"{ref} is already portable; copy it as it is")
-        _verify_commit(git_repo, manifest, archive)
+        from .verification import open_verified
+
+        with open_verified(archive, repo=repo):
+            pass  # the same checks as load: a tampered archive is never exported
         dest = Path(output).absolute()
         if portable:
             return portable_archive.export(git_repo, archive, dest).path

@@ -29,6 +29,7 @@ from .archive import MAGIC as ARCHIVE_MAGIC, TEMP_MARK, is_stale_temp, temp_owne
 from .errors import GitError, NotARepoError
 
 DEFAULT_BRANCH = "gitpack"
+START_MESSAGE = "gitpack: start of the snapshot branch"  # the root commit of every snapshot branch gitpack starts
 DEFAULT_SIZE_CAP = 10 * 1000 * 1000
 ZERO_SHA = "0" * 40
 _TEMP_PREFIX = "gitpack-tmp-"
@@ -686,7 +687,7 @@ class Repo:
             os.unlink(empty_index)
         except FileNotFoundError:
             pass
-        return self._commit_tree(["commit-tree", empty_tree, "-m", "gitpack: start of the snapshot branch"])
+        return self._commit_tree(["commit-tree", empty_tree, "-m", START_MESSAGE])
 
     def _commit_tree(self, args: list[str]) -> str:
         try:
