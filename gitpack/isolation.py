@@ -297,7 +297,13 @@ class SnapshotNamespace:
         self.roots = roots or [""]
         self.files = Materializer(source, cache)
         self.known = dict(known or {})  # canonical module name -> root it was found under at save time
+        # Top-level names the snapshot may take over from installed packages: the ones the saved code itself
+        # imported from the repository (a snapshot adding a root torch.py must not capture `import torch`).
+        self.shadows_ok: set[str] = {name.partition(".")[0] for name in self.known}
+        self.trusted = False  # a trusted load: any top-level name is the snapshot's if it has it
+        self._origins: dict[str, tuple[str, str]] = {}  # private module name -> (directory in the tree, file name)
         self._tops: dict[str, str | None] = {}
+        self._shadow_checked: set[str] = set()
         self._lock = threading.RLock()
         self.builtins = dict(builtins.__dict__)
         self.builtins["__import__"] = self._import
@@ -344,8 +350,39 @@ class SnapshotNamespace:
 
         return importlib.import_module(self.private_name(name))
 
+    def holds(self, module: types.ModuleType) -> bool:
+        """Whether *module* is one of this snapshot's imported modules (the very object in ``sys.modules``)."""
+        name = getattr(module, "__name__", None)
+        return isinstance(name, str) and name.startswith(self.prefix + ".") and sys.modules.get(name) is module \
+            and name in self._origins
+
+    def source_of(self, private_name: str) -> tuple[str, bytes, str]:
+        """(blob id, source bytes, file name for tracebacks) of an imported snapshot module, read from the git
+        tree by its path there: never through the module's ``__file__`` or anything else an object can change."""
+        directory, filename = self._origins[private_name]
+        entry = (self.files.source.list_dir(directory) or {}).get(filename)
+        if entry is None or entry[0] != "blob":
+            raise GitpackError(f"{_join(directory, filename)} is not a file of snapshot {self.key[:12]}")
+        return entry[1], self.files.source.read(entry[1]), str(self.files.path(directory) / filename)
+
+    def _check_shadowing(self, top: str) -> None:
+        """Refuse a snapshot top-level module that would capture imports of an installed package of that name,
+        unless the saved code itself imported it from the repository (or the load is trusted)."""
+        if top in self._shadow_checked or self.trusted or top in self.shadows_ok:
+            return
+        if _installed(top):
+            from .errors import PolicyError
+
+            raise PolicyError(
+                f"snapshot {self.key[:12]} has a top-level {top!r} that would shadow the installed package {top!r} "
+                "(the saved code did not import it from the repository); review the snapshot (`gitpack diff`) and "
+                "load with --trust only if you trust it"
+            )
+        self._shadow_checked.add(top)
+
     def _import(self, name, globals=None, locals=None, fromlist=(), level=0):
         if level == 0 and name and self.owns(name):
+            self._check_shadowing(name.partition(".")[0])
             module = _original_import(self.private_name(name), globals, locals, fromlist, 0)
             if not fromlist:
                 return sys.modules[self.private_name(name.partition(".")[0])]
@@ -373,6 +410,7 @@ class SnapshotNamespace:
             sub = self.files.listing(pkg_dir) or {"files": []}
             location = str(self.files.path(pkg_dir))
             if "__init__.py" in sub["files"]:
+                self._origins[fullname] = (pkg_dir, "__init__.py")
                 init = os.path.join(location, "__init__.py")
                 loader = _SnapshotLoader(fullname, init, self)
                 return importlib.util.spec_from_file_location(
@@ -382,6 +420,7 @@ class SnapshotNamespace:
             spec.submodule_search_locations = [location]
             return spec
         if last + ".py" in listing["files"]:
+            self._origins[fullname] = (directory, last + ".py")
             self.files.listing(directory)
             path = str(self.files.path(directory) / (last + ".py"))
             return importlib.util.spec_from_file_location(fullname, path, loader=_SnapshotLoader(fullname, path, self))
@@ -425,8 +464,12 @@ _finder = _Finder()
 _registry_lock = threading.Lock()
 
 
-def namespace_for(source: SourceTree, roots: list[str], known: dict[str, str] | None = None) -> SnapshotNamespace:
-    """The namespace of *source*'s tree, created once per process and reused."""
+def namespace_for(source: SourceTree, roots: list[str], known: dict[str, str] | None = None, *,
+                  imported: list[str] | None = None, trusted: bool = False) -> SnapshotNamespace:
+    """The namespace of *source*'s tree, created once per process and reused.
+
+    *imported*: top-level repo modules the saved code imported (may shadow installed packages);
+    *trusted*: the caller trusts this tree's code (then any snapshot name may shadow)."""
     with _registry_lock:
         if _finder not in sys.meta_path:
             sys.meta_path.insert(0, _finder)
@@ -438,10 +481,40 @@ def namespace_for(source: SourceTree, roots: list[str], known: dict[str, str] | 
         else:
             for name, root in (known or {}).items():
                 ns.known.setdefault(name, root)
+                ns.shadows_ok.add(name.partition(".")[0])
             for root in roots:
                 if root not in ns.roots:
                     ns.roots.append(root)
+        ns.shadows_ok.update(imported or ())
+        ns.trusted = ns.trusted or trusted
         return ns
+
+
+def shadowing(source: SourceTree, roots: list[str], allowed: set[str]) -> list[str]:
+    """Top-level modules and packages of *source* (under its import *roots*) that would shadow an installed
+    package of the same name and are not in *allowed*: what a load refuses when snapshot code imports them."""
+    found = []
+    for root in roots or [""]:
+        listing = source.list_dir(root) or {}
+        for name, (kind, _) in listing.items():
+            top = name[:-3] if kind != "tree" and name.endswith(".py") else name if kind == "tree" else None
+            if top and top.isidentifier() and top not in allowed and top not in found and _installed(top):
+                found.append(top)
+    return sorted(found)
+
+
+def _installed(top: str) -> bool:
+    """Whether *top* is a built-in module or one installed in the standard library or site-packages."""
+    if top in sys.builtin_module_names:
+        return True
+    from .capturing import library_dirs
+
+    dirs = library_dirs()
+    paths = [p for p in sys.path if p and (os.path.realpath(p).rstrip(os.sep) + os.sep).startswith(dirs)]
+    try:
+        return importlib.machinery.PathFinder.find_spec(top, paths) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def canonical_module_name(name: str) -> str:

@@ -152,6 +152,13 @@ def scan_lines(report) -> list[str]:
     for c in report.code:
         uses = f", uses {' '.join(c.names[:12])}" if c.names else ""
         lines.append(f"BY-VALUE  code      {c.qualname or c.name or '?'} from {c.filename or '?'}{uses}")
+    refused_globals = {f"global {g.dotted}" for g in report.refused}
+    for problem in report.violations:
+        if not any(problem.startswith(g + " (") for g in refused_globals):
+            lines.append(f"REFUSED  {problem}")
+    if report.pending:
+        lines.append(f"pending   {report.pending} check(s) need the snapshot's classes; `gitpack load` makes them "
+                     "(run scan inside a clone that has the snapshot to read them from source)")
     storages = sum(1 for p in report.persistent_ids if p.kind == "storage")
     lines.append(f"{len(report.globals)} globals ({len(report.refused)} refused), {storages} tensor storages, "
                  f"{len(report.functions)} rebuilt functions, {len(report.code)} by-value code objects"
