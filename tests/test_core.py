@@ -510,7 +510,7 @@ def test_save_warns_when_the_default_policy_would_refuse_the_archive(repo):
     (repo / "m.py").write_text("import ipaddress\n\ndef build():\n    return {'addr': ipaddress.IPv4Address('192.0.2.1')}\n")
     proc = gitpack_cli(repo, "save", "m:build", "-o", "a.gitpack")
     assert proc.returncode == 0, proc.stderr
-    assert "warning: the default load policy will refuse ipaddress.IPv4Address" in proc.stderr
+    assert "warning: the default load policy will refuse global ipaddress.IPv4Address" in proc.stderr
     assert gitpack_cli(repo, "load", "a.gitpack", "--allow", "ipaddress:IPv4Address").returncode == 0
 
 

@@ -115,20 +115,16 @@ def test_diff_reports_default_markings_and_nested_values(repo):
 
 
 MARKER_MODULE = '''\
-def touch(path):
-    with open(path, "w") as fh:
-        fh.write("unpickled")
-    return Boom(path)
-
-
 class Boom:
-    """Loading this object runs touch(): the marker file proves the pickle was executed."""
+    """Unpickling this object runs __setstate__: the marker file proves the pickle was executed."""
 
     def __init__(self, marker):
         self.marker = marker
 
-    def __reduce__(self):
-        return (touch, (self.marker,))
+    def __setstate__(self, state):
+        with open(state["marker"], "w") as fh:
+            fh.write("unpickled")
+        self.__dict__.update(state)
 '''
 
 
