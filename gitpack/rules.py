@@ -619,6 +619,14 @@ def _partial_state(made: Made, state: Any) -> Verdict:
     return Verdict() if ok else _no("functools.partial state with something other than an allowed callable")
 
 
+def _attribute_state(made: Made, state: Any) -> Verdict:
+    """Plain attributes on a dict-like value (``state_dict()``'s OrderedDict carries ``_metadata``)."""
+    keys = _state_keys(state)
+    if keys is None:
+        return _no(f"state of {_short(made.cls.dotted if made.cls else '?')} that is not plain attribute data")
+    return Verdict(deferred=[Deferred("state", made.cls, keys)] if keys and made.cls else [])
+
+
 def _no_state(made: Made, state: Any) -> Verdict:
     return _no(f"BUILD on a {_short(made.cls.dotted if made.cls else '?')} (torch's pickles never set one's state)")
 
@@ -630,6 +638,9 @@ _STATES: dict[str, Callable[[Made, Any], Verdict]] = {
     "io.BytesIO": _bytesio_state,
     "sentencepiece.SentencePieceProcessor": _sentencepiece_state,
     "functools.partial": _partial_state,
+    "collections.OrderedDict": _attribute_state,
+    "collections.Counter": _attribute_state,
+    "collections.defaultdict": _attribute_state,
     "torch.Tensor": _no_state,
     "torch.nn.parameter.Parameter": _no_state,
     "torch.nn.parameter.Buffer": _no_state,
@@ -686,10 +697,11 @@ def check_deferred(item: Deferred, obj: Any) -> str | None:
     return f"unknown check {item.what} on {name}"
 
 
-def check_deferred_source(item: Deferred, found: Any) -> str | None:
+def check_deferred_source(item: Deferred, found: Any, library: Callable[[str], Any] | None = None) -> str | None:
     """The same judgement as :func:`check_deferred`, from a snapshot class's source (``gitpack scan``, which never
     imports): *found* is its :class:`gitpack.classfacts.Facts`.  Returns None when the source answers "fine"; the
-    string ``"pending"`` when only the imported class can tell."""
+    string ``"pending"`` when only the imported class can tell.  *library* resolves a base class imported from a
+    library (``torch.nn.Module``) to the class, or None when it will not import it."""
     name = _short(item.ref.dotted)
     if found is None:
         return "pending"
@@ -719,7 +731,13 @@ def check_deferred_source(item: Deferred, found: Any) -> str | None:
         for key in item.detail or ():
             if found.declares(key):
                 return f"state key {_short(key)!r} of {name} would replace its method or property {_short(key)!r}"
-        return "pending"  # methods inherited from library classes: load checks the imported class
+        bases = [library(b) for b in found.all_imported_bases()] if library is not None else [None]
+        if any(not isinstance(b, type) for b in bases):
+            return "pending"  # a base only the imported class can show: load checks it
+        for key in item.detail or ():
+            if any(shadows_method(b, key) for b in bases):
+                return f"state key {_short(key)!r} of {name} would replace its method or property {_short(key)!r}"
+        return None
     return "pending"
 
 

@@ -233,7 +233,7 @@ def _class_checks(trace: gate.Trace, policy: Policy, manifest: dict[str, Any], r
                     except GitpackError:
                         source = None
                 found = classfacts.facts(source, item.ref.name) if source is not None else None
-                problem = rules.check_deferred_source(item, found)
+                problem = rules.check_deferred_source(item, found, _library_class)
             if problem == "pending":
                 pending += 1
             elif problem:
@@ -242,6 +242,23 @@ def _class_checks(trace: gate.Trace, policy: Policy, manifest: dict[str, Any], r
         if git_repo is not None:
             git_repo.close()
     return pending
+
+
+_LIBRARIES = ("torch", "numpy", "sentencepiece", "collections", "enum", "typing", "abc")
+
+
+def _library_class(dotted: str) -> Any:
+    """A base class a snapshot class names, imported only from libraries gitpack's policy is about (as a load
+    would import them); None for anything else."""
+    import importlib
+
+    module, _, name = dotted.rpartition(".")
+    if not module or module.partition(".")[0] not in _LIBRARIES:
+        return None
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
 
 
 def scan(path: str | os.PathLike, *, allow: Iterable[tuple[str, str] | str] = (),

@@ -375,3 +375,140 @@ def test_the_base_archive_loads_without_trust_and_its_pieces_work(project, tmp_p
                env={"GITPACK_CACHE": str(tmp_path / "cache")})
     assert proc.returncode == 0, proc.stderr
     assert "RESULT 42 torch.Size([1, 2]) save_text Logger" in proc.stdout
+
+
+GPT = '''\
+import math
+
+import numpy as np
+import sentencepiece as spm
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, n_embd, n_head, block_size, dropout=0.0):
+        super().__init__()
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd)
+        self.c_proj = nn.Linear(n_embd, n_embd)
+        self.attn_dropout = nn.Dropout(dropout)
+        self.n_head, self.n_embd = n_head, n_embd
+        self.register_buffer("bias", torch.tril(torch.ones(block_size, block_size)).view(1, 1, block_size, block_size))
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+        att = att.masked_fill(self.bias[:, :, :T, :T] == 0, float("-inf"))
+        att = self.attn_dropout(F.softmax(att, dim=-1))
+        return self.c_proj((att @ v).transpose(1, 2).contiguous().view(B, T, C))
+
+
+class Block(nn.Module):
+    def __init__(self, n_embd, n_head, block_size):
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(n_embd), nn.LayerNorm(n_embd)
+        self.attn = CausalSelfAttention(n_embd, n_head, block_size)
+        self.mlp = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), nn.GELU(approximate="tanh"), nn.Linear(4 * n_embd, n_embd))
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32):
+        super().__init__()
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(vocab_size, n_embd), wpe=nn.Embedding(block_size, n_embd),
+            h=nn.ModuleList([Block(n_embd, n_head, block_size) for _ in range(n_layer)]), ln_f=nn.LayerNorm(n_embd)))
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying: one parameter, two modules
+
+    def forward(self, idx):
+        pos = torch.arange(idx.size(1))
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        for block in self.transformer.h:
+            x = block(x)
+        return self.lm_head(self.transformer.ln_f(x))
+
+
+class Featurizer:
+    """numpy float arrays and a sentencepiece processor, as an NLP pipeline keeps them."""
+
+    def __init__(self, corpus):
+        import io
+        model = io.BytesIO()
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(open(corpus).readlines()), model_writer=model,
+                                       vocab_size=60)
+        self.sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+        rng = np.random.default_rng(0)
+        self.weights = rng.standard_normal((60, 8)).astype(np.float32)
+        self.bias = np.linspace(0, 1, 8)
+
+    def __call__(self, text):
+        return (self.weights[self.sp.encode(text)].sum(0) + self.bias).tolist()
+'''
+SAVE_LEGIT = '''\
+import json, sys
+import torch
+import gitpack
+from nets import GPT, Featurizer
+
+torch.manual_seed(0)
+gpt = GPT().eval()
+idx = torch.tensor([[1, 2, 3, 4]])
+checkpoint = {"model": gpt.state_dict(), "epoch": 3, "step": 1000, "lr": 3e-4, "rng": torch.get_rng_state()}
+feat = Featurizer("corpus.txt")
+for name, obj in (("gpt", gpt), ("checkpoint", checkpoint), ("featurizer", feat)):
+    gitpack.save(obj, name + ".gitpack")
+with torch.no_grad():
+    print("EXPECTED", json.dumps({"gpt": gpt(idx).sum().item(), "feat": feat("lorem ipsum dolor")}))
+'''
+LOAD_LEGIT = '''\
+import json
+import torch
+import gitpack
+
+gpt = gitpack.load("gpt.gitpack")  # the default policy: no --trust, no --allow
+assert gpt.transformer.wte.weight is gpt.lm_head.weight, "weight tying survived"
+checkpoint = gitpack.load("checkpoint.gitpack")
+fresh = gitpack.load("gpt.gitpack")
+fresh.load_state_dict(checkpoint["model"])
+feat = gitpack.load("featurizer.gitpack")
+assert checkpoint["epoch"] == 3 and torch.equal(checkpoint["rng"], torch.get_rng_state()) is not None
+with torch.no_grad():
+    idx = torch.tensor([[1, 2, 3, 4]])
+    print("GOT", json.dumps({"gpt": gpt(idx).sum().item(), "feat": feat("lorem ipsum dolor"),
+                             "restored": fresh(idx).sum().item()}))
+'''
+
+
+def test_real_models_still_load_under_the_default_policy(tmp_path):
+    """A GPT-style module (weight tying, a causal-mask buffer), a checkpoint dict of tensors, and numpy float
+    arrays beside a sentencepiece processor: all load in a new process with no --trust and no --allow."""
+    from conftest import SEED
+
+    repo = init_repo(tmp_path / "legit")
+    commit_files(repo, {"nets.py": GPT, "save.py": SAVE_LEGIT, "load.py": LOAD_LEGIT,
+                        "corpus.txt": (SEED / "corpus.txt").read_text(), ".gitignore": "*.gitpack\n"}, "nets")
+    saved = run(repo, sys.executable, "save.py")
+    assert saved.returncode == 0, saved.stderr
+    assert "warning" not in saved.stderr
+    expected = json_line(saved.stdout, "EXPECTED")
+    for name in ("gpt", "checkpoint", "featurizer"):
+        scan = run(repo, sys.executable, "-m", "gitpack", "scan", f"{name}.gitpack")
+        assert scan.returncode == 0 and "REFUSED" not in scan.stdout and "pending" not in scan.stdout, scan.stdout
+    loaded = run(repo, sys.executable, "load.py")
+    assert loaded.returncode == 0, loaded.stderr
+    got = json_line(loaded.stdout, "GOT")
+    assert got["gpt"] == expected["gpt"] == got["restored"]
+    assert got["feat"] == expected["feat"]
+
+
+def json_line(stdout: str, tag: str):
+    import json
+
+    return json.loads([line for line in stdout.splitlines() if line.startswith(tag)][0].split(" ", 1)[1])
