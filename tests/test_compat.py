@@ -1,0 +1,45 @@
+"""Archives written by earlier gitpack releases still load: format 1 (gitpack 0.1, sha256 digests, dill's pickler).
+
+The fixture was made by gitpack 0.1 itself (commit 0fa404b): ``fixtures/format1/repo.bundle`` is the
+repository it was saved in, snapshot branch included, and ``scaler-format1.gitpack`` the archive.  It
+exercises what 0.1 wrote differently: ``('global', module, qualname)`` snapshot references for classes
+and functions alike, and the lambda rebuilder named as the global ``gitpack.pickling.rebuild_function``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import gitpack
+
+from conftest import git, run
+
+FIXTURE = Path(__file__).parent / "fixtures" / "format1"
+EXPECTED = [[1.321842908859253, 4.381037712097168]]  # what the model returned when 0.1 saved it
+
+
+def test_a_format1_archive_loads_and_runs_its_saved_code(tmp_path):
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(FIXTURE / "repo.bundle"), str(clone))
+    git(clone, "fetch", "-q", str(FIXTURE / "repo.bundle"), "refs/heads/gitpack:refs/heads/gitpack")
+    shutil.copy(FIXTURE / "scaler-format1.gitpack", clone / "scaler.gitpack")
+    # The checkout's code has moved on since: the archive must still run the code it was saved with.
+    (clone / "tinypkg" / "model.py").write_text("raise ImportError('the checkout, not the snapshot')\n")
+    code = ("import json, torch, gitpack\n"
+            "m = gitpack.load('scaler.gitpack')\n"
+            "with torch.no_grad():\n"
+            "    print('RESULT', json.dumps(m(torch.ones(1, 4)).tolist()), m.table.sum())\n")
+    proc = run(clone, sys.executable, "-c", code)
+    assert proc.returncode == 0, proc.stderr
+    line = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")][0]
+    result, table_sum = line.split(" ", 1)[1].rsplit(" ", 1)
+    assert json.loads(result) == EXPECTED and table_sum == "15.0"
+
+    report = gitpack.verify(clone / "scaler.gitpack", repo=clone)
+    assert report.manifest_vouched
+    scan = gitpack.api.scan(clone / "scaler.gitpack", repo=clone)
+    assert scan.safe, scan.violations
+    assert [(f.module, f.qualname) for f in scan.functions] == [("tinypkg.model", "Scaler.__init__.<locals>.<lambda>")]
