@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable
 from . import opcodes, rules
 from .errors import PolicyError
 from .policy import Policy
-from .standins import Buffer, Deferred, Made, Ref, StorageStandIn, is_stand_in, made_object, made_of, stand_in
+from .standins import Buffer, Deferred, Made, Ref, ValueStandIn, is_stand_in, made_object, made_of, stand_in
 
 MAX_NESTING = 3  # pickles inside bytes arguments of refused calls, scanned for the report only
 MAX_SHOWN = 6  # refusals named in one error line
@@ -67,7 +67,8 @@ class Trace:
     @property
     def storages(self) -> list[tuple]:
         """The storage persistent ids, in order (what load reads and verifies before unpickling)."""
-        return [r.parts for r in self.refs if r.kind == "storage"]
+        return [r.parts if r.kind == "storage" else ("storage",) + r.parts[1:5]
+                for r in self.refs if r.kind in ("storage", "tensor")]
 
     @property
     def safe(self) -> bool:
@@ -138,9 +139,9 @@ class Trace:
         ref, problem = rules.persistent_ref(pid, self.modules)
         if problem:
             self.violations.append(problem)
-        if ref.kind == "storage":
+        if ref.kind in ("storage", "tensor", "columns"):
             self.refs.append(ref)
-            return StorageStandIn(ref)
+            return ValueStandIn(ref)
         return self._stand_in(ref)
 
     def _called(self, stand_in: type, args: tuple, kwargs: dict, how: str) -> Any:

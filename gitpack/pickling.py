@@ -27,12 +27,14 @@ import dill
 
 from .errors import GitpackError, PicklingError, PolicyError, UnpicklingError
 from .isolation import canonical_module_name, cache_root
-from .tensors import StorageCollector, is_storage
+from . import columns
+from .tensors import TENSOR_KIND, StorageCollector, is_storage, is_tensor
 
 PROTOCOL = 5
 _FUNCTION_TYPES = (types.FunctionType,)
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-_PLAIN = frozenset({int, float, str, bytes, bool, type(None), tuple, list, dict, set, frozenset, bytearray, complex})
+_ATOMS = frozenset({int, float, str, bytes, bool, type(None), bytearray, complex})
+_CONTAINERS = frozenset({tuple, set, frozenset})
 
 
 class ModuleMap:
@@ -172,11 +174,18 @@ def _reachable(obj: Any) -> bool:
     return target is obj
 
 
-class GitpackPickler(dill.Pickler):
-    """dill's pickler with repo code by reference and torch storages / numpy buffers out of band."""
+class _NeedsDill(Exception):
+    """The C pickler met code only dill can carry (defined in an interactive session): pickle with dill."""
 
-    def __init__(self, file, module_map: ModuleMap, storages: StorageCollector, buffers: list):
-        super().__init__(file, protocol=PROTOCOL, byref=False, recurse=False, buffer_callback=buffers.append)
+
+class _References:
+    """What both picklers share: which objects become persistent ids, and what the save learns on the way."""
+
+    module_map: ModuleMap
+    storages: StorageCollector
+    by_value: bool  # this pickler may carry code by value (dill), else it hands such objects over
+
+    def _setup(self, module_map: ModuleMap, storages: StorageCollector) -> None:
         self.module_map = module_map
         self.storages = storages
         self._pids: dict[int, tuple] = {}
@@ -184,9 +193,20 @@ class GitpackPickler(dill.Pickler):
         self.repo_objects: dict[str, Any] = {}  # "module:qualname" -> class or function used
         self.repo_instances: dict[int, Any] = {}  # id -> instance of a repo class met in the graph
 
-    def persistent_id(self, obj: Any):
+    def persistent_id(self, obj: Any):  # called for every object: the common cases leave at once
         t = type(obj)
-        if t in _PLAIN:
+        if t in _ATOMS:
+            return None
+        if t is list or t is dict:
+            if len(obj) < columns.MIN_ITEMS:
+                return None
+            cached = self._pids.get(id(obj))
+            if cached is None:
+                cached = columns.encode(obj)
+                if cached is not None:
+                    self._remember(obj, cached)
+            return cached
+        if t in _CONTAINERS:
             return None
         cached = self._pids.get(id(obj))
         if cached is not None:
@@ -200,19 +220,27 @@ class GitpackPickler(dill.Pickler):
                 pid = ("class" if isinstance(obj, type) else "function", module, obj.__qualname__)
                 self.repo_objects[f"{module}:{obj.__qualname__}"] = obj
             elif _is_interactive(getattr(obj, "__module__", None)):
+                if not self.by_value:
+                    raise _NeedsDill(obj.__qualname__)
                 self.module_map.by_value.append(obj.__qualname__)
         elif t is types.ModuleType:
             module = self.module_map.canonical(obj.__name__)
             if module is not None:
                 pid = ("module", module)
+        elif t.__module__ == "torch" and t.__name__ == "Tensor" or t.__name__ == "Parameter" and is_tensor(obj):
+            pid = self.storages.tensor_id(obj)
         elif is_storage(obj):
             return self.storages.persistent_id(obj)
         elif self.module_map.canonical(getattr(t, "__module__", None)) is not None:
             self.repo_instances[id(obj)] = obj
         if pid is not None:
-            self._pids[id(obj)] = pid
-            self._keep.append(obj)
+            self._remember(obj, pid)
         return pid
+
+    def _remember(self, obj: Any, pid: tuple) -> None:
+        # The same pid object each time: pickle memoizes it, so a shared object stays shared after load.
+        self._pids[id(obj)] = pid
+        self._keep.append(obj)
 
     def reducer_override(self, obj: Any):
         t = type(obj)
@@ -221,9 +249,29 @@ class GitpackPickler(dill.Pickler):
             if module is not None:
                 self.repo_objects[f"{module}:{obj.__qualname__}"] = obj
                 return _function_reduce(obj, sys.modules[obj.__module__])
-        elif t.__module__ == "numpy" and t.__name__ == "ndarray" and not obj.dtype.hasobject:
-            return obj.__reduce_ex__(PROTOCOL)  # contiguous data becomes an out-of-band PickleBuffer
+        elif self.by_value and t.__module__ == "numpy" and t.__name__ == "ndarray" and not obj.dtype.hasobject:
+            return obj.__reduce_ex__(PROTOCOL)  # dill overrides numpy's own: contiguous data out of band again
         return NotImplemented
+
+
+class GitpackPickler(_References, pickle.Pickler):
+    """CPython's C pickler with repo code by reference, tensors, storages and numpy buffers out of band."""
+
+    by_value = False
+
+    def __init__(self, file, module_map: ModuleMap, storages: StorageCollector, buffers: list):
+        pickle.Pickler.__init__(self, file, protocol=PROTOCOL, buffer_callback=buffers.append)
+        self._setup(module_map, storages)
+
+
+class DillPickler(_References, dill.Pickler):
+    """dill's pickler, only for objects holding code defined outside any file (an interactive session)."""
+
+    by_value = True
+
+    def __init__(self, file, module_map: ModuleMap, storages: StorageCollector, buffers: list):
+        dill.Pickler.__init__(self, file, protocol=PROTOCOL, byref=False, recurse=False, buffer_callback=buffers.append)
+        self._setup(module_map, storages)
 
 
 _EMPTY_CELL = ("gitpack-empty-cell",)
@@ -262,22 +310,35 @@ def _function_reduce(fn: types.FunctionType, module: types.ModuleType):
     )
 
 
-def dump(obj: Any, module_map: ModuleMap) -> tuple[bytes, StorageCollector, list, GitpackPickler]:
-    """Pickle *obj*; return the pickle bytes, the storages and buffers to write out of band."""
+def dump(obj: Any, module_map: ModuleMap) -> tuple[bytes, StorageCollector, list, Any]:
+    """Pickle *obj* with the C pickler (dill only when it holds interactive code); return the pickle bytes,
+    the storages and buffers to write out of band, and the pickler (what it learned about repo objects)."""
+    try:
+        return _dump(obj, module_map, GitpackPickler)
+    except _NeedsDill:
+        module_map.by_value.clear()
+        return _dump(obj, module_map, DillPickler)
+
+
+def _dump(obj: Any, module_map: ModuleMap, pickler_class: type) -> tuple[bytes, StorageCollector, list, Any]:
     storages = StorageCollector()
     buffers: list = []
     out = io.BytesIO()
-    pickler = GitpackPickler(out, module_map, storages, buffers)
+    pickler = pickler_class(out, module_map, storages, buffers)
     try:
         pickler.dump(obj)
-    except GitpackError:
+    except (GitpackError, _NeedsDill):
         raise
     except RecursionError:
         raise PicklingError("the object graph is too deep to pickle; raise sys.setrecursionlimit and retry") from None
-    except Exception as exc:  # pickle and dill raise many types here
-        what = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise PicklingError(f"cannot pickle {type(obj).__name__}: {what}; make the offending attribute picklable or drop it before saving") from None
+    except Exception as exc:  # pickle raises many types here
+        raise PicklingError(_explain(obj, exc)) from None
     return out.getvalue(), storages, buffers, pickler
+
+
+def _explain(obj: Any, exc: Exception) -> str:
+    what = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"cannot pickle {type(obj).__name__}: {what}; make that attribute picklable (or drop it) before saving"
 
 
 class Resolver:
@@ -382,9 +443,31 @@ class _Loading:
             return self.resolver.module(pid[1])
         if kind == "storage" and len(pid) == 5 and self.storage_loader is not None:
             return self.storage_loader.load(pid)
+        if kind in (TENSOR_KIND, columns.KIND):
+            return self._shared(pid)
         if pid == REBUILD_ID:
             return self.resolver.rebuild
         raise UnpicklingError(f"unknown reference {str(pid)[:80]} in archive; the archive is corrupt or from a newer gitpack")
+
+    def _shared(self, pid: tuple) -> Any:
+        """Tensors and columns: one object per pid object, so what was shared at save is shared again."""
+        cache = self.__dict__.setdefault("_by_pid", {})
+        found = cache.get(id(pid))
+        if found is not None:
+            return found[1]
+        if pid[0] == TENSOR_KIND:
+            if self.storage_loader is None or len(pid) != 10:
+                raise UnpicklingError("malformed tensor reference in archive; the archive is corrupt")
+            obj = self.storage_loader.tensor(pid)
+        else:
+            if not columns.is_valid(pid):
+                raise UnpicklingError("malformed columns in archive; the archive is corrupt")
+            try:
+                obj = columns.decode(pid)
+            except ValueError as exc:
+                raise UnpicklingError(f"malformed columns in archive ({exc}); the archive is corrupt") from None
+        cache[id(pid)] = (pid, obj)
+        return obj
 
     def find_class(self, module: str, name: str):
         return self.resolver.find_class(module, name)

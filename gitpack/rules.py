@@ -32,6 +32,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from . import columns
 from .policy import CLASS, RECONSTRUCTOR, TRUSTED, VALUE, VALUE_TYPE
 from .standins import Buffer, Deferred, Made, Ref, is_stand_in, made_of, ref_of
 
@@ -93,6 +94,17 @@ def persistent_ref(pid: Any, modules: frozenset[str] | None) -> tuple[Ref, str |
                 and type(numel) is int and numel >= 0):
             return ref, f"malformed tensor storage reference {_short(repr(pid))}"
         return ref, None
+    if kind == "tensor" and len(rest) == 9:
+        dtype, key, location, numel, offset, size, stride, requires_grad, what = rest
+        ref = Ref("tensor", name=str(key)[:40], parts=pid)
+        if not (isinstance(dtype, str) and isinstance(key, str) and isinstance(location, str) and type(numel) is int
+                and numel >= 0 and type(offset) is int and offset >= 0 and _is_shape(size) and _is_shape(stride)
+                and len(size) == len(stride) and type(requires_grad) is bool and what in ("tensor", "parameter")):
+            return ref, f"malformed tensor reference {_short(repr(pid))}"
+        return ref, None
+    if kind == columns.KIND:
+        ref = Ref("columns", name=str(pid[1])[:20] if len(pid) > 1 else "?", parts=())
+        return ref, None if columns.is_valid(pid) else "malformed columns container"
     if kind == "rebuild" and not rest:
         return Ref("rebuild", "gitpack", "rebuild", parts=pid), None
     return Ref("bad", name=_short(kind)), f"unknown persistent id kind {_short(kind)!r}"
@@ -601,13 +613,19 @@ def _bytesio_state(made: Made, state: Any) -> Verdict:
 _SPM_OPTIONS = re.compile(r"^_[a-z_]+$")
 
 
+def _builtin_type(value: Any) -> bool:
+    """``int``, ``str`` and the like, named as a global or returned by dill's ``_load_type``."""
+    ref = ref_of(value)
+    return ref is not None and ref.kind in ("global", "result") and ref.module == "builtins" and ref.category is not None
+
+
 def _sentencepiece_state(made: Made, state: Any) -> Verdict:
     """The serialized model proto (bytes), never a path: the processor would open whatever it names."""
     if type(state) is bytes:
         return Verdict()
     if type(state) is dict and type(state.get("model_proto")) is bytes and all(
             k == "model_proto" or (isinstance(k, str) and _SPM_OPTIONS.match(k) and
-                                   (_plain(v) or (ref_of(v) is not None and ref_of(v).kind == "result")))
+                                   (_plain(v) or _builtin_type(v)))
             for k, v in state.items()):
         return Verdict()
     return _no("sentencepiece state other than a serialized model proto and its options")

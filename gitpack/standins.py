@@ -120,8 +120,9 @@ class Deferred:
     detail: Any = None  # state keys, mutation name, ...
 
 
-class StorageStandIn:
-    """Stand-in for a tensor storage's persistent id: a value only."""
+class ValueStandIn:
+    """Stand-in for a persistent id that is plain data once loaded (a storage, a tensor, a columns container):
+    a value only, never called, filled or given state."""
 
     __slots__ = ("ref",)
 
@@ -129,7 +130,7 @@ class StorageStandIn:
         self.ref = ref
 
     def __repr__(self) -> str:
-        return f"<storage {self.ref.parts[2:3]}>"
+        return f"<{self.ref.kind} {self.ref.name}>"
 
 
 def stand_in(ref: Ref, recorder: Any) -> type:
@@ -151,7 +152,7 @@ def ref_of(value: Any) -> Ref | None:
     """The :class:`Ref` a dry-run value stands for, when it is a global or persistent id (else None)."""
     if isinstance(value, _StandInType):
         return value._gate_ref
-    if type(value) is StorageStandIn:
+    if type(value) is ValueStandIn:
         return value.ref
     return None
 
