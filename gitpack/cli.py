@@ -14,7 +14,7 @@ from typing import List, Optional
 
 import typer
 
-from . import api
+from . import api, textsafe
 from .errors import GitpackError
 
 app = typer.Typer(
@@ -28,11 +28,13 @@ app = typer.Typer(
 
 
 def _out(text: str) -> None:
-    sys.stdout.write(text + "\n")
+    """One or more lines on stdout; control characters that reached them anyway are shown escaped."""
+    sys.stdout.write(textsafe.block(text) + "\n")
 
 
 def _note(text: str) -> None:
-    sys.stderr.write(f"gitpack: {text}\n")
+    """One line on stderr (a message quoting an archive's or a commit's text cannot break it or drive the terminal)."""
+    sys.stderr.write(f"gitpack: {textsafe.line(text)}\n")
 
 
 @app.command()
@@ -168,15 +170,17 @@ def log(
     limit: Optional[int] = typer.Option(None, "-n", "--limit", help="show at most this many saves"),
 ) -> None:
     """List the saves recorded on the snapshot branch, newest first."""
-    from .capturing import log_params, parse_trailer
-
     entries = api.log(branch=branch, limit=limit)
     if as_json:
-        _out(json.dumps([{**e.as_json(), "capture": parse_trailer(e.trailers.get("capture"))} for e in entries], indent=2))
+        _out(json.dumps([{**e.as_json(), "capture": e.capture()} for e in entries], indent=2))
         return
     for e in entries:
-        params = " ".join(f"{k}={json.dumps(v)}" for k, v in list(log_params(e.params, e.trailers.get("capture")).items())[:4])
-        _out(f"{e.commit[:12]}  {e.date}  {e.object_type}  {e.archive}  {params}".rstrip())
+        if e.params_note:
+            params = f"params=<not shown: {e.params_note}>"
+        else:
+            params = " ".join(f"{textsafe.line(k, 60)}={textsafe.json_value(v, 60)}" for k, v in list(e.shown_params().items())[:4])
+        fields = (e.commit[:12], e.date, textsafe.line(e.object_type, 200), textsafe.line(e.archive, 200), params)
+        _out("  ".join(fields).rstrip())
 
 
 @app.command()
@@ -319,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     except GitpackError as exc:
         if debug:
             raise
-        _note(f"error: {exc}")
+        _note(f"error: {exc}")  # one line, whatever text of an archive or commit the message quotes
         sys.exit(1)
     except _NO_ARGS as exc:  # `gitpack` alone prints help
         if exc.ctx is not None:
