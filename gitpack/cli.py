@@ -99,10 +99,11 @@ def load(
         _out(json.dumps(api.apply(obj, apply), default=str))
         return
     manifest = api.inspect(path)
-    _out(f"object  {manifest['object']['type']}")
-    _out(f"class   {type(obj).__qualname__} from {api.source_of(obj) or type(obj).__module__}")
-    _out(f"commit  {manifest['commit']}")
-    _out(f"params  {json.dumps(manifest.get('params') or {})}")
+    kind = manifest.get("object")
+    _out(f"object  {textsafe.line(kind.get('type') if isinstance(kind, dict) else kind)}")
+    _out(f"class   {textsafe.line(type(obj).__qualname__)} from {textsafe.line(api.source_of(obj) or type(obj).__module__)}")
+    _out(f"commit  {textsafe.line(manifest.get('commit'))}")
+    _out(f"params  {textsafe.json_value(manifest.get('params') or {}, limit=None, max_depth=64)}")
 
 
 @app.command()
@@ -143,7 +144,8 @@ def verify(
     if report.portable and report.signature is None:
         _out(f"source     ok: embedded snapshot {report.commit[:12]} matches git's hashes")
     else:
-        _out(f"commit     {report.commit} holds tree {report.tree[:12]} and vouches for {report.payload_digest}"
+        _out(f"commit     {textsafe.line(report.commit)} holds tree {textsafe.line(report.tree[:12])} and vouches for "
+             f"{textsafe.line(report.payload_digest, 200)}"
              + (" and the manifest" if report.manifest_vouched else ""))
     _out(f"signature  {report.signature.describe() if report.signature else 'not checked (no repository)'}")
 
@@ -156,7 +158,11 @@ def inspect(
     """Show what an archive records (code, parameters, environment) without unpickling it."""
     manifest = api.inspect(path)
     if as_json:
-        _out(json.dumps(manifest, indent=2, sort_keys=True))
+        try:
+            text = json.dumps(manifest, indent=2, sort_keys=True)
+        except RecursionError:  # nested too deeply for the indenting encoder: the compact one
+            text = json.dumps(manifest, sort_keys=True)
+        _out(text)
         return
     from . import show
 
