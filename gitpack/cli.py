@@ -246,6 +246,25 @@ def _report(report) -> None:
         _note(note)
 
 
+INCOMING_PATHS = 8  # paths named per incoming commit; the rest are counted
+
+
+def _incoming(report) -> None:
+    """One line per commit the pull brought in: its sha and the paths it changes (code nobody here has seen yet)."""
+    for item in report.incoming:
+        names = []
+        for status, path, old in item.changes[:INCOMING_PATHS]:
+            where = f"{textsafe.line(old, 200)} -> {textsafe.line(path, 200)}" if old is not None else textsafe.line(path, 200)
+            names.append(f"{textsafe.line(status[:1], 2)} {where}")
+        rest = len(item.changes) - INCOMING_PATHS
+        if rest > 0:
+            base = item.parent[:12] if item.parent else "--root"
+            names.append(f"... and {rest} more (git diff-tree -r --name-status {base} {item.commit[:12]})")
+        _out(f"new {item.kind} {item.commit[:12]}: {', '.join(names) if names else '(no file changes)'}")
+    if report.incoming_left_out:
+        _out(f"... and {report.incoming_left_out} more new commits (gitpack log, git log --first-parent)")
+
+
 @app.command()
 def push(
     remote: Optional[str] = typer.Argument(None, help="remote name or URL (default: the branch's upstream, else origin)"),
@@ -255,6 +274,7 @@ def push(
     _quiet(quiet)
     report = api.push(remote)
     _report(report)
+    _incoming(report)
     _out(f"pushed {len(report.pushed)} ref(s) to {report.remote}" if report.pushed else f"{report.remote} is up to date")
 
 
@@ -267,7 +287,8 @@ def pull(
     _quiet(quiet)
     report = api.pull(remote)
     _report(report)
-    _out(f"pulled from {report.remote}" if report.notes else f"already up to date with {report.remote}")
+    _incoming(report)
+    _out(f"pulled from {report.remote}" if report.notes or report.incoming else f"already up to date with {report.remote}")
 
 
 @app.command()
