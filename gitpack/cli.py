@@ -180,13 +180,10 @@ def log(
     if as_json:
         _out(json.dumps([{**e.as_json(), "capture": e.capture()} for e in entries], indent=2))
         return
-    for e in entries:
-        if e.params_note:
-            params = f"params=<not shown: {e.params_note}>"
-        else:
-            params = " ".join(f"{textsafe.line(k, 60)}={textsafe.json_value(v, 60)}" for k, v in list(e.shown_params().items())[:4])
-        fields = (e.commit[:12], e.date, textsafe.line(e.object_type, 200), textsafe.line(e.archive, 200), params)
-        _out("  ".join(fields).rstrip())
+    from . import show
+
+    for line in show.log_lines(entries):
+        _out(line)
 
 
 @app.command()
@@ -246,23 +243,13 @@ def _report(report) -> None:
         _note(note)
 
 
-INCOMING_PATHS = 8  # paths named per incoming commit; the rest are counted
-
-
 def _incoming(report) -> None:
     """One line per commit the pull brought in: its sha and the paths it changes (code nobody here has seen yet)."""
-    for item in report.incoming:
-        names = []
-        for status, path, old in item.changes[:INCOMING_PATHS]:
-            where = f"{textsafe.line(old, 200)} -> {textsafe.line(path, 200)}" if old is not None else textsafe.line(path, 200)
-            names.append(f"{textsafe.line(status[:1], 2)} {where}")
-        rest = len(item.changes) - INCOMING_PATHS
-        if rest > 0:
-            base = item.parent[:12] if item.parent else "--root"
-            names.append(f"... and {rest} more (git diff-tree -r --name-status {base} {item.commit[:12]})")
-        _out(f"new {item.kind} {item.commit[:12]}: {', '.join(names) if names else '(no file changes)'}")
-    if report.incoming_left_out:
-        _out(f"... and {report.incoming_left_out} more new commits (gitpack log, git log --first-parent)")
+    if report.incoming or report.incoming_left_out:
+        from . import show
+
+        for line in show.incoming_lines(report):
+            _out(line)
 
 
 @app.command()

@@ -263,6 +263,42 @@ def manifest(m: Any, console: Console | None = None) -> None:
     console.print(root)
 
 
+def log_lines(entries) -> list[str]:
+    """``gitpack log``: one line per save (sha, date, object, archive, up to four parameters), all escaped."""
+    lines = []
+    for e in entries:
+        if e.params_note:
+            params = f"params=<not shown: {textsafe.line(e.params_note, 200)}>"
+        else:
+            shown = list(e.shown_params().items())[:4]
+            params = " ".join(f"{textsafe.line(k, 60)}={textsafe.json_value(v, 60)}" for k, v in shown)
+        fields = (textsafe.line(e.commit[:12]), textsafe.line(e.date, 40), textsafe.line(e.object_type, 200),
+                  textsafe.line(e.archive, 200), params)
+        lines.append("  ".join(fields).rstrip())
+    return lines
+
+
+INCOMING_PATHS = 8  # paths named per incoming commit; the rest are counted
+
+
+def incoming_lines(report) -> list[str]:
+    """``gitpack pull``/``push``: one line per commit brought in, with the paths it changes (shortened), escaped."""
+    lines = []
+    for item in report.incoming:
+        names = []
+        for status, path, old in item.changes[:INCOMING_PATHS]:
+            where = f"{textsafe.line(old, 200)} -> {textsafe.line(path, 200)}" if old is not None else textsafe.line(path, 200)
+            names.append(f"{textsafe.line(status[:1], 2)} {where}")
+        rest = len(item.changes) - INCOMING_PATHS
+        if rest > 0:
+            base = item.parent[:12] if item.parent else "--root"
+            names.append(f"... and {rest} more (git diff-tree -r --name-status {base} {item.commit[:12]})")
+        lines.append(f"new {item.kind} {item.commit[:12]}: {', '.join(names) if names else '(no file changes)'}")
+    if report.incoming_left_out:
+        lines.append(f"... and {report.incoming_left_out} more new commits (gitpack log, git log --first-parent)")
+    return lines
+
+
 def artifact_table(versions) -> list[str]:
     """``gitpack list``: one aligned row per stored version."""
     rows = [tuple(textsafe.line(cell, 200) for cell in (v.name, f"v{v.number}", ",".join(v.aliases), v.date, v.snapshot[:12],
