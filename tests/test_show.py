@@ -49,6 +49,15 @@ def assert_clean(proc, *, rc: int = 0) -> str:
     return proc.stdout
 
 
+def assert_clean_or_one_line_error(proc) -> str:
+    """Either clean output, or exit 1 with exactly one ``gitpack: error:`` line; no traceback, nothing raw."""
+    if proc.returncode == 0:
+        return assert_clean(proc)
+    assert_clean(proc, rc=1)
+    assert proc.stderr.startswith("gitpack: error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    return ""
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """A repository and one real archive saved from it by the CLI."""
