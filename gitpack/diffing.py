@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from . import environment, textsafe
-from .audit import require_snapshot_commit
 from .archive import read_manifest
+from .audit import require_snapshot_commit
 from .gitrepo import DEFAULT_SIZE_CAP, Repo
 
 WORKING_TREE = "working tree"
@@ -145,7 +145,7 @@ def _equal(a: Any, b: Any) -> bool:
         elif isinstance(x, list):
             if len(x) != len(y):
                 return False
-            stack.extend(zip(x, y))
+            stack.extend(zip(x, y, strict=True))
         elif x != y:
             return False
     return True
@@ -343,10 +343,13 @@ def _mark_shadowing(files: list[FileChange], roots: list[str], repo_root: Path) 
 
 
 def _roots(*manifests: dict[str, Any]) -> list[str]:
+    """The import roots the manifests record (valid ones), and the repository root."""
     roots = {""}
     for m in manifests:
         found = m.get("roots")
-        roots.update(r.rstrip("/") for r in (found if isinstance(found, list) else []) if isinstance(r, str) and (r == "" or valid_path(r.rstrip("/"))))
+        for r in found if isinstance(found, list) else []:
+            if isinstance(r, str) and valid_path(r.rstrip("/")):
+                roots.add(r.rstrip("/"))
     return sorted(roots)
 
 
