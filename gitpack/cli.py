@@ -14,7 +14,7 @@ from typing import List, Optional
 
 import typer
 
-from . import api
+from . import api, textsafe
 from .errors import GitpackError
 
 app = typer.Typer(
@@ -28,11 +28,13 @@ app = typer.Typer(
 
 
 def _out(text: str) -> None:
-    sys.stdout.write(text + "\n")
+    """One or more lines on stdout; control characters that reached them anyway are shown escaped."""
+    sys.stdout.write(textsafe.block(text) + "\n")
 
 
 def _note(text: str) -> None:
-    sys.stderr.write(f"gitpack: {text}\n")
+    """One line on stderr (a message quoting an archive's or a commit's text cannot break it or drive the terminal)."""
+    sys.stderr.write(f"gitpack: {textsafe.line(text)}\n")
 
 
 @app.command()
@@ -97,10 +99,11 @@ def load(
         _out(json.dumps(api.apply(obj, apply), default=str))
         return
     manifest = api.inspect(path)
-    _out(f"object  {manifest['object']['type']}")
-    _out(f"class   {type(obj).__qualname__} from {api.source_of(obj) or type(obj).__module__}")
-    _out(f"commit  {manifest['commit']}")
-    _out(f"params  {json.dumps(manifest.get('params') or {})}")
+    kind = manifest.get("object")
+    _out(f"object  {textsafe.line(kind.get('type') if isinstance(kind, dict) else kind)}")
+    _out(f"class   {textsafe.line(type(obj).__qualname__)} from {textsafe.line(api.source_of(obj) or type(obj).__module__)}")
+    _out(f"commit  {textsafe.line(manifest.get('commit'))}")
+    _out(f"params  {textsafe.json_value(manifest.get('params') or {}, limit=None, max_depth=64)}")
 
 
 @app.command()
@@ -141,7 +144,8 @@ def verify(
     if report.portable and report.signature is None:
         _out(f"source     ok: embedded snapshot {report.commit[:12]} matches git's hashes")
     else:
-        _out(f"commit     {report.commit} holds tree {report.tree[:12]} and vouches for {report.payload_digest}"
+        _out(f"commit     {textsafe.line(report.commit)} holds tree {textsafe.line(report.tree[:12])} and vouches for "
+             f"{textsafe.line(report.payload_digest, 200)}"
              + (" and the manifest" if report.manifest_vouched else ""))
     _out(f"signature  {report.signature.describe() if report.signature else 'not checked (no repository)'}")
 
@@ -154,7 +158,11 @@ def inspect(
     """Show what an archive records (code, parameters, environment) without unpickling it."""
     manifest = api.inspect(path)
     if as_json:
-        _out(json.dumps(manifest, indent=2, sort_keys=True))
+        try:
+            text = json.dumps(manifest, indent=2, sort_keys=True)
+        except RecursionError:  # nested too deeply for the indenting encoder: the compact one
+            text = json.dumps(manifest, sort_keys=True)
+        _out(text)
         return
     from . import show
 
@@ -168,15 +176,14 @@ def log(
     limit: Optional[int] = typer.Option(None, "-n", "--limit", help="show at most this many saves"),
 ) -> None:
     """List the saves recorded on the snapshot branch, newest first."""
-    from .capturing import log_params, parse_trailer
-
     entries = api.log(branch=branch, limit=limit)
     if as_json:
-        _out(json.dumps([{**e.as_json(), "capture": parse_trailer(e.trailers.get("capture"))} for e in entries], indent=2))
+        _out(json.dumps([{**e.as_json(), "capture": e.capture()} for e in entries], indent=2))
         return
-    for e in entries:
-        params = " ".join(f"{k}={json.dumps(v)}" for k, v in list(log_params(e.params, e.trailers.get("capture")).items())[:4])
-        _out(f"{e.commit[:12]}  {e.date}  {e.object_type}  {e.archive}  {params}".rstrip())
+    from . import show
+
+    for line in show.log_lines(entries):
+        _out(line)
 
 
 @app.command()
@@ -236,6 +243,15 @@ def _report(report) -> None:
         _note(note)
 
 
+def _incoming(report) -> None:
+    """One line per commit the pull brought in: its sha and the paths it changes (code nobody here has seen yet)."""
+    if report.incoming or report.incoming_left_out:
+        from . import show
+
+        for line in show.incoming_lines(report):
+            _out(line)
+
+
 @app.command()
 def push(
     remote: Optional[str] = typer.Argument(None, help="remote name or URL (default: the branch's upstream, else origin)"),
@@ -245,6 +261,7 @@ def push(
     _quiet(quiet)
     report = api.push(remote)
     _report(report)
+    _incoming(report)
     _out(f"pushed {len(report.pushed)} ref(s) to {report.remote}" if report.pushed else f"{report.remote} is up to date")
 
 
@@ -257,7 +274,8 @@ def pull(
     _quiet(quiet)
     report = api.pull(remote)
     _report(report)
-    _out(f"pulled from {report.remote}" if report.notes else f"already up to date with {report.remote}")
+    _incoming(report)
+    _out(f"pulled from {report.remote}" if report.notes or report.incoming else f"already up to date with {report.remote}")
 
 
 @app.command()
@@ -319,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
     except GitpackError as exc:
         if debug:
             raise
-        _note(f"error: {exc}")
+        _note(f"error: {exc}")  # one line, whatever text of an archive or commit the message quotes
         sys.exit(1)
     except _NO_ARGS as exc:  # `gitpack` alone prints help
         if exc.ctx is not None:

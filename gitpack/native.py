@@ -18,7 +18,6 @@ unpickles and never imports torch.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -26,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import textsafe
 from .archive import read_manifest
 from .errors import ArchiveError
 from .gitrepo import Repo
@@ -61,48 +61,102 @@ def init(repo: Repo) -> list[str]:
     return done
 
 
+FLATTEN_DEPTH = 32  # nesting levels spelled out as dotted keys; deeper values are shown as (bounded) JSON
+
+
 def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(value, dict) and value:
-        out = []
-        for key in sorted(value, key=str):
-            out += _flatten(value[key], f"{prefix}.{key}" if prefix else str(key))
-        return out
-    return [(prefix, value)]
+    """``{"a": {"b": 1}}`` -> ``[("a.b", 1)]``, keys sorted; iterative, and no deeper than FLATTEN_DEPTH."""
+    out: list[tuple[str, Any]] = []
+    stack: list[tuple[str, Any, int]] = [(prefix, value, 0)]
+    while stack:
+        key, item, depth = stack.pop()
+        if isinstance(item, dict) and item and depth < FLATTEN_DEPTH:
+            children = sorted(item, key=str)
+            stack.extend((f"{key}.{k}" if key else str(k), item[k], depth + 1) for k in reversed(children))
+        else:
+            out.append((key, item))
+    return out
+
+
+def _value(value: Any) -> str:
+    # No length limit: a difference anywhere in a value must show in git diff.  Nesting below
+    # FLATTEN_DEPTH + VALUE_DEPTH levels is shown as a placeholder.
+    return textsafe.json_value(value, limit=None, max_depth=VALUE_DEPTH)
+
+
+VALUE_DEPTH = 200
 
 
 def textconv(path: str | os.PathLike) -> str:
-    """The archive's manifest as stable, line-oriented text for ``git diff`` (no unpickling, no torch)."""
-    if not Path(path).exists() or Path(path).stat().st_size == 0:
+    """The archive's manifest as stable, line-oriented text for ``git diff`` (no unpickling, no torch).
+
+    Every field is treated as untrusted JSON of any type: what has the expected
+    shape is shown as usual, anything else as bounded JSON, and control
+    characters are escaped (git shows this text in a terminal).
+    """
+    try:
+        if not Path(path).exists() or Path(path).stat().st_size == 0:
+            return ""
+    except (OSError, ValueError):  # a name with a NUL, a path too long
         return ""
     try:
         m = read_manifest(path)
     except ArchiveError as exc:
-        return f"not a readable gitpack archive: {exc}\n"
+        return f"not a readable gitpack archive: {textsafe.line(exc)}\n"
+    return manifest_text(m)
+
+
+def manifest_text(m: Any) -> str:
+    """:func:`textconv`'s text for an already-read manifest (any JSON value)."""
+    if not isinstance(m, dict):
+        m = {"manifest": m}
     lines = ["gitpack archive"]
 
     def field(key: str, value: Any) -> None:
         if value not in (None, "", [], {}):
-            lines.append(f"{key:<12}{value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)}")
+            lines.append(f"{key:<12}{textsafe.line(value) if isinstance(value, str) else _value(value)}")
 
-    field("object", (m.get("object") or {}).get("type"))
+    obj = m.get("object")
+    field("object", obj.get("type") if isinstance(obj, dict) else obj)
     field("commit", m.get("commit"))
     field("tree", m.get("tree"))
     field("created", m.get("created"))
     head = m.get("head") or "(no commits)"
-    field("head", f"{head} on {m.get('head_branch') or 'detached HEAD'}" + (" (dirty)" if m.get("dirty") else ""))
+    head_branch = m.get("head_branch") or "detached HEAD"
+    field("head", f"{_text(head)} on {_text(head_branch)}" + (" (dirty)" if m.get("dirty") else ""))
     field("branch", m.get("branch"))
     field("message", m.get("message"))
     for title, key in (("params", "params"), ("environment", "environment")):
         if m.get(key):
             lines.append(title)
-            lines += [f"    {k} = {json.dumps(v, sort_keys=True, default=str)}" for k, v in _flatten(m[key])]
-    if m.get("modules"):
+            lines += [f"    {textsafe.line(k)} = {_value(v)}" for k, v in _flatten(m[key])]
+    modules = m.get("modules")
+    if isinstance(modules, dict) and modules:
         lines.append("modules")
-        lines += [f"    {name} = {info.get('path') if isinstance(info, dict) else info}" for name, info in sorted(m["modules"].items())]
-    members = m.get("members") or []
-    lines.append(f"{'members':<12}{len(members)} ({sum(int(x.get('size', 0)) for x in members)} bytes)")
+        for name in sorted(modules, key=str):
+            info = modules[name]
+            where = info.get("path") if isinstance(info, dict) else info
+            lines.append(f"    {textsafe.line(name)} = {_text(where)}")
+    elif modules:
+        field("modules", modules)
+    members = m.get("members")
+    if isinstance(members, list):
+        sizes = [x.get("size") if isinstance(x, dict) else None for x in members]
+        total = sum(n for n in sizes if type(n) is int)
+        unreadable = sum(1 for n in sizes if type(n) is not int)
+        lines.append(f"{'members':<12}{len(members)} ({total} bytes)" + (f", {unreadable} without a size" if unreadable else ""))
+    else:
+        field("members", members)
     field("payload", m.get("payload_digest"))
-    if isinstance(m.get("portable"), dict):
-        objects = m["portable"].get("objects") or {}
-        lines.append(f"{'portable':<12}source embedded ({objects.get('blobs', '?')} files, {objects.get('trees', '?')} trees)")
+    portable = m.get("portable")
+    if isinstance(portable, dict):
+        objects = portable.get("objects")
+        objects = objects if isinstance(objects, dict) else {}
+        lines.append(f"{'portable':<12}source embedded ({_text(objects.get('blobs', '?'))} files, "
+                     f"{_text(objects.get('trees', '?'))} trees)")
     return "\n".join(lines) + "\n"
+
+
+def _text(value: Any) -> str:
+    """A field meant to be a string: escaped as it is; any other JSON value as bounded JSON."""
+    return textsafe.line(value) if isinstance(value, str) else _value(value)

@@ -16,6 +16,11 @@ then *integrates* them into the local refs:
   remote's wins and the note says so.  ``latest`` follows the newest version
   whenever the merge brought new versions.
 
+Every pull (and the fetch inside every push) also reports the commits it brings
+in that were not reachable here before -- code from whoever can push to the
+remote -- each with the paths it changes against its first parent
+(:class:`Incoming`), so new code is seen before anything is loaded from it.
+
 ``push`` is pull + integrate + ``git push --atomic`` in which every updated ref
 carries an explicit ``--force-with-lease=<ref>:<value we integrated>``: the
 remote only moves from the state we merged, so nobody's saves are ever
@@ -38,9 +43,10 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 from . import progress
+from .audit import parse_trailers
 from .errors import GitError, StoreError
 from .gitrepo import DEFAULT_BRANCH, Repo, branch_ref
-from .store import LATEST, Store, alias_ref, run_git, split_store_ref, version_number, version_ref, zero_sha
+from .store import ARCHIVE_ENTRY, LATEST, Store, alias_ref, run_git, split_store_ref, version_number, version_ref, zero_sha
 
 TRACKING = "refs/gitpack-remotes/"
 MERGE_TRAILER = "Gitpack-Merge"
@@ -81,16 +87,44 @@ class Remote:
         return f"refs/heads/{tail}" if kind == "heads" else f"refs/gitpack/{tail}"
 
 
+@dataclass(frozen=True)
+class Incoming:
+    """A commit a pull brought in: what kind it is and the paths it changes against its first parent.
+
+    *kind* is ``snapshot`` (its trailers vouch for an archive: code a load may
+    run), ``merge`` (gitpack's merge of two histories) or ``commit`` (any
+    other commit, such as the HEAD a save was taken from).  *changes* are
+    ``(status, path, old path or None)`` from ``git diff-tree -M``; *parent*
+    is None for a root commit (then every path is new).
+    """
+
+    commit: str
+    kind: str
+    parent: str | None
+    changes: tuple[tuple[str, str, str | None], ...]
+
+    @property
+    def paths(self) -> list[str]:
+        return [path for _, path, _ in self.changes]
+
+    def as_json(self) -> dict:
+        return {"commit": self.commit, "kind": self.kind, "parent": self.parent,
+                "changes": [{"status": st, "path": p, **({"old_path": o} if o is not None else {})} for st, p, o in self.changes]}
+
+
 @dataclass
 class SyncReport:
-    """What a pull or push did, as lines a person can read."""
+    """What a pull or push did, as lines a person can read, and the commits it brought in."""
 
     remote: str
     notes: list[str] = field(default_factory=list)
     pushed: list[str] = field(default_factory=list)
+    incoming: list[Incoming] = field(default_factory=list)
+    incoming_left_out: int = 0  # new commits beyond MAX_INCOMING, counted but not diffed
 
     def as_json(self) -> dict:
-        return {"remote": self.remote, "notes": self.notes, "pushed": self.pushed}
+        return {"remote": self.remote, "notes": self.notes, "pushed": self.pushed,
+                "incoming": [i.as_json() for i in self.incoming], "incoming_left_out": self.incoming_left_out}
 
 
 def _redact(url: str) -> str:
@@ -237,6 +271,74 @@ def _fetch(repo: Repo, remote: Remote, branch: str) -> dict[str, str]:
     return base
 
 
+MAX_INCOMING = 200  # new commits diffed and reported one by one; more are counted
+_HEX = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
+
+
+def _name_status(raw: bytes) -> tuple[tuple[str, str, str | None], ...]:
+    """``--name-status -z`` output as (status, path, old path)."""
+    fields = raw.decode("utf-8", "surrogateescape").split("\0")
+    out, i = [], 0
+    while i < len(fields) - 1 and fields[i]:
+        status = fields[i]
+        if status[:1] in ("R", "C") and i + 2 < len(fields):
+            out.append((status, fields[i + 2], fields[i + 1]))
+            i += 3
+        else:
+            out.append((status, fields[i + 1], None))
+            i += 2
+    return tuple(out)
+
+
+def incoming_commits(repo: Repo, remote: Remote, branch: str) -> tuple[list[Incoming], int]:
+    """Commits the fetched tracking refs hold that no ref of this clone reached before; oldest first.
+
+    Run after the fetch and before the integration (which makes them
+    reachable).  Artifact version commits (a tree holding only the archive)
+    are not listed: the snapshot they name is; nor are commits that change no
+    path and vouch for no archive (the snapshot branch's empty root, gitpack's
+    merges).  Returns the first
+    MAX_INCOMING commits with their changed paths, and how many more there were.
+    """
+    tips = list(Store(repo).refs(remote.tracking.rstrip("/")).values())
+    if not tips:
+        return [], 0
+    # Known here: every ref but gitpack's tracking refs and the remote-tracking copies of the snapshot branch
+    # (a fetch from a named remote updates refs/remotes/<remote>/<branch> too, and so may a plain `git fetch`).
+    short = branch.removeprefix("refs/heads/")
+    out = repo.git("log", "-z", "--topo-order", "--reverse", "--format=%H%x00%P%x00%B", *sorted(set(tips)),
+                   "--not", f"--exclude={TRACKING}*", f"--exclude=refs/remotes/*/{short}", "--all", "--",
+                   strip=False, binary=True)
+    fields = out.decode("utf-8", "surrogateescape").split("\0")
+    found: list[Incoming] = []
+    left_out = 0
+    for i in range(0, len(fields) - 2, 3):
+        commit, parents, body = fields[i], fields[i + 1].split(), fields[i + 2]
+        if not _HEX.fullmatch(commit):
+            continue
+        trailers = parse_trailers(body)
+        if "artifact" in trailers and "snapshot" in trailers and _only_archive(repo, commit):
+            continue
+        if len(found) >= MAX_INCOMING:
+            left_out += 1
+            continue
+        parent = parents[0] if parents else None
+        args = ["diff-tree", "-r", "-M", "--name-status", "-z", "--no-commit-id"]
+        args += [parent, commit] if parent else ["--root", commit]
+        changes = _name_status(repo.git(*args, "--", strip=False, binary=True))
+        kind = "snapshot" if "digest" in trailers else "merge" if "merge" in trailers else "commit"
+        if changes or kind == "snapshot":  # an empty commit (the branch's root, a merge) brings no code
+            found.append(Incoming(commit, kind, parent, changes))
+    return found, left_out
+
+
+def _only_archive(repo: Repo, commit: str) -> bool:
+    """Whether *commit*'s tree is a stored artifact's: the one archive blob and nothing else."""
+    entries = repo.git("ls-tree", "-z", commit, strip=False, binary=True).split(b"\0")
+    entries = [e for e in entries if e]
+    return len(entries) == 1 and entries[0].split(b"\t", 1)[-1] == ARCHIVE_ENTRY.encode() and b" blob " in entries[0]
+
+
 def merge_versions(local: dict[int, str], remote: dict[int, str]) -> tuple[dict[int, str], list[tuple[int, int]]]:
     """Merge two ``{number: version commit}`` maps; returns the result and the (old, new) renumberings.
 
@@ -373,7 +475,8 @@ def pull(repo: Repo, remote: str | None = None) -> SyncReport:
     target = resolve_remote(repo, remote)
     branch = snapshot_branch(repo)
     base = _fetch(repo, target, branch)
-    return SyncReport(target.label, _integrate(repo, target, branch, base))
+    incoming, left_out = incoming_commits(repo, target, branch)
+    return SyncReport(target.label, _integrate(repo, target, branch, base), incoming=incoming, incoming_left_out=left_out)
 
 
 # ------------------------------------------------------------------ push
@@ -433,6 +536,9 @@ def push(repo: Repo, remote: str | None = None) -> SyncReport:
     last = ""
     for attempt in range(MAX_ATTEMPTS):
         base = _fetch(repo, target, branch)
+        incoming, left_out = incoming_commits(repo, target, branch)
+        report.incoming += incoming
+        report.incoming_left_out += left_out
         report.notes += _integrate(repo, target, branch, base)
         updates = _outgoing(repo, target, branch)
         if not updates:

@@ -1,4 +1,4 @@
-"""Issue 5: corrupt real archives every way we can think of; load always fails with gitpack's own error.
+"""Issues 5 and 9: corrupt real archives and commits every way we can think of; gitpack's own errors only.
 
 One real archive (a repo class instance with a torch tensor, a numpy array and
 a lambda) is saved in a subprocess, then hypothesis truncates it, flips bytes,
@@ -11,32 +11,53 @@ and nothing may be unpickled: the snapshot module writes a marker file when it
 is imported and when an object is unpickled, and it must never appear in
 ``sys.modules``.
 
-Examples per test: ``FUZZ_EXAMPLES`` (default 300 here, 600 with ``CI=true``),
-so CI runs thousands of cases in all.
+Issue 9 adds everything that *reads* untrusted text: every mutated archive
+also goes through ``inspect`` (the API and show.py's rich rendering, to a
+string console), ``textconv``, ``scan``'s listing and -- for readable
+manifests -- ``diff`` against the real archive both ways; hostile manifest
+values (control characters, rich markup, lone surrogates, any JSON type where
+another is expected, nesting 900 levels deep) are set at every field and many
+nested paths; and hostile commit messages (random bytes with \x1e, \x1f, NUL,
+deep JSON and huge values in the trailers) go through ``log``.  Each must give
+a :class:`GitpackError` or output with no raw control character in it.  A few
+real CLI processes check the same end to end: one ``gitpack: error:`` line or
+clean output, never a traceback.
+
+Examples per test: ``FUZZ_EXAMPLES`` (default 300 here, 600 with ``CI=true``;
+the slower issue-9 tests run a third of that), so CI runs thousands of cases in all.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import itertools
 import json
 import os
+import re
+import subprocess
 import sys
 import types
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from rich.console import Console
 
 import gitpack
+from gitpack import native, show
 from gitpack.archive import HEADER, TRAILER, ArchiveReader
+from gitpack.diffing import format_text
 from gitpack.errors import GitpackError
 
-from conftest import commit_files, git, init_repo, run
+from conftest import commit_files, git, gitpack_cli, init_repo, run
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES") or (600 if os.environ.get("CI") == "true" else 300))
 FUZZ = settings(
     max_examples=EXAMPLES, deadline=None, database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+# The issue-9 tests run git (diff, log) for most examples: a third of the examples keeps them to seconds.
+FUZZ_READERS = settings(FUZZ, max_examples=max(10, EXAMPLES // 3))
 
 MODEL = '''\
 import os
@@ -81,7 +102,7 @@ def target(tmp_path_factory):
     os.environ["GITPACK_FUZZ_MARKER"] = str(marker)
     with ArchiveReader(archive) as reader:
         manifest = reader.manifest
-    yield types.SimpleNamespace(repo=repo, data=archive.read_bytes(), manifest=manifest, marker=marker,
+    yield types.SimpleNamespace(repo=repo, data=archive.read_bytes(), manifest=manifest, marker=marker, real=archive,
                                 work=root / "mutated.gitpack", prefix=f"__gitpack_{manifest['tree'][:12]}__")
     if old is None:
         os.environ.pop("GITPACK_FUZZ_MARKER", None)
@@ -101,8 +122,52 @@ def test_the_unmutated_archive_loads_and_the_marker_works(target, tmp_path):
     assert marker.read_text() == "unpickled"
 
 
-def _check(target, mutated: bytes) -> None:
-    """Load, verify and scan *mutated*: gitpack errors only, and nothing unpickled."""
+# What must never reach a terminal raw: C0 controls but newline (tab too: single-line fields escape it),
+# DEL, C1, bidi overrides and isolates, lone surrogates.  Code hunks of a diff may keep tab and CRLF.
+_RAW = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_RAW_IN_CODE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]|\r(?!\n)")
+
+
+def assert_printable(text: str, pattern: re.Pattern = _RAW) -> None:
+    found = pattern.search(text)
+    assert found is None, f"raw {found.group()!r} at {found.start()}: {text[max(0, found.start() - 80):found.start() + 40]!r}"
+
+
+def _render(manifest) -> str:
+    buf = io.StringIO()
+    show.manifest(manifest, Console(file=buf, width=120, highlight=False, color_system=None))
+    return buf.getvalue()
+
+
+def _read(target, path, *, diff: bool = False) -> None:
+    """What reads an archive without loading it: textconv, inspect (API and rendering), scan's listing, and
+    with *diff* the diff against the real archive both ways.  A GitpackError or printable text, nothing else."""
+    assert_printable(native.textconv(path))  # never raises: a broken archive is a line of text
+    try:
+        manifest = gitpack.inspect(path)
+    except GitpackError:
+        return
+    assert_printable(_render(manifest))
+    assert_printable(native.manifest_text(manifest))
+    try:
+        report = gitpack.scan(path)
+    except GitpackError:
+        pass
+    else:
+        assert_printable("\n".join(show.scan_lines(report)))
+        json.dumps(report.as_json())
+    if diff:
+        for a, b in ((target.real, path), (path, target.real)):
+            try:
+                result = gitpack.api.diff(a, b, repo=target.repo)
+            except GitpackError:
+                continue
+            assert_printable(format_text(result), _RAW_IN_CODE)
+            json.dumps(result.as_json(), indent=2, default=str)
+
+
+def _check(target, mutated: bytes, *, diff: bool = False) -> None:
+    """Load, verify and scan *mutated*: gitpack errors only, and nothing unpickled; then everything that reads it."""
     assume(mutated != target.data)
     target.work.write_bytes(mutated)
     with pytest.raises(GitpackError):
@@ -113,6 +178,7 @@ def _check(target, mutated: bytes) -> None:
         gitpack.scan(target.work)
     except GitpackError:
         pass
+    _read(target, target.work, diff=diff)
     assert not target.marker.exists(), target.marker.read_text()
     assert not any(name.startswith(target.prefix + ".") for name in sys.modules)
 
@@ -262,7 +328,7 @@ def test_tampered_manifest_fields(target, key, value, delete):
         else:
             manifest[key] = value
 
-    _check(target, _with_manifest(target, change))
+    _check(target, _with_manifest(target, change), diff=True)
 
 
 @FUZZ
@@ -286,4 +352,157 @@ def test_plausible_manifest_rewrites(target, data):
     def change(manifest):
         manifest[key] = value
 
-    _check(target, _with_manifest(target, change))
+    _check(target, _with_manifest(target, change), diff=True)
+
+
+# ------------------------------------------------------------------------------------------ issue 9: readers
+HOSTILE_CHARS = list("\x00\x07\x08\t\n\r\x1b\x1e\x1f\x7f\x85\x9b\u202a\u202e\u2066\u2069\u2028\ud800\udcff[]/\\:;=\"'a{}$")
+HOSTILE_TEXT = st.one_of(
+    st.text(alphabet=st.sampled_from(HOSTILE_CHARS), max_size=30),
+    st.sampled_from(["[/]", "[bold red]x[/bold red]", "[link=http://evil]x[/link]", "\x1b]52;c;AAAA\x07", ":smile:",
+                     "\x1b[2J\x1b[H", "\u202egnp.exe", "%s%n", "x" * 20_000]),
+    st.text(max_size=12),
+)
+HOSTILE_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | HOSTILE_TEXT,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(HOSTILE_TEXT, children, max_size=4),
+    max_leaves=16,
+)
+
+
+def _nested(depth: int, leaf) -> object:
+    value = leaf
+    for i in range(depth):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+DEEP_JSON = st.builds(_nested, st.integers(50, 900), HOSTILE_TEXT)
+# Where a reader looks: top-level fields and the nested places it expects a given type.
+READER_PATHS = [(k,) for k in MANIFEST_KEYS + ["created", "message", "remote_url", "head_branch", "dirty", "capture",
+                                                  "structure", "stale_code", "allow_stale", "excluded"]] + [
+    ("object", "type"), ("params", "\x1b[31m"), ("params", "[/]"), ("params", "nested", "deeper"),
+    ("structure", "total"), ("structure", "total", "parameters"), ("structure", "total", "parameters", "total"),
+    ("structure", "modules"), ("structure", "modules", 0), ("structure", "modules", 0, "bytes"),
+    ("structure", "modules", 0, "tensors"), ("structure", "modules", 0, "path"),
+    ("capture", "objects"), ("capture", "objects", "$"), ("capture", "objects", "$", "args"),
+    ("capture", "objects", "$", "defaults"), ("capture", "objects", "$", "unknown"), ("capture", "objects", "$", "class"),
+    ("environment", "packages"), ("environment", "python"), ("environment", "packages", "torch"),
+    ("modules", "fz.model"), ("modules", "fz.model", "path"), ("modules", "fz.model", "root"),
+    ("stale_code", 0), ("stale_code", 0, "module"), ("portable", "objects"), ("roots", 0),
+]
+
+
+def _set_path(manifest: dict, path: tuple, value) -> None:
+    """Set *value* at *path*, turning whatever is on the way into the container the path needs."""
+    node = manifest
+    for key, nxt in itertools.pairwise(path):
+        want = list if isinstance(nxt, int) else dict
+        present = key in node if isinstance(node, dict) else key < len(node)
+        child = node[key] if present else None
+        if not isinstance(child, want) or (want is list and not child):
+            child = [None] if want is list else {}
+            node[key] = child
+        node = child
+    node[path[-1]] = value
+
+
+@FUZZ_READERS
+@given(path=st.sampled_from(READER_PATHS), value=st.one_of(HOSTILE_JSON, DEEP_JSON))
+def test_hostile_manifest_values_reach_no_reader_raw(target, path, value):
+    """Any JSON type, any characters, any depth, at every field a reader uses: errors or printable output."""
+    def change(manifest):
+        _set_path(manifest, path, value)
+
+    _check(target, _with_manifest(target, change), diff=True)
+
+
+def _commit_object(repo, message: bytes, parent: str) -> str:
+    tree = git(repo, "rev-parse", "HEAD^{tree}")
+    head = f"tree {tree}\nparent {parent}\nauthor M <m@x> 1700000000 +0000\ncommitter M <m@x> 1700000000 +0000\n\n"
+    proc = subprocess.run(["git", "hash-object", "-t", "commit", "-w", "--literally", "--stdin"], cwd=repo,
+                          input=head.encode() + message, capture_output=True, check=True)
+    return proc.stdout.decode().strip()
+
+
+TRAILER_KEYS = st.sampled_from(["Gitpack-Digest", "Gitpack-Params", "Gitpack-Capture", "Gitpack-Archive", "Gitpack-Object",
+                                "Gitpack-Head", "Gitpack-Manifest", "Signed-off-by", "gitpack-digest"])
+MESSAGE_PIECES = [b"\x1e", b"\x1f", b"\x00", b"\n", b"\n\n", b"\x1b[31m", b"\xff\xfe", b"Gitpack-Digest: x", b": ",
+                  b"\xe2\x80\xae", b"\xc2\x85", b"\xe2\x80\xa8", b"f" * 40 + b"\x1f2001-01-01T00:00:00+00:00\x1f"]
+HOSTILE_BYTES = st.one_of(
+    st.binary(max_size=60),
+    st.lists(st.sampled_from(MESSAGE_PIECES), max_size=8).map(b"".join),
+)
+TRAILER_VALUES = st.one_of(
+    HOSTILE_BYTES,
+    HOSTILE_JSON.map(lambda v: json.dumps(v).encode()),
+    st.integers(150, 100_000).map(lambda d: b"[" * d + b"]" * d),
+    st.integers(150, 5000).map(lambda d: b'{"objects":' * d + b"1" + b"}" * d),
+    st.just(b'{"objects": {"$": {"args": [1, 2]}}}'),
+    st.just(b'{"objects": [1]}'),
+    st.just(b'{"x": "' + b"y" * 200_000 + b'"}'),
+)
+
+
+@FUZZ_READERS
+@given(subject=HOSTILE_BYTES, body=HOSTILE_BYTES,
+       trailers=st.lists(st.tuples(TRAILER_KEYS, TRAILER_VALUES), max_size=5), with_digest=st.booleans())
+def test_hostile_commit_messages_are_one_entry_each(target, subject, body, trailers, with_digest):
+    """A pushed commit with any message is at most one `gitpack log` entry -- its own sha -- and prints cleanly."""
+    block = [b"Gitpack-Digest: sha256:" + b"1" * 64] if with_digest else []
+    block += [key.encode() + b": " + value for key, value in trailers]
+    message = subject + b"\n\n" + body + (b"\n\n" + b"\n".join(block) + b"\n" if block else b"\n")
+    base = git(target.repo, "rev-parse", "HEAD")
+    sha = _commit_object(target.repo, message, base)
+    git(target.repo, "update-ref", "refs/heads/fuzz-log", sha)
+    entries = gitpack.api.log(branch="fuzz-log", repo=target.repo)
+    assert [e.commit for e in entries] in ([], [sha])  # the base commit carries no trailers: never an entry
+    text = "\n".join(show.log_lines(entries))
+    assert_printable(text)
+    assert len(text.splitlines()) == len(entries)
+    json.dumps([{**e.as_json(), "capture": e.capture()} for e in entries], indent=2)
+
+
+# ------------------------------------------------------------------------------------------ issue 9: the CLI
+def _one_line_or_clean(proc) -> str:
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert_printable(proc.stdout.replace("\t", " "))
+    assert_printable(proc.stderr)
+    if proc.returncode != 0:
+        assert proc.returncode == 1 and proc.stderr.startswith("gitpack: error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    return proc.stdout
+
+
+def test_cli_on_hostile_archives_and_commits(target, tmp_path):
+    """A few real processes of every reading command on the worst cases: one error line or clean output."""
+    hostile = {"\x1b[2J[/]": "\u202e\x07" + "x" * 3000, "deep": _nested(900, "\x1b"), "list": [1, "\ud800"]}
+    archives = {
+        "values": _with_manifest(target, lambda m: m.update(params=hostile, object=["\x1b]0;t\x07"], message="\x9b31m")),
+        "types": _with_manifest(target, lambda m: m.update(structure={"total": {"parameters": "many"}, "modules": [1, {}]},
+                                                            capture={"objects": [1]}, environment=[1], stale_code="x")),
+        "modules": _with_manifest(target, lambda m: m.update(modules={"a": {"path": "a\x00b.py"}, "b": [1], "c": {"path": 5}})),
+        "commit": _with_manifest(target, lambda m: m.update(commit="\x1b[31m" + "0" * 40, remote_url="\x1b]8;;evil\x07")),
+    }
+    paths = []
+    for name, data in archives.items():
+        (tmp_path / f"{name}.gitpack").write_bytes(data)
+        paths.append(str(tmp_path / f"{name}.gitpack"))
+    base = git(target.repo, "rev-parse", "HEAD")
+    deep = b"[" * 100_000 + b"]" * 100_000
+    message = (b"subject \x1b[31m\n\n\x1e" + b"f" * 40 + b"\x1f2001-01-01T00:00:00+00:00\x1fforged\x1e\n\n"
+               b"Gitpack-Digest: sha256:x\nGitpack-Archive: \x1b]0;owned\x07\nGitpack-Params: " + deep + b"\n"
+               b"Gitpack-Capture: " + deep + b"\n")
+    git(target.repo, "update-ref", "refs/heads/fuzz-cli", _commit_object(target.repo, message, base))
+    commands = [["log", "--branch", "fuzz-cli"], ["log", "--branch", "fuzz-cli", "--json"]]
+    for path in paths:
+        commands += [["inspect", path], ["inspect", "--json", path], ["textconv", path], ["scan", path],
+                     ["verify", path], ["diff", str(target.real), path], ["diff", path, str(target.real), "--json"]]
+    # Several commands per process would hide which one failed; one process each, a few dozen in all.
+    outputs = {}
+    for args in commands:
+        outputs[tuple(args)] = _one_line_or_clean(gitpack_cli(target.repo, *args))
+    log_lines = outputs[("log", "--branch", "fuzz-cli")].splitlines()
+    assert len(log_lines) == 1 and "f" * 12 not in log_lines[0] and "2001-" not in log_lines[0]
+    assert "params=<not shown: nested deeper than 200 levels>" in log_lines[0]
+    assert "\\x1b[2J[/]" in outputs[("inspect", paths[0])]
+    assert "note: skipped module" in outputs[("diff", str(target.real), paths[2])]

@@ -274,3 +274,49 @@ def test_no_remote_and_unknown_remote_are_clear_errors(tmp_path):
 )
 def test_version_merge_rule(local, remote, merged, moves):
     assert merge_versions(local, remote) == (merged, moves)
+
+
+def _incoming_lines(proc: subprocess.CompletedProcess) -> dict[str, str]:
+    """``{short sha: rest of the line}`` of the "new snapshot ..." lines a pull or push printed."""
+    out = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("new "):
+            kind, short, rest = line[4:].split(" ", 2)
+            out[short.rstrip(":")] = f"{kind} {rest}"
+    return out
+
+
+def test_pull_names_the_paths_each_new_snapshot_changes(tmp_path, server):
+    """Code pushed to the shared snapshot branch is shown before anything is loaded from it: one line per new
+    snapshot with the paths it changes against its first parent, shortened when there are many."""
+    url = make_team(tmp_path, server)
+    a, b = clone(url, tmp_path / "a"), clone(url, tmp_path / "b")
+    snap1 = snapshot_of(ok(save(a, "clf", "v1")))
+    (a / "clfpkg" / "__init__.py").write_text("import os  # runs whenever clfpkg.model is imported\n")
+    (a / "torch.py").write_text("raise SystemExit('not torch')\n")
+    snap2 = snapshot_of(ok(gitpack_cli(a, "save", "clfpkg.model:make", "--name", "clf")))
+    for i in range(12):
+        (a / "data").mkdir(exist_ok=True)
+        (a / "data" / f"f{i:02}.py").write_text(f"X = {i}\n")
+    snap3 = snapshot_of(ok(gitpack_cli(a, "save", "clfpkg.model:make", "--name", "clf")))
+    ok(gitpack_cli(a, "push"))
+
+    pulled = ok(gitpack_cli(b, "pull"))
+    lines = _incoming_lines(pulled)
+    assert set(lines) == {snap1[:12], snap2[:12], snap3[:12]}  # no line for version commits or the empty root
+    assert lines[snap1[:12]].startswith("snapshot A ") and "A clfpkg/model.py" in lines[snap1[:12]]
+    assert lines[snap2[:12]] == "snapshot M clfpkg/__init__.py, A torch.py"
+    assert lines[snap3[:12]].startswith("snapshot A data/f00.py, A data/f01.py")
+    assert f"... and 4 more (git diff-tree -r --name-status {snap2[:12]} {snap3[:12]})" in lines[snap3[:12]]
+    order = [line.split()[2].rstrip(":") for line in pulled.stdout.splitlines() if line.startswith("new ")]
+    assert order == [snap1[:12], snap2[:12], snap3[:12]]  # oldest first
+    assert pulled.stdout.splitlines()[-1] == f"pulled from origin ({url})"
+    assert ok(gitpack_cli(b, "pull")).stdout.strip() == f"already up to date with origin ({url})"
+
+    # A push that has to merge someone else's saves first names them too.
+    (a / "torch.py").unlink()
+    snap4 = snapshot_of(ok(gitpack_cli(a, "save", "clfpkg.model:make", "--name", "clf")))
+    ok(gitpack_cli(a, "push"))
+    ok(save(b, "clf", "B"))
+    pushed = ok(gitpack_cli(b, "push"))
+    assert _incoming_lines(pushed) == {snap4[:12]: "snapshot D torch.py"}
