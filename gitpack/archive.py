@@ -463,7 +463,11 @@ class ArchiveReader:
             raise self._fail("manifest is not valid JSON") from None
         if not isinstance(manifest, dict) or not isinstance(manifest.get("members"), list):
             raise self._fail("manifest has no member table")
-        if json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode() != blob:
+        try:
+            canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+        except (RecursionError, ValueError):
+            raise self._fail("manifest is nested too deeply") from None
+        if canonical != blob:
             raise self._fail("manifest is not in canonical form")  # one archive, one byte sequence
         self.manifest_offset = offset
         return manifest

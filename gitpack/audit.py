@@ -191,7 +191,7 @@ def parse_commit_object(raw: bytes) -> tuple[dict[str, list[str]], str]:
     return headers, message
 
 
-def _iso_date(raw: str) -> str:
+def iso_date(raw: str) -> str:
     """git's ``--date=raw`` (``1700000000 +0100``) as ISO 8601 with offset, like ``%cI``.
 
     Read here rather than by git (``%cI``): git prints ``%cI`` literally for a
@@ -235,7 +235,7 @@ def log(repo, branch_ref: str, limit: int | None = None) -> list[LogEntry]:
         params, note = parse_json(t.get("params"), default={})
         if not isinstance(params, dict):
             params, note = {}, f"not an object but {type(params).__name__}"
-        entries.append(LogEntry(commit, _iso_date(date), t.get("archive", ""), t.get("object", ""), t.get("digest", ""),
+        entries.append(LogEntry(commit, iso_date(date), t.get("archive", ""), t.get("object", ""), t.get("digest", ""),
                                 None if t.get("head") in (None, "none") else t["head"], params,
                                 body.split("\n", 1)[0], t, note))
     return entries

@@ -699,26 +699,3 @@ def summary_lines(tree: dict[str, Any] | None, max_lines: int = 40) -> list[str]
     if len(lines) > max_lines:
         lines = lines[:max_lines] + [f"... {len(lines) - max_lines} more in the archive manifest"]
     return lines
-
-
-def key_args(tree: dict[str, Any] | None) -> dict[str, Any]:
-    """The root object's own (non-reference) arguments, for one-line listings."""
-    objects = (tree or {}).get("objects") or {}
-    entry = objects.get("$") or next(iter(objects.values()), None)
-    if not entry:
-        return {}
-    return {k: v for k, v in (entry.get("args") or {}).items() if not (isinstance(v, dict) and "$ref" in v)}
-
-
-def parse_trailer(text: str | None) -> dict[str, Any] | None:
-    """The capture tree from a commit's ``Gitpack-Capture`` trailer (None when absent or unreadable)."""
-    try:
-        tree = json.loads(text) if text else None
-    except ValueError:
-        return None
-    return tree if isinstance(tree, dict) else None
-
-
-def log_params(params: dict[str, Any] | None, capture_trailer: str | None) -> dict[str, Any]:
-    """What a one-line log shows: the explicit parameters, else the root object's captured arguments."""
-    return params or key_args(parse_trailer(capture_trailer))

@@ -93,8 +93,13 @@ def load(
     from .policy import parse_allow
 
     _quiet(quiet)
-    obj = api.load(path, map_location=map_location, mmap=mmap, trust=trust, allow=parse_allow(allow),
-                   require_signed=require_signed or None, fetch=fetch, remote=remote)
+    allowed = parse_allow(allow)  # a bad --allow fails before anything is fetched
+    if fetch:  # pull first, here, so that the code each new snapshot brings is listed before it is loaded
+        report = api.pull(remote)
+        _report(report)
+        _incoming(report)
+    obj = api.load(path, map_location=map_location, mmap=mmap, trust=trust, allow=allowed,
+                   require_signed=require_signed or None)
     if apply is not None:
         _out(json.dumps(api.apply(obj, apply), default=str))
         return

@@ -195,24 +195,24 @@ class Store:
 
     def versions(self, name: str | None = None) -> list[ArtifactVersion]:
         """Every version (of *name*, or of all names), by name then newest first."""
-        fmt = "%(refname)%1f%(objectname)%1f%(committerdate:iso-strict)%1f%(parent)%1f%(contents)%1e"
-        raw = self.repo.git("for-each-ref", f"--format={fmt}", ARTIFACTS + name if name else ARTIFACTS.rstrip("/"))
+        # NUL-separated fields (a commit message cannot hold NUL, so a pushed message cannot forge a row), and
+        # the raw date read here: git aborts the whole listing on a date before the epoch in iso-strict.
+        fields = ("%(refname)", "%(objectname)", "%(committerdate:raw)", "%(parent)", "%(contents)")
+        raw = self.repo.git("for-each-ref", "--format=" + "%00".join(fields) + "%00",
+                            ARTIFACTS + name if name else ARTIFACTS.rstrip("/"), strip=False)
         aliases = self.aliases(name)
         found = []
-        for record in raw.split("\x1e"):
-            record = record.strip("\n")
-            if not record:
-                continue
-            ref, sha, date, parents, body = record.split("\x1f", 4)
+        tokens = raw.split("\0")
+        for i in range(0, len(tokens) - 1, len(fields)):
+            ref, sha, raw_date, parents, body = tokens[i:i + len(fields)]
+            ref, date = ref.lstrip("\n"), audit.iso_date(raw_date)
             parts = split_store_ref(ref)
             number = version_number(parts[2]) if parts else None
             if number is None:
                 continue  # not a ref gitpack wrote; ignore rather than guess
             t = audit.parse_trailers(body)
-            try:
-                params = json.loads(t.get("params", "{}"))
-            except ValueError:
-                params = {}
+            params, _ = audit.parse_json(t.get("params"), {})
+            params = params if isinstance(params, dict) else {}
             try:
                 size = int(t.get("size", "0"))
             except ValueError:
