@@ -6,10 +6,13 @@
     with gitpack.capture(): model = build()    # record the constructor arguments of repo objects
     gitpack.diff("a.gitpack", "b.gitpack")     # parameters, environment and code that differ
     gitpack.verify("model.gitpack")            # every digest, the commit that vouches for it, its signature
-    gitpack.scan("model.gitpack")              # every global the pickle would resolve, without running it
+    gitpack.scan("model.gitpack")              # what the trust gate thinks of the pickle, without running it
+
+Importing gitpack never imports torch; the layers are described in ARCHITECTURE.md.
 """
 
-from .api import SaveInfo, __version__, diff, inspect, load, log, save, scan, verify
+from ._version import __version__
+from .api import SaveInfo, diff, inspect, load, log, save, scan, verify
 from .capturing import capture
 from .errors import GitpackError
 

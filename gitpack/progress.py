@@ -62,8 +62,15 @@ class Bar:
     def __enter__(self) -> "Bar":
         if self.enabled:
             from rich.console import Console
-            from rich.progress import (BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn,
-                                       TimeRemainingColumn, TransferSpeedColumn)
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
 
             columns: list[Any] = [TextColumn("{task.description}"), BarColumn()]
             if self.unit == "bytes":

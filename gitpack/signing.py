@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .audit import parse_commit_object
 from .errors import GitError, SignatureError
+from .git import parse_commit_object
 
 SIGN_CONFIG = "gitpack.sign"
 REQUIRE_CONFIG = "gitpack.requireSigned"

@@ -419,7 +419,8 @@ def child_rss(work: Path, size: dict, what: str) -> dict:
 
 def child_snapshot(work: Path, runs: int) -> dict:
     """Snapshot of the big repo vs `git status --porcelain`, and git processes per save."""
-    from gitpack.gitrepo import Repo
+    from gitpack import snapshot as snapshots
+    from gitpack.git import Repo
 
     import gitpack
 
@@ -428,8 +429,8 @@ def child_snapshot(work: Path, runs: int) -> dict:
     def snapshot():
         r = Repo.discover(repo)
         try:
-            snap = r.write_snapshot_tree()
-            r.commit_snapshot(snap.tree, "bench snapshot\n", head=snap.head)
+            snap = snapshots.write_tree(r)
+            snapshots.branch.commit(r, snap.tree, "bench snapshot\n", head=snap.head)
         finally:
             r.close()
 
@@ -465,7 +466,8 @@ def child_snapshot(work: Path, runs: int) -> dict:
 
 def child_materialise(work: Path, modules: list[str]) -> dict:
     """Make the files of *modules* importable from the archive's snapshot (no module is executed)."""
-    from gitpack.gitrepo import Repo
+    from gitpack import snapshot
+    from gitpack.git import Repo
     from gitpack.isolation import GitSourceTree, namespace_for
 
     import gitpack

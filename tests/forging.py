@@ -12,7 +12,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from gitpack import audit
+from gitpack import trailers as audit
 from gitpack.archive import TRAILER, ArchiveReader, ArchiveWriter, manifest_digest, sealed_manifest
 
 from conftest import git

@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 from conftest import commit_files, git, gitpack_cli, init_repo
-from gitpack.audit import format_message, parse_trailers
+from gitpack.trailers import format_message, parse_trailers
 
 FORGED_SHA = "f" * 40
 

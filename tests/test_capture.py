@@ -23,6 +23,7 @@ import pytest
 
 import gitpack
 import gitpack.capturing as CAPTURE_MODULE
+import gitpack.capturing.records as CAPTURE_RECORDS
 from conftest import SEED, git, gitpack_cli, init_repo, run
 
 
@@ -294,10 +295,10 @@ def test_records_are_dropped_when_their_objects_die(repo_module):
     with gitpack.capture():
         config = m.Config(0.7)
     key = id(config)
-    assert CAPTURE_MODULE.record_for(config) is not None
+    assert CAPTURE_RECORDS.record_for(config) is not None
     del config
     gc.collect()
-    assert key not in CAPTURE_MODULE._records
+    assert key not in CAPTURE_RECORDS.records
 
 
 def test_cli_save_captures_objects_built_while_importing_the_target(repo, repo_module):

@@ -435,7 +435,7 @@ def test_stock_torch_layers_load_under_the_default_policy(repo):
     assert _result(run_python(repo, code)) is True
 
     from gitpack.errors import PolicyError
-    from gitpack.policy import Policy
+    from gitpack.pickling.policy import Policy
 
     policy = Policy()
     assert policy.find_class("torch.nn.functional", "relu") is __import__("torch").nn.functional.relu

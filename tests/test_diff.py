@@ -288,7 +288,7 @@ def test_diff_takes_any_manifest_shape(tmp_path):
     from test_show import MODEL as SHOW_MODEL, SHAPES, RAW, rewrite_manifest
     from conftest import commit_files, init_repo
     from gitpack import api
-    from gitpack.diffing import format_text
+    from gitpack.compare import format_text
     from gitpack.errors import GitpackError
 
     repo = init_repo(tmp_path / "shapes")

@@ -44,9 +44,10 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from rich.console import Console
 
 import gitpack
-from gitpack import native, show
+from gitpack import gitsetup as native
+from gitpack.cli import render as show
 from gitpack.archive import HEADER, TRAILER, ArchiveReader
-from gitpack.diffing import format_text
+from gitpack.compare import format_text
 from gitpack.errors import GitpackError
 
 from conftest import commit_files, git, gitpack_cli, init_repo, run

@@ -175,7 +175,7 @@ def test_state_is_set_once_and_before_the_object_is_used(project, tmp_path):
 
 # ----------------------------------------------------------------------------- 2. only gitpack's own commits vouch
 def _vouching_message(archive: Path, *, body_only: bool = False, manifest_trailer: bool = True) -> str:
-    from gitpack import audit
+    from gitpack import trailers as audit
     from gitpack.archive import manifest_digest
 
     with ArchiveReader(archive) as reader:

@@ -145,7 +145,7 @@ def test_only_the_directories_of_modules_in_use_are_written(big_repo, tmp_path):
 HIT = """
 import json, os, sys
 import gitpack
-from gitpack.gitrepo import Repo
+from gitpack.git import Repo
 from gitpack.isolation import GitSourceTree, namespace_for
 
 manifest = gitpack.inspect(sys.argv[1])

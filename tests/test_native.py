@@ -14,7 +14,7 @@ import json
 import pytest
 
 from conftest import git, gitpack_cli
-from gitpack.native import textconv_command
+from gitpack.gitsetup import textconv_command
 from test_show import SHAPES, assert_clean, rewrite_manifest, saved  # noqa: F401  (saved: the fixture)
 
 

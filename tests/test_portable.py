@@ -19,7 +19,7 @@ from conftest import git, gitpack_cli, run_python
 from gitpack import api
 from gitpack.archive import ArchiveReader, ArchiveWriter
 from gitpack.errors import ArchiveError
-from gitpack.portable import BLOB_PREFIX, COMMIT_MEMBER, TREE_PREFIX
+from gitpack.archive.portable import BLOB_PREFIX, COMMIT_MEMBER, TREE_PREFIX
 from test_store import make_project, ok, one_line_error, save
 
 LOAD = """

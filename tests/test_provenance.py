@@ -14,8 +14,8 @@ import pytest
 
 import gitpack
 from gitpack.errors import StaleCodeError
-from gitpack.pickling import ModuleMap
-from gitpack.provenance import find_stale
+from gitpack.pickling.modulemap import ModuleMap
+from gitpack.staleness import find_stale
 from conftest import git, gitpack_cli
 
 SOURCE = '''\

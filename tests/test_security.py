@@ -29,7 +29,7 @@ import pytest
 import gitpack
 from gitpack.archive import ArchiveReader
 from gitpack.errors import ArchiveError, GitpackError, PolicyError
-from gitpack.policy import _ALLOW, Policy, parse_allow
+from gitpack.pickling.policy import _ALLOW, Policy, parse_allow
 
 from conftest import commit_files, git, gitpack_cli, init_repo, run
 from forging import forge, rewrite_manifest

@@ -20,7 +20,7 @@ import pytest
 from rich.console import Console
 
 from conftest import commit_files, gitpack_cli, init_repo
-from gitpack import show
+from gitpack.cli import render as show
 from gitpack.archive import TRAILER
 
 MODEL = "class M:\n    def __init__(self, n=1):\n        self.n = n\n\n\ndef build(n=1):\n    return M(n)\n"

@@ -17,7 +17,12 @@ from pathlib import Path
 import pytest
 
 from gitpack.archive import MAGIC
-from gitpack.gitrepo import DEFAULT_SIZE_CAP, Repo, _NeedsIndex
+from gitpack.git import Repo
+from gitpack.git.objects import NeedsIndex as _NeedsIndex
+from gitpack import snapshot
+from gitpack.snapshot import DEFAULT_SIZE_CAP
+from gitpack.snapshot.index import write_via_index
+from gitpack.snapshot.overlay import write_overlay
 
 from conftest import commit_files, git, init_repo
 
@@ -33,12 +38,12 @@ def both_ways(path: Path, *, size_cap: int = DEFAULT_SIZE_CAP, exclude=frozenset
     repo = Repo.discover(path)
     try:
         try:
-            fast = repo._snapshot_overlay(size_cap, set(exclude))
+            fast = write_overlay(repo, size_cap, set(exclude))
         except _NeedsIndex:
             fast = None
         assert (fast is not None) == expect_overlay
-        general = repo._snapshot_via_index(size_cap, set(exclude))
-        public = repo.write_snapshot_tree(size_cap=size_cap, exclude=set(exclude))
+        general = write_via_index(repo, size_cap, set(exclude))
+        public = snapshot.write_tree(repo, size_cap=size_cap, exclude=set(exclude))
     finally:
         repo.close()
     assert _index_digest(path) == before
@@ -241,8 +246,8 @@ def test_a_constant_handful_of_git_processes_however_many_files_changed(base, tm
         os.environ["GIT_TRACE2_EVENT"] = str(trace)
         try:
             repo = Repo.discover(base)
-            snap = repo.write_snapshot_tree()
-            repo.commit_snapshot(snap.tree, "snapshot\n", head=snap.head)
+            snap = snapshot.write_tree(repo)
+            snapshot.branch.commit(repo, snap.tree, "snapshot\n", head=snap.head)
             repo.close()
         finally:
             del os.environ["GIT_TRACE2_EVENT"]
@@ -283,7 +288,7 @@ def test_a_racily_clean_edit_is_seen_by_both_ways(repo: Path):
 
     r = Repo.discover(repo)
     try:
-        for snap in (r._snapshot_overlay(DEFAULT_SIZE_CAP, set()), r._snapshot_via_index(DEFAULT_SIZE_CAP, set())):
+        for snap in (write_overlay(r, DEFAULT_SIZE_CAP, set()), write_via_index(r, DEFAULT_SIZE_CAP, set())):
             assert git(repo, "cat-file", "-p", f"{snap.tree}:model.py") == "VALUE = 2"
     finally:
         r.close()

@@ -312,7 +312,7 @@ def test_inspect_and_log_never_import_torch(code_repo):
 
 def test_cpu_storages_are_written_from_their_own_memory(code_repo):
     """Save never copies a CPU tensor's bytes: what the writer gets is a view of the storage itself."""
-    from gitpack.tensors import StorageCollector
+    from gitpack.pickling.tensors import StorageCollector
 
     t = torch.randn(1000)
     collector = StorageCollector()
@@ -328,7 +328,8 @@ def test_deferred_buffers_are_made_on_the_workers_a_few_at_a_time(tmp_path):
     """Device storages reach host memory one per worker at a time, never all at once."""
     import weakref
 
-    from gitpack.archive import ArchiveWriter, DeferredBuffer, io_workers
+    from gitpack.archive import ArchiveWriter, DeferredBuffer
+    from gitpack.archive.format import io_workers
 
     alive, most, threads = [0], [0], set()
     lock = threading.Lock()

@@ -1,0 +1,85 @@
+"""Resolving a CLI TARGET (``module:attr`` or ``path/to/file.py:attr``) to the object to save."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import TargetError
+
+_USAGE = "TARGET must be module:attr or path/to/file.py:attr"
+
+
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` strings to a dict; each value is JSON where it parses, else a string."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise TargetError(f"-p {pair!r} must look like key=value (value parsed as JSON, else a string)")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        params[key.strip()] = value
+    return params
+
+
+def _import_target_module(spec: str) -> Any:
+    cwd = os.getcwd()
+    if spec.endswith(".py") or os.sep in spec or "/" in spec:
+        file = Path(spec).absolute()
+        if not file.is_file():
+            raise TargetError(f"{spec}: no such file; {_USAGE}")
+        directory = str(file.parent)
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
+        name = file.stem
+        if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(file):
+            return sys.modules[name]
+        module_spec = importlib.util.spec_from_file_location(name, file)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
+        return module
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    return importlib.import_module(spec)
+
+
+def resolve(target: str, params: dict[str, Any]) -> Any:
+    """Import TARGET; call it with *params* if it is a function or class, else return it as it is."""
+    module_part, sep, attr = target.rpartition(":")
+    if not sep or not module_part or not attr:
+        raise TargetError(f"{target!r}: {_USAGE}")
+    try:
+        module = _import_target_module(module_part)
+    except TargetError:
+        raise
+    except ModuleNotFoundError as exc:
+        raise TargetError(f"cannot import {module_part!r} ({exc}); {_USAGE}, run from the directory it is importable from") from None
+    except Exception as exc:
+        raise TargetError(f"importing {module_part!r} failed: {type(exc).__name__}: {exc}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise TargetError(f"{module_part!r} has no attribute {attr!r}; check TARGET") from None
+    if callable(obj) and (isinstance(obj, type) or hasattr(obj, "__code__")):
+        try:
+            return obj(**params)
+        except Exception as exc:
+            raise TargetError(f"calling {target} with {params} failed: {type(exc).__name__}: {exc}") from None
+    if params:
+        raise TargetError(f"{target} is not a function or class, so -p parameters cannot be passed to it")
+    return obj

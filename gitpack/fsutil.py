@@ -1,0 +1,96 @@
+"""Files a crash must never leave half-written or behind: owned temp names, atomic writes, directory fsync.
+
+Every temp file gitpack makes (an archive being written, a private index, a
+commit message, a cache listing) carries ``<pid>@<host>~`` in its name.  The
+next save that looks in that directory removes the ones whose owner, a process
+on this host, is gone; others (another host sharing the directory, a name with
+no owner) only after an hour without writes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+TEMP_MARK = ".gitpack-tmp-"  # in the name of every archive temp file
+_HOST = re.sub(r"[^A-Za-z0-9.\-]", "_", socket.gethostname())[:64] or "host"
+_OWNER = re.compile(r"(\d+)@([A-Za-z0-9.\-_]+)~")
+STALE_SECONDS = 3600.0
+
+
+def owner_tag() -> str:
+    """``<pid>@<host>~``, put in every temp file's name so a later save can tell when its owner is dead."""
+    return f"{os.getpid()}@{_HOST}~"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def is_stale(path: Path, older_than: float = STALE_SECONDS) -> bool:
+    """Whether a temp file was left by a process that is gone (see the module docstring)."""
+    found = _OWNER.search(path.name)
+    if found and found.group(2) == _HOST and int(found.group(1)) != os.getpid() and not _process_alive(int(found.group(1))):
+        return True
+    try:
+        return path.lstat().st_mtime < time.time() - older_than
+    except OSError:
+        return False
+
+
+def remove_stale(directory: Path, pattern: str, older_than: float = STALE_SECONDS) -> None:
+    """Remove the stale temp files (and directories) in *directory* whose names match the glob *pattern*."""
+    import shutil
+
+    try:
+        entries = list(directory.glob(pattern))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if is_stale(entry, older_than):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink()
+        except OSError:
+            pass
+
+
+def atomic_write(dest: Path, data: bytes) -> None:
+    """Write *dest* whole or not at all: a temp file beside it, renamed over it."""
+    fd, tmp = tempfile.mkstemp(prefix=".gitpack-tmp-" + owner_tag(), dir=str(dest.parent))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in *path* durable (best effort: some filesystems refuse directory fsync)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,147 @@
+"""The one place gitpack starts a process: git, with its failures turned into one line that says why.
+
+Every git command gitpack runs goes through :func:`run` (wait for it) or
+:func:`start` (a long-lived or streaming one: ``cat-file --batch-command``,
+``mktree --batch``, a fetch whose progress drives a bar).  A failure becomes a
+:class:`GitFailed` whose message is git's own last ``fatal:``/``error:`` line,
+prefixed by the subcommand (never by ``-c``), and carrying git's advice when it
+gives some (``safe.directory``).  A ruff rule (``TID251``) keeps ``subprocess``
+out of every other module.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Sequence
+
+from ..errors import GitError
+
+PIPE = subprocess.PIPE
+DEVNULL = subprocess.DEVNULL
+
+
+class GitFailed(GitError):
+    """A git command exited non-zero; ``str()`` is one line naming the subcommand and git's reason."""
+
+    def __init__(self, args: Sequence[str], returncode: int, stderr: bytes | str):
+        self.argv = list(args)
+        self.returncode = returncode
+        self.stderr = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
+        self.detail = failure_detail(self.stderr) or f"exit status {returncode}"
+        super().__init__(f"git {subcommand(self.argv)} failed: {self.detail}")
+
+
+def subcommand(args: Sequence[str]) -> str:
+    """The git subcommand in *args* (``update-ref`` in ``-c core.x=y update-ref ...``)."""
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in ("-c", "-C", "--git-dir", "--work-tree"):
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return "?"
+
+
+def failure_detail(stderr: str) -> str:
+    """git's reason, in one line: the last ``fatal:``/``error:`` line and what continues it, hints folded in."""
+    lines = [line.strip() for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith(("fatal:", "error:")):
+            head = lines[i].split(":", 1)[1].strip()
+            rest = [line.removeprefix("hint:").strip() for line in lines[i + 1:]]
+            if "safe.directory" in stderr and "safe.directory" not in head:
+                rest.append(next((line.strip() for line in lines if "git config --global --add safe.directory" in line), ""))
+            return " ".join(part for part in [head, *rest] if part)
+    return lines[-1] if lines else ""
+
+
+@dataclass(frozen=True)
+class Result:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode("utf-8", "surrogateescape")
+
+
+def _env(extra: dict[str, str] | None) -> dict[str, str] | None:
+    if not extra:
+        return None
+    env = dict(os.environ)
+    env.update(extra)
+    return env
+
+
+def run(args: Sequence[str], *, cwd: str | os.PathLike, env: dict[str, str] | None = None, input: bytes | None = None,
+        stdin: IO | None = None, check: bool = True) -> Result:
+    """Run ``git *args`` in *cwd* and wait; raise :class:`GitFailed` when it fails (unless not *check*)."""
+    try:
+        proc = subprocess.run(["git", *args], cwd=cwd, env=_env(env), input=input, stdin=stdin if input is None else None,
+                              capture_output=True)
+    except FileNotFoundError as exc:
+        if not Path(cwd).is_dir():
+            raise GitError(f"{cwd} does not exist (was the directory deleted?); cd into a git working tree") from None
+        raise GitError(f"git is not installed or not on PATH ({exc.strerror}); install git") from None
+    if check and proc.returncode != 0:
+        raise GitFailed(args, proc.returncode, proc.stderr)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+class Process:
+    """A running git command with pipes (see :func:`start`)."""
+
+    def __init__(self, args: Sequence[str], popen: subprocess.Popen):
+        self.args = list(args)
+        self.popen = popen
+        self.stdin = popen.stdin
+        self.stdout = popen.stdout
+        self.stderr = popen.stderr
+
+    def finish(self) -> bytes:
+        """Read the rest of stdout, wait, and raise :class:`GitFailed` if it failed; returns stdout."""
+        out, err = self.popen.communicate()
+        if self.popen.returncode != 0:
+            raise GitFailed(self.args, self.popen.returncode, err or b"")
+        return out or b""
+
+    def close(self) -> None:
+        """Close stdin (git then exits on its own) and wait; never raises."""
+        try:
+            if self.popen.stdin is not None:
+                self.popen.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.popen.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+        for stream in (self.popen.stdout, self.popen.stderr):
+            if stream is not None:
+                stream.close()
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    def wait(self) -> int:
+        return self.popen.wait()
+
+
+def start(args: Sequence[str], *, cwd: str | os.PathLike, env: dict[str, str] | None = None, stdin: bool = False,
+          stderr: bool = True) -> Process:
+    """Start ``git *args`` with stdout (and stdin, stderr) piped, without waiting."""
+    try:
+        popen = subprocess.Popen(["git", *args], cwd=cwd, env=_env(env), stdin=PIPE if stdin else DEVNULL,
+                                 stdout=PIPE, stderr=PIPE if stderr else DEVNULL)
+    except FileNotFoundError as exc:
+        if not Path(cwd).is_dir():
+            raise GitError(f"{cwd} does not exist (was the directory deleted?); cd into a git working tree") from None
+        raise GitError(f"git is not installed or not on PATH ({exc.strerror}); install git") from None
+    return Process(args, popen)

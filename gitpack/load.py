@@ -1,0 +1,109 @@
+"""The load pipeline: prove the archive, judge its pickle, read its tensors, then unpickle against its snapshot.
+
+1. :func:`gitpack.verify.open_verified`: the file, and the snapshot commit of gitpack's own that vouches
+   for it (and its signature, when required).
+2. The trust gate (:mod:`gitpack.pickling.gate`) dry-runs the pickle and refuses what the policy does not
+   allow; nothing is imported yet.
+3. Every tensor storage the pickle names is read into its final memory and checked against its digest.
+4. The snapshot's private namespace (:mod:`gitpack.isolation`) imports the modules the object uses, and
+   the gate's class checks run against the real classes.
+5. CPython's C unpickler runs, resolving through the load's :class:`~gitpack.pickling.unpickler.Resolver`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable
+
+from . import artifacts, sync
+from .errors import GitpackError, PolicyError, UnpicklingError
+from .git import Repo
+from .isolation import namespace_for
+from .manifest import BUFFER_PREFIX, PICKLE_MEMBER
+from .pickling import gate
+from .pickling.policy import Policy
+from .pickling.tensors import StorageLoader
+from .pickling.unpickler import Resolver
+from .pickling.unpickler import load as unpickle
+from .verify import open_verified
+
+
+def load(
+    path: str | os.PathLike,
+    *,
+    map_location: Any = None,
+    mmap: bool = False,
+    trust: bool = False,
+    allow: Iterable[tuple[str, str] | str] = (),
+    require_signed: bool | None = None,
+    repo: str | os.PathLike | None = None,
+    fetch: bool = False,
+    remote: str | None = None,
+) -> Any:
+    """Load an archive against its own snapshot's code, in an isolated namespace.
+
+    Args:
+        path: an archive file or a stored artifact, ``NAME``, ``NAME@v2`` or ``NAME@latest``
+            (:mod:`gitpack.artifacts` documents how the two are told apart).
+        map_location: where tensors go, as in ``torch.load`` (a device string, a dict, a callable, ``"meta"``).
+        mmap: with ``mmap=True`` tensor data is mapped from the archive instead of read, and its digests are
+            *not* checked at load (that would read every byte): run ``gitpack verify`` for that.
+        trust: turn the policy off and admit by-value code: only for archives whose author you trust.
+        allow: more globals the policy admits, ``"module:qualname"`` strings or ``(module, qualname)`` pairs.
+        require_signed: refuse unless the snapshot commit has a trusted signature (None: ``gitpack.requireSigned``).
+        repo: the repository (default: the one containing the current directory).
+        fetch: run ``gitpack pull`` (from *remote*, default the upstream or origin) first.
+    Returns:
+        The object, running the code of the snapshot it was saved with.
+    Example:
+        >>> model = gitpack.load("model.gitpack")            # doctest: +SKIP
+        >>> model = gitpack.load("clf@v2", map_location="cpu")  # doctest: +SKIP
+
+    Everything is verified before anything is unpickled (:func:`gitpack.verify.open_verified`:
+    the file, the commit that vouches for it, its signature when required), then the pickle passes the
+    trust gate (:mod:`gitpack.pickling.gate`: every global, call, state and fill it would make), then every tensor
+    storage it names is read and checked.  A portable archive loads with no repository at all, from its
+    embedded, hash-verified source, but only with *trust* unless a clone here has its commit.
+    """
+    policy = Policy(allow)  # a malformed allow entry fails before anything is read
+    if fetch:
+        with Repo.discover(repo) as git_repo:
+            sync.pull(git_repo, remote)
+    path, _ = artifacts.locate(path, repo=repo)
+    with open_verified(path, repo=repo, require_signed=require_signed, trust=trust) as checked:
+        plan = checked.plan
+        if plan.by_value_code and not trust:
+            raise PolicyError(
+                f"{path} carries by-value code ({', '.join(plan.by_value_code[:3])}) defined outside any file; "
+                "load it only if you trust its author (trust=True / --trust)"
+            )
+        data = checked.reader.read(PICKLE_MEMBER)
+        modules = frozenset(plan.modules)
+        verdict = gate.trace(data, policy, modules=modules, buffers=plan.buffers)
+        if not trust:
+            verdict.raise_if_refused(str(path))
+        buffers = [checked.reader.read_buffer(f"{BUFFER_PREFIX}{i}") for i in range(plan.buffers)]
+        storage_loader = StorageLoader(checked.reader, map_location=map_location, mmap=mmap)
+        if not mmap:
+            _read_storages_first(storage_loader, verdict.storages)  # every byte verified before any import
+        known = {name: info.root for name, info in plan.modules.items()}
+        namespace = namespace_for(checked.source, plan.roots, known, imported=plan.imported, trusted=trust)
+        resolver = Resolver(namespace, policy, trust=trust, modules=None if trust else modules)
+        if not trust:
+            verdict.check_classes(resolver.ref)  # imports only the snapshot modules the manifest records as used
+            verdict.raise_if_refused(str(path))
+        return unpickle(data, resolver=resolver, storage_loader=storage_loader, buffers=buffers)
+
+
+def _read_storages_first(storage_loader: StorageLoader, storages: list[tuple]) -> None:
+    """Read (and so verify) every tensor storage the pickle names before unpickling starts; the unpickler
+    then finds them already loaded."""
+    for pid in storages:
+        try:
+            storage_loader.load(pid)
+        except GitpackError:
+            raise
+        except Exception as exc:  # torch: a bad device string, a size that does not fit the dtype
+            raise UnpicklingError(f"cannot load tensor storage {str(pid[2])[:40]!r}: {type(exc).__name__}: {exc}") from exc
+
+

@@ -1,0 +1,290 @@
+"""The trust gate: every call, construction and state change a pickle would make, proven allowed before it runs.
+
+``find_class`` alone cannot make unpickling safe: what the pickle *does* with
+the globals it gets (calls them with arguments, sets state on them with BUILD,
+fills them with SETITEM) is where attacks live.  So before the real unpickling,
+the pickle runs once through CPython's own C unpickler with every global and
+persistent id replaced by an inert stand-in (:mod:`gitpack.pickling.standins`).  The stand-ins record each REDUCE, NEWOBJ, BUILD,
+APPEND, SETITEM and ADD in the order the real run will perform them, and
+:mod:`gitpack.pickling.calls` judges each one.  Because it is the same C unpickler over
+the same bytes, the record is exact (no re-implementation of the pickle machine
+that could disagree with the real one) and runs at C speed for data; nothing is
+imported or executed.  :mod:`gitpack.pickling.opcodes` first bounds the one thing the C
+unpickler does before any stand-in is reached (memo table growth).
+
+Checks that need the real class (does a snapshot class declare its own
+``__reduce__``?  does a state key shadow one of its methods?) are collected as
+:class:`Deferred` items and run by :meth:`Trace.check_classes` once load has
+resolved the classes; ``scan``, which never imports, reports them as pending.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from ..errors import PolicyError
+from . import calls, classchecks, opcodes, states
+from .policy import Policy
+from .standins import (
+    Buffer,
+    Deferred,
+    Made,
+    Ref,
+    ValueStandIn,
+    is_stand_in,
+    made_object,
+    made_of,
+    stand_in,
+)
+
+MAX_NESTING = 3  # pickles inside bytes arguments of refused calls, scanned for the report only
+MAX_SHOWN = 6  # refusals named in one error line
+_BY_VALUE_CODE = ("dill._dill", "_create_code")  # bytecode carried in the pickle (only --trust loads it)
+
+
+# ----------------------------------------------------------------------------- the trace
+@dataclass
+class Trace:
+    """Everything one pickle (and, for the report, pickles nested in it) would do, and what is refused."""
+
+    policy: Policy
+    modules: frozenset[str] | None = None  # snapshot modules the manifest records as used (None: not checked)
+    depth: int = 0
+    refs: list[Ref] = field(default_factory=list)  # every global and persistent id, in order
+    made: list[Made] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    deferred: list[Deferred] = field(default_factory=list)
+    functions: list[tuple[str, str, int]] = field(default_factory=list)  # repo lambdas rebuilt: (module, qualname, line)
+    code: list[tuple] = field(default_factory=list)  # by-value code objects: dill _create_code arguments
+    nested: list["Trace"] = field(default_factory=list)
+    error: str | None = None
+    opcodes: int = 0
+    _seq: int = 0
+    _stand_ins: dict = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- results
+    @property
+    def globals(self) -> list[Ref]:
+        return [r for r in self.refs if r.kind == "global"]
+
+    @property
+    def refused(self) -> list[Ref]:
+        return [r for r in self.globals if r.refused]
+
+    @property
+    def storages(self) -> list[tuple]:
+        """The storage persistent ids, in order (what load reads and verifies before unpickling)."""
+        return [r.parts if r.kind == "storage" else ("storage",) + r.parts[1:5]
+                for r in self.refs if r.kind in ("storage", "tensor")]
+
+    @property
+    def safe(self) -> bool:
+        return not self.violations and self.error is None
+
+    def refusal(self) -> str | None:
+        """One line naming every refused construct (the first few, then a count), or None."""
+        problems = ([f"malformed pickle ({self.error})"] if self.error else []) + _unique(self.violations)
+        if not problems:
+            return None
+        shown = "; ".join(problems[:MAX_SHOWN])
+        more = f"; and {len(problems) - MAX_SHOWN} more" if len(problems) > MAX_SHOWN else ""
+        return shown + more
+
+    def raise_if_refused(self, where: str) -> None:
+        text = self.refusal()
+        if text is not None:
+            raise PolicyError(f"{where}: the load policy refuses {text}{_hint(self)}")
+
+    # ---------------------------------------------------------------- dry run
+    def run(self, data: bytes, *, buffers: int = 0) -> "Trace":
+        try:
+            self.opcodes, unwanted = opcodes.check(data)
+        except opcodes.OpcodeError as exc:
+            self.error = str(exc)
+            return self
+        self.violations += [f"opcode {what} (protocol 0/1 and extension opcodes gitpack never writes)"
+                            for what in unwanted[:3]]
+        trace = self
+
+        class DryRun(pickle.Unpickler):
+            def find_class(self, module, name):
+                return trace._global(module, name)
+
+            def persistent_load(self, pid):
+                return trace._persistent(pid)
+
+        try:
+            DryRun(io.BytesIO(data), buffers=(Buffer() for _ in range(buffers))).load()
+        except RecursionError:
+            self.error = "nested too deeply"
+        except Exception as exc:  # the pickle machine's own complaint about malformed input
+            self.error = f"{type(exc).__name__}: {str(exc)[:160]}"
+        return self
+
+    def _event(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _stand_in(self, ref: Ref) -> type:
+        key = (ref.kind, ref.module, ref.name, ref.parts if ref.kind in ("storage", "result") else ())
+        found = self._stand_ins.get(key)
+        if found is None:
+            found = stand_in(ref, self)
+            self._stand_ins[key] = found
+            self.refs.append(ref)
+        return found
+
+    def _global(self, module: Any, name: Any) -> type:
+        module, name = str(module), str(name)
+        why = self.policy.refusal(module, name)
+        ref = Ref("global", module, name, None if why else self.policy.category(module, name), why)
+        if why:
+            self.violations.append(f"global {_short(ref.dotted)} ({why})")
+        return self._stand_in(ref)
+
+    def _persistent(self, pid: Any) -> Any:
+        ref, problem = calls.persistent_ref(pid, self.modules)
+        if problem:
+            self.violations.append(problem)
+        if ref.kind in ("storage", "tensor", "columns"):
+            self.refs.append(ref)
+            return ValueStandIn(ref)
+        return self._stand_in(ref)
+
+    def _called(self, stand_in: type, args: tuple, kwargs: dict, how: str) -> Any:
+        callee: Ref = stand_in._gate_ref
+        made = Made(self, self._event(), callee, how, args, kwargs, cls=callee)
+        for value in _direct(args, kwargs):
+            record = made_of(value)
+            if record is not None and record.used_at is None:
+                record.used_at = made.seq
+        verdict = calls.check_call(self, made)
+        if verdict.problem:
+            self.violations.append(verdict.problem)
+        self.deferred.extend(verdict.deferred)
+        if verdict.result is not None:  # a reconstructor that returns a class (dill's _load_type, namedtuples)
+            return self._stand_in(verdict.result)
+        made.kind = verdict.kind
+        if verdict.cls is not None:
+            made.cls = verdict.cls
+        self.made.append(made)
+        if callee.refused:
+            if (callee.module, callee.name) == _BY_VALUE_CODE:
+                self.code.append(args)
+            elif self.depth < MAX_NESTING:
+                self._scan_nested(args)
+        return made_object(made)
+
+    def _built(self, target: Any, state: Any) -> None:
+        seq = self._event()
+        if is_stand_in(target):
+            ref = target._gate_ref
+            what = "module" if ref.kind == "module" else "function" if ref.kind == "function" else "global"
+            self.violations.append(f"BUILD on the {what} {_short(ref.dotted)} itself (state is only ever set on "
+                                   "objects the pickle builds)")
+            return
+        record = made_of(target)
+        if record is None:  # the C unpickler only reaches stand-ins here
+            self.violations.append("BUILD on an object the gate does not know")
+            return
+        if record.built:
+            self.violations.append(f"state set twice on {_short(_name(record))}")
+        if record.used_at is not None and record.used_at < seq:
+            self.violations.append(f"state set on {_short(_name(record))} after it was passed to another call")
+        record.built = True
+        verdict = states.check_state(self, record, state)
+        if verdict.problem:
+            self.violations.append(verdict.problem)
+        self.deferred.extend(verdict.deferred)
+
+    def _mutated(self, target: Any, how: str, items: tuple) -> None:
+        seq = self._event()
+        record = made_of(target)
+        assert record is not None  # only _Made objects have the methods the C unpickler calls here
+        if record.used_at is not None and record.used_at < seq:
+            self.violations.append(f"{_short(_name(record))} changed after it was passed to another call")
+        record.mutations += 1
+        verdict = states.check_mutation(self, record, how)
+        if verdict.problem:
+            self.violations.append(verdict.problem)
+        self.deferred.extend(verdict.deferred)
+
+    def _scan_nested(self, args: tuple) -> None:
+        for value in args:
+            if isinstance(value, (bytes, bytearray)) and _looks_like_pickle(value):
+                inner = Trace(self.policy, self.modules, depth=self.depth + 1).run(bytes(value))
+                self.nested.append(inner)
+
+    # ---------------------------------------------------------------- the checks that need classes
+    def check_classes(self, resolve: Callable[[Ref], Any]) -> None:
+        """Run the deferred checks against the real classes; *resolve* maps a :class:`Ref` to its object."""
+        for item in _unique_deferred(self.deferred):
+            problem = classchecks.check_deferred(item, resolve(item.ref))
+            if problem:
+                self.violations.append(problem)
+
+
+def trace(data: bytes, policy: Policy | None = None, *, modules: Iterable[str] | None = None, buffers: int = 0) -> Trace:
+    """Dry-run *data* and judge every construct; nothing is imported or executed.
+
+    Args:
+        data: the pickle.
+        policy: the load policy (default: :class:`Policy` with no extra allows).
+        modules: the snapshot modules the archive's manifest records as used; a persistent id naming any
+            other module is refused (None: not checked, for pickles without a manifest).
+        buffers: how many out-of-band buffers the pickle takes.
+    Returns:
+        The :class:`Trace`; ``trace.safe`` says whether the static checks passed.
+    """
+    return Trace(policy or Policy(), frozenset(modules) if modules is not None else None).run(data, buffers=buffers)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _direct(args: tuple, kwargs: dict):
+    """Arguments of a call, and the items of tuples and lists among them: what the callee may keep or use."""
+    for value in list(args) + list(kwargs.values()):
+        yield value
+        if type(value) in (tuple, list):
+            yield from value[:64]
+
+
+def _name(record: Made) -> str:
+    return record.cls.dotted if record.cls is not None else record.callee.dotted
+
+
+def _short(text: str, limit: int = 120) -> str:
+    text = text.encode("ascii", "backslashreplace").decode()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _unique_deferred(items: list[Deferred]) -> list[Deferred]:
+    seen, out = set(), []
+    for item in items:
+        key = (item.what, item.ref, repr(item.detail)[:200])
+        if key not in seen:
+            seen.add(key)
+            out.append(item)
+    return out
+
+
+def _looks_like_pickle(value: bytes | bytearray) -> bool:
+    return len(value) >= 4 and value[0] == 0x80 and value[1] <= 5 and value[-1:] == b"."
+
+
+def _hint(trace: Trace) -> str:
+    refused = [r for r in trace.refused]
+    if any((r.module or "").startswith("dill") for r in refused):
+        return "; it carries code or dill constructors: load it only if you trust its author (--trust / trust=True)"
+    exact = sorted({f"--allow {r.module}:{r.name}" for r in refused if r.module and r.name and "." not in r.name})
+    if exact and len(exact) == len(_unique(trace.violations)):
+        return f"; if you trust the archive, allow them: {' '.join(exact)}"
+    return "; if you trust the archive's author, load it with --trust (trust=True)"
+
+

@@ -1,0 +1,220 @@
+"""Pickling against a snapshot: repo code by reference, data by value, tensors out of band.
+
+At save, every class, function and module that lives in the repository is
+written as a *persistent id* naming its canonical module (``__main__`` becomes
+the file's real module name) and qualname; lambdas and nested functions become
+a reference to their code in the snapshot (module, qualname, line) plus their
+closure and defaults as data.  The pickle therefore carries no bytecode for
+repo code at all, and at load every such reference is resolved inside the
+snapshot's private namespace, never through ``sys.modules``.
+
+Only code defined outside any file (an interactive session) falls back to
+dill's by-value pickling; the manifest says so, and loading it needs trust.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import sys
+import types
+from typing import Any
+
+import dill
+
+from ..errors import GitpackError, PicklingError
+from . import columns
+from .modulemap import ModuleMap
+from .tensors import StorageCollector, is_storage, is_tensor
+
+PROTOCOL = 5
+_FUNCTION_TYPES = (types.FunctionType,)
+_ATOMS = frozenset({int, float, str, bytes, bool, type(None), bytearray, complex})
+_CONTAINERS = frozenset({tuple, set, frozenset})
+
+
+def _is_interactive(module_name: str | None) -> bool:
+    module = sys.modules.get(module_name or "")
+    return module is not None and module_name == "__main__" and not getattr(module, "__file__", None)
+
+
+def _reachable(obj: Any) -> bool:
+    """Whether *obj* is what its module exposes under its qualname."""
+    module = sys.modules.get(getattr(obj, "__module__", None) or "")
+    target: Any = module
+    for part in getattr(obj, "__qualname__", "").split("."):
+        if part == "<locals>":
+            return False
+        target = getattr(target, part, None)
+        if target is None:
+            return False
+    return target is obj
+
+
+class _NeedsDill(Exception):
+    """The C pickler met code only dill can carry (defined in an interactive session): pickle with dill."""
+
+
+class _References:
+    """What both picklers share: which objects become persistent ids, and what the save learns on the way."""
+
+    module_map: ModuleMap
+    storages: StorageCollector
+    by_value: bool  # this pickler may carry code by value (dill), else it hands such objects over
+
+    def _setup(self, module_map: ModuleMap, storages: StorageCollector) -> None:
+        self.module_map = module_map
+        self.storages = storages
+        self._pids: dict[int, tuple] = {}
+        self._keep: list[Any] = []
+        self.repo_objects: dict[str, Any] = {}  # "module:qualname" -> class or function used
+        self.repo_instances: dict[int, Any] = {}  # id -> instance of a repo class met in the graph
+
+    def persistent_id(self, obj: Any):  # called for every object: the common cases leave at once
+        t = type(obj)
+        if t in _ATOMS:
+            return None
+        if t is list or t is dict:
+            if len(obj) < columns.MIN_ITEMS:
+                return None
+            cached = self._pids.get(id(obj))
+            if cached is None:
+                cached = columns.encode(obj)
+                if cached is not None:
+                    self._remember(obj, cached)
+            return cached
+        if t in _CONTAINERS:
+            return None
+        cached = self._pids.get(id(obj))
+        if cached is not None:
+            return cached
+        pid = None
+        if obj is _REBUILDER:
+            return REBUILD_ID
+        if isinstance(obj, type) or t in _FUNCTION_TYPES:
+            module = self.module_map.canonical(getattr(obj, "__module__", None))
+            if module is not None and _reachable(obj):
+                pid = ("class" if isinstance(obj, type) else "function", module, obj.__qualname__)
+                self.repo_objects[f"{module}:{obj.__qualname__}"] = obj
+            elif _is_interactive(getattr(obj, "__module__", None)):
+                if not self.by_value:
+                    raise _NeedsDill(obj.__qualname__)
+                self.module_map.by_value.append(obj.__qualname__)
+        elif t is types.ModuleType:
+            module = self.module_map.canonical(obj.__name__)
+            if module is not None:
+                pid = ("module", module)
+        elif t.__module__ == "torch" and t.__name__ == "Tensor" or t.__name__ == "Parameter" and is_tensor(obj):
+            pid = self.storages.tensor_id(obj)
+        elif is_storage(obj):
+            return self.storages.persistent_id(obj)
+        elif self.module_map.canonical(getattr(t, "__module__", None)) is not None:
+            self.repo_instances[id(obj)] = obj
+        if pid is not None:
+            self._remember(obj, pid)
+        return pid
+
+    def _remember(self, obj: Any, pid: tuple) -> None:
+        # The same pid object each time: pickle memoizes it, so a shared object stays shared after load.
+        self._pids[id(obj)] = pid
+        self._keep.append(obj)
+
+    def reducer_override(self, obj: Any):
+        t = type(obj)
+        if t in _FUNCTION_TYPES:
+            module = self.module_map.canonical(getattr(obj, "__module__", None))
+            if module is not None:
+                self.repo_objects[f"{module}:{obj.__qualname__}"] = obj
+                return _function_reduce(obj, sys.modules[obj.__module__])
+        elif self.by_value and t.__module__ == "numpy" and t.__name__ == "ndarray" and not obj.dtype.hasobject:
+            return obj.__reduce_ex__(PROTOCOL)  # dill overrides numpy's own: contiguous data out of band again
+        return NotImplemented
+
+
+class GitpackPickler(_References, pickle.Pickler):
+    """CPython's C pickler with repo code by reference, tensors, storages and numpy buffers out of band."""
+
+    by_value = False
+
+    def __init__(self, file, module_map: ModuleMap, storages: StorageCollector, buffers: list):
+        pickle.Pickler.__init__(self, file, protocol=PROTOCOL, buffer_callback=buffers.append)
+        self._setup(module_map, storages)
+
+
+class DillPickler(_References, dill.Pickler):
+    """dill's pickler, only for objects holding code defined outside any file (an interactive session)."""
+
+    by_value = True
+
+    def __init__(self, file, module_map: ModuleMap, storages: StorageCollector, buffers: list):
+        dill.Pickler.__init__(self, file, protocol=PROTOCOL, byref=False, recurse=False, buffer_callback=buffers.append)
+        self._setup(module_map, storages)
+
+
+_EMPTY_CELL = ("gitpack-empty-cell",)
+REBUILD_ID = ("rebuild",)
+
+
+class _RebuildToken:
+    """Pickled as the persistent id ``('rebuild',)``: at load, gitpack's rebuilder bound to that load's snapshot.
+
+    The rebuilder is never a global, so no pickle can name it by GLOBAL and call it
+    outside a load; the trust gate checks every argument it is given.
+    """
+
+    def __call__(self, *args):  # pickle's save_reduce requires a callable; this one only ever gets pickled
+        raise TypeError("gitpack's rebuild token is not called at save time")
+
+
+_REBUILDER = _RebuildToken()
+
+
+def _function_reduce(fn: types.FunctionType, module: types.ModuleType):
+    """A repo function that is not reachable by name: a reference to its code plus its data."""
+    closure = None
+    if fn.__closure__ is not None:
+        closure = []
+        for cell in fn.__closure__:
+            try:
+                closure.append(cell.cell_contents)
+            except ValueError:
+                closure.append(_EMPTY_CELL)
+        closure = tuple(closure)
+    code = fn.__code__
+    return (
+        _REBUILDER,
+        (module, fn.__qualname__, code.co_firstlineno, fn.__defaults__, fn.__kwdefaults__, closure, fn.__dict__ or None),
+    )
+
+
+def dump(obj: Any, module_map: ModuleMap) -> tuple[bytes, StorageCollector, list, Any]:
+    """Pickle *obj* with the C pickler (dill only when it holds interactive code); return the pickle bytes,
+    the storages and buffers to write out of band, and the pickler (what it learned about repo objects)."""
+    try:
+        return _dump(obj, module_map, GitpackPickler)
+    except _NeedsDill:
+        module_map.by_value.clear()
+        return _dump(obj, module_map, DillPickler)
+
+
+def _dump(obj: Any, module_map: ModuleMap, pickler_class: type) -> tuple[bytes, StorageCollector, list, Any]:
+    storages = StorageCollector()
+    buffers: list = []
+    out = io.BytesIO()
+    pickler = pickler_class(out, module_map, storages, buffers)
+    try:
+        pickler.dump(obj)
+    except (GitpackError, _NeedsDill):
+        raise
+    except RecursionError:
+        raise PicklingError("the object graph is too deep to pickle; raise sys.setrecursionlimit and retry") from None
+    except Exception as exc:  # pickle raises many types here
+        raise PicklingError(_explain(obj, exc)) from None
+    return out.getvalue(), storages, buffers, pickler
+
+
+def _explain(obj: Any, exc: Exception) -> str:
+    what = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"cannot pickle {type(obj).__name__}: {what}; make that attribute picklable (or drop it) before saving"
+
+

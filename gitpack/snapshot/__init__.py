@@ -1,0 +1,33 @@
+"""The working tree as a git tree, and that tree as a commit on gitpack's branch, the user's git state untouched.
+
+:func:`write_tree` takes the fast way (:mod:`.overlay`: read-only ``git status``
+and an overlay on HEAD's tree, no index written) and falls back to a private
+copy of the user's index (:mod:`.index`) where only ``git add`` can be trusted
+to get it right.  Both leave out what :mod:`.exclude` says and report it.
+:mod:`.branch` commits the tree and moves the snapshot branch.
+"""
+
+from __future__ import annotations
+
+from ..fsutil import remove_stale
+from ..git import Repo
+from ..git.objects import NeedsIndex
+from . import branch
+from .exclude import DEFAULT_SIZE_CAP
+from .index import write_via_index
+from .overlay import write_overlay
+from .tree import GIT_DIR_TEMP_PREFIX, SnapshotTree
+
+__all__ = ["DEFAULT_SIZE_CAP", "SnapshotTree", "branch", "write_tree"]
+
+
+def write_tree(repo: Repo, *, size_cap: int = DEFAULT_SIZE_CAP, exclude: set[str] = frozenset()) -> SnapshotTree:  # type: ignore[assignment]
+    """Write the working tree (tracked, modified and untracked-not-ignored) as a tree object.
+
+    The user's index is only read; temp files that crashed saves left in ``.git`` are removed first.
+    """
+    remove_stale(repo.git_dir, GIT_DIR_TEMP_PREFIX + "*")
+    try:
+        return write_overlay(repo, size_cap, exclude)
+    except NeedsIndex:
+        return write_via_index(repo, size_cap, exclude)
