@@ -33,6 +33,7 @@ from typing import Any
 from . import environment, textsafe
 from .archive import read_manifest
 from .git import Repo
+from .isolation.namespace import installed_elsewhere
 from .history import require_snapshot_commit
 from .snapshot import DEFAULT_SIZE_CAP, write_tree
 
@@ -293,30 +294,6 @@ def changed_files(repo: Repo, old: str, new: str) -> list[FileChange]:
     return out
 
 
-def _installed(name: str, repo_root: Path) -> bool:
-    """Whether ``import name`` outside the repository finds something: the standard library or an installed package.
-
-    Looked up with the path finder only: nothing is imported.
-    """
-    if name in sys.stdlib_module_names or name in sys.builtin_module_names:
-        return True
-    if not name.isidentifier():
-        return False
-    root = str(repo_root.resolve())
-    outside = []
-    for entry in sys.path:
-        try:
-            where = os.path.realpath(entry or os.getcwd())
-        except (OSError, ValueError):
-            continue
-        if where != root and not where.startswith(root + os.sep):
-            outside.append(entry)
-    try:
-        return importlib.machinery.PathFinder.find_spec(name, outside) is not None
-    except (ImportError, ValueError, OSError):
-        return False
-
-
 def _mark_shadowing(files: list[FileChange], roots: list[str], repo_root: Path) -> list[FileChange]:
     """Mark added (or renamed, copied) files of a top-level module of the snapshot named like an installed one.
 
@@ -335,7 +312,7 @@ def _mark_shadowing(files: list[FileChange], roots: list[str], repo_root: Path) 
                 top = rel.split("/", 1)[0]
                 name = top[:-3] if "/" not in rel else top
                 if name not in seen:
-                    seen[name] = _installed(name, repo_root)
+                    seen[name] = name.isidentifier() and installed_elsewhere(name)
                 if seen[name]:
                     shadows = name
                     break

@@ -87,10 +87,12 @@ def load(
         if not mmap:
             _read_storages_first(storage_loader, verdict.storages)  # every byte verified before any import
         known = {name: info.root for name, info in plan.modules.items()}
-        namespace = namespace_for(checked.source, plan.roots, known, imported=plan.imported, trusted=trust)
+        namespace = namespace_for(checked.source, plan.roots, known, trusted=trust)
         resolver = Resolver(namespace, policy, trust=trust, modules=None if trust else modules)
         if not trust:
-            verdict.check_classes(resolver.ref)  # imports only the snapshot modules the manifest records as used
+            verdict.check_sources(namespace.source_for)  # from the git tree: nothing imported yet
+            verdict.raise_if_refused(str(path))
+            verdict.check_classes(resolver.ref)  # imports the snapshot modules that define what the pickle uses
             verdict.raise_if_refused(str(path))
         return unpickle(data, resolver=resolver, storage_loader=storage_loader, buffers=buffers)
 

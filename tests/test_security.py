@@ -147,9 +147,9 @@ def corpus(marker: Path) -> dict[str, tuple[bytes, str, str | None]]:
             P4 + b"(" + _s("global") + _s("sneaky") + _s("Thing") + b"tQ)R.", "does not record as used", None),
         "a snapshot reference walking into os.system": (
             P4 + b"(" + _s("global") + _s("pkg.model") + _s("os.system") + b"tQ" + _s(cmd) + b"\x85R.",
-            "defined in the snapshot's pkg.model, which it is not", None),
+            "which the snapshot's source of pkg.model does not define", None),
         "a snapshot reference walking into a module attribute": (
-            P4 + b"(" + _s("global") + _s("pkg.model") + _s("os") + b"tQ.", "defined in the snapshot's pkg.model, which it is not", None),
+            P4 + b"(" + _s("global") + _s("pkg.model") + _s("os") + b"tQ.", "which the snapshot's source of pkg.model does not define", None),
     }
 
 

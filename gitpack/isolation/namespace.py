@@ -20,6 +20,7 @@ import sys
 import threading
 import types
 from pathlib import Path
+from typing import Callable
 
 from ..errors import GitpackError
 from .mangling import prefix_for
@@ -36,10 +37,7 @@ class SnapshotNamespace:
         self.roots = roots or [""]
         self.files = Materializer(source, cache)
         self.known = dict(known or {})  # canonical module name -> root it was found under at save time
-        # Top-level names the snapshot may take over from installed packages: the ones the saved code itself
-        # imported from the repository (a snapshot adding a root torch.py must not capture `import torch`).
-        self.shadows_ok: set[str] = {name.partition(".")[0] for name in self.known}
-        self.trusted = False  # a trusted load: any top-level name is the snapshot's if it has it
+        self.trusted = False  # a trusted load: a snapshot module may take over the name of an installed package
         self._origins: dict[str, tuple[str, str]] = {}  # private module name -> (directory in the tree, file name)
         self._tops: dict[str, str | None] = {}
         self._shadow_checked: set[str] = set()
@@ -55,25 +53,16 @@ class SnapshotNamespace:
     def root_of_top(self, top: str) -> str | None:
         """The import root holding top-level module or package *top*, or None if it is not snapshot code."""
         with self._lock:
-            if top in self._tops:
-                return self._tops[top]
-            found = None
-            preferred = [r for n, r in self.known.items() if n.partition(".")[0] == top]
-            for root in preferred + [r for r in self.roots if r not in preferred]:
-                listing = self.files.names(root)
-                if listing is None:
-                    continue
-                if top + ".py" in listing["files"]:
-                    found = root
-                    break
-                if top in listing["dirs"]:
-                    sub = self.files.names(_join(root, top))
-                    namespace_known = any(n.partition(".")[0] == top for n in self.known)
-                    if sub and ("__init__.py" in sub["files"] or namespace_known or any(f.endswith(".py") for f in sub["files"])):
-                        found = root
-                        break
-            self._tops[top] = found
-            return found
+            return _root_of_top(self.files.names, self.roots, self.known, top, self._tops)
+
+    def source_for(self, name: str) -> bytes | None:
+        """The source of snapshot module *name* (canonical, unprefixed) as the import would find it, from the
+        git tree, without importing or materialising anything; None when there is no such module."""
+        found = locate(self.files.names, self.roots, self.known, name, self._tops)
+        if found is None:
+            return None
+        entry = (self.files.source.list_dir(found[0]) or {}).get(found[1])
+        return self.files.source.read(entry[1]) if entry is not None and entry[0] == "blob" else None
 
     def owns(self, name: str) -> bool:
         return self.root_of_top(name.partition(".")[0]) is not None
@@ -107,15 +96,14 @@ class SnapshotNamespace:
     def _check_shadowing(self, top: str) -> None:
         """Refuse a snapshot top-level module that would capture imports of an installed package of that name,
         unless the saved code itself imported it from the repository (or the load is trusted)."""
-        if top in self._shadow_checked or self.trusted or top in self.shadows_ok:
+        if top in self._shadow_checked or self.trusted:
             return
-        if _installed(top):
+        if installed_elsewhere(top):
             from ..errors import PolicyError
 
             raise PolicyError(
-                f"snapshot {self.key[:12]} has a top-level {top!r} that would shadow the installed package {top!r} "
-                "(the saved code did not import it from the repository); review the snapshot (`gitpack diff`) and "
-                "load with --trust only if you trust it"
+                f"snapshot {self.key[:12]} has a top-level {top!r} that would shadow the installed package {top!r}; "
+                "review the snapshot (`gitpack diff`) and load with --trust only if you trust it"
             )
         self._shadow_checked.add(top)
 
@@ -166,6 +154,69 @@ class SnapshotNamespace:
         return None
 
 
+def locate(names: Callable[[str], dict | None], roots: list[str], known: dict[str, str], name: str,
+           tops: dict[str, str | None] | None = None) -> tuple[str, str] | None:
+    """Where snapshot module *name* lives, as the import system will find it: ``(directory, file)``, or None.
+
+    *names* lists a directory of the tree (``{"files": [...], "dirs": [...]}``); nothing is imported or
+    written.  The load's import (:meth:`SnapshotNamespace.find_spec`) and the gate's source checks use
+    this one function, so what is checked is what gets imported.
+    """
+    parts = name.split(".")
+    root = _root_of_top(names, roots, known, parts[0], tops)
+    if root is None:
+        return None
+    directory = root
+    for part in parts[:-1]:
+        directory = _join(directory, part)
+    listing = names(directory)
+    if listing is None:
+        return None
+    last = parts[-1]
+    if last in listing["dirs"]:
+        sub = names(_join(directory, last)) or {"files": []}
+        return (_join(directory, last), "__init__.py") if "__init__.py" in sub["files"] else None
+    if last + ".py" in listing["files"]:
+        return directory, last + ".py"
+    return None
+
+
+def _root_of_top(names: Callable[[str], dict | None], roots: list[str], known: dict[str, str], top: str,
+                 tops: dict[str, str | None] | None) -> str | None:
+    if tops is not None and top in tops:
+        return tops[top]
+    found = None
+    preferred = [r for n, r in known.items() if n.partition(".")[0] == top]
+    for root in preferred + [r for r in roots if r not in preferred]:
+        listing = names(root)
+        if listing is None:
+            continue
+        if top + ".py" in listing["files"]:
+            found = root
+            break
+        if top in listing["dirs"]:
+            sub = names(_join(root, top))
+            namespace_known = any(n.partition(".")[0] == top for n in known)
+            if sub and ("__init__.py" in sub["files"] or namespace_known or any(f.endswith(".py") for f in sub["files"])):
+                found = root
+                break
+    if tops is not None:
+        tops[top] = found
+    return found
+
+
+def tree_names(source: SourceTree) -> Callable[[str], dict | None]:
+    """A :func:`locate` lister reading *source* directly (git reads only: for ``scan``, which writes nothing)."""
+    def names(rel: str) -> dict | None:
+        entries = source.list_dir(rel)
+        if entries is None:
+            return None
+        return {"files": sorted(n for n, (k, _) in entries.items() if k != "tree"),
+                "dirs": sorted(n for n, (k, _) in entries.items() if k == "tree")}
+
+    return names
+
+
 def _join(a: str, b: str) -> str:
     return f"{a}/{b}" if a else b
 
@@ -204,11 +255,10 @@ _registry_lock = threading.Lock()
 
 
 def namespace_for(source: SourceTree, roots: list[str], known: dict[str, str] | None = None, *,
-                  imported: list[str] | None = None, trusted: bool = False) -> SnapshotNamespace:
+                  trusted: bool = False) -> SnapshotNamespace:
     """The namespace of *source*'s tree, created once per process and reused.
 
-    *imported*: top-level repo modules the saved code imported (may shadow installed packages);
-    *trusted*: the caller trusts this tree's code (then any snapshot name may shadow)."""
+    *trusted*: the caller trusts this tree's code (then a snapshot module may shadow an installed package)."""
     with _registry_lock:
         if _finder not in sys.meta_path:
             sys.meta_path.insert(0, _finder)
@@ -220,39 +270,65 @@ def namespace_for(source: SourceTree, roots: list[str], known: dict[str, str] | 
         else:
             for name, root in (known or {}).items():
                 ns.known.setdefault(name, root)
-                ns.shadows_ok.add(name.partition(".")[0])
             for root in roots:
                 if root not in ns.roots:
                     ns.roots.append(root)
-        ns.shadows_ok.update(imported or ())
         ns.trusted = ns.trusted or trusted
         return ns
 
 
-def shadowing(source: SourceTree, roots: list[str], allowed: set[str]) -> list[str]:
-    """Top-level modules and packages of *source* (under its import *roots*) that would shadow an installed
-    package of the same name and are not in *allowed*: what a load refuses when snapshot code imports them."""
+def shadowing(source: SourceTree, roots: list[str]) -> list[str]:
+    """Top-level modules and packages of *source* (under its import *roots*) that would shadow a package
+    installed from elsewhere: what a load refuses (without ``--trust``) when snapshot code imports them."""
     found = []
     for root in roots or [""]:
         listing = source.list_dir(root) or {}
         for name, (kind, _) in listing.items():
             top = name[:-3] if kind != "tree" and name.endswith(".py") else name if kind == "tree" else None
-            if top and top.isidentifier() and top not in allowed and top not in found and _installed(top):
+            if top and top.isidentifier() and top not in found and installed_elsewhere(top):
                 found.append(top)
     return sorted(found)
 
 
-def _installed(top: str) -> bool:
-    """Whether *top* is a built-in module or one installed in the standard library or site-packages."""
-    if top in sys.builtin_module_names:
+def installed_elsewhere(top: str) -> bool:
+    """Whether *top* is a built-in or standard-library module, or a package installed from somewhere other than
+    a local project directory (PyPI, a wheel).
+
+    Derived from this environment, never from the archive: a snapshot's ``torch.py`` must not capture
+    ``import torch`` whatever its manifest claims.  The user's own project installed with ``pip install .``
+    (its ``direct_url.json`` names a local directory) is not "elsewhere": its snapshot copy may stand in.
+    """
+    if top in sys.builtin_module_names or top in getattr(sys, "stdlib_module_names", ()):
         return True
     from ..capturing.records import library_dirs
 
     dirs = library_dirs()
     paths = [p for p in sys.path if p and (os.path.realpath(p).rstrip(os.sep) + os.sep).startswith(dirs)]
     try:
-        return importlib.machinery.PathFinder.find_spec(top, paths) is not None
+        if importlib.machinery.PathFinder.find_spec(top, paths) is None:
+            return False
     except (ImportError, ValueError):
         return False
+    return not _from_local_directory(top)
 
 
+_local_cache: dict[str, bool] = {}
+
+
+def _from_local_directory(top: str) -> bool:
+    """Whether every distribution providing *top* was installed from a local directory (PEP 610)."""
+    if top not in _local_cache:
+        import json
+        from importlib import metadata
+
+        dists = metadata.packages_distributions().get(top, [])
+        local = bool(dists)
+        for dist in dists:
+            try:
+                info = json.loads(metadata.distribution(dist).read_text("direct_url.json") or "{}")
+            except (ValueError, metadata.PackageNotFoundError):
+                info = {}
+            url = info.get("url", "") if isinstance(info, dict) else ""
+            local = local and isinstance(info, dict) and ("dir_info" in info or url.startswith("file:"))
+        _local_cache[top] = local
+    return _local_cache[top]

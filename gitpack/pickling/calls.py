@@ -14,10 +14,11 @@ manifest records.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 from . import columns
-from .policy import CLASS, RECONSTRUCTOR, TRUSTED, VALUE, VALUE_TYPE
+from .policy import CLASS, RECONSTRUCTOR, TORCH_DTYPE_SIZES, TRUSTED, VALUE, VALUE_TYPE
 from .standins import Buffer, Deferred, Made, Ref, made_of, ref_of
 from .verdicts import (
     CONTAINERS,
@@ -26,7 +27,10 @@ from .verdicts import (
     SAFE_DTYPE,
     TENSOR_RECONSTRUCTORS,
     Verdict,
+    LOCATION,
     callable_value,
+    dtype_itemsize,
+    tensor_fits,
     is_dunder,
     is_shape,
     is_storage_ref,
@@ -35,7 +39,7 @@ from .verdicts import (
     refuse,
     safe_dtype,
     short,
-    state_keys,
+    state_items,
 )
 
 
@@ -59,17 +63,21 @@ def persistent_ref(pid: Any, modules: frozenset[str] | None) -> tuple[Ref, str |
     if kind == "storage" and len(rest) == 4:
         dtype, key, location, numel = rest
         ref = Ref("storage", name=str(key)[:40], parts=pid)
-        if not (isinstance(dtype, str) and isinstance(key, str) and isinstance(location, str)
-                and type(numel) is int and numel >= 0):
+        if not (dtype in TORCH_DTYPE_SIZES and isinstance(key, str) and isinstance(location, str)
+                and LOCATION.fullmatch(location) and type(numel) is int and numel >= 0):
             return ref, f"malformed tensor storage reference {short(repr(pid))}"
         return ref, None
     if kind == "tensor" and len(rest) == 9:
         dtype, key, location, numel, offset, size, stride, requires_grad, what = rest
         ref = Ref("tensor", name=str(key)[:40], parts=pid)
-        if not (isinstance(dtype, str) and isinstance(key, str) and isinstance(location, str) and type(numel) is int
-                and numel >= 0 and type(offset) is int and offset >= 0 and is_shape(size) and is_shape(stride)
-                and len(size) == len(stride) and type(requires_grad) is bool and what in ("tensor", "parameter")):
+        if not (dtype in TORCH_DTYPE_SIZES and isinstance(key, str) and isinstance(location, str)
+                and LOCATION.fullmatch(location) and type(numel) is int and numel >= 0 and type(offset) is int
+                and offset >= 0 and type(size) is tuple and type(stride) is tuple and is_shape(size)
+                and is_shape(stride) and len(size) == len(stride) and type(requires_grad) is bool
+                and what in ("tensor", "parameter")):
             return ref, f"malformed tensor reference {short(repr(pid))}"
+        if not tensor_fits(numel, dtype, offset, size, stride, dtype):
+            return ref, "a tensor reference with a view beyond its storage (torch would grow the storage)"
         return ref, None
     if kind == columns.KIND:
         ref = Ref("columns", name=str(pid[1])[:20] if len(pid) > 1 else "?", parts=())
@@ -104,9 +112,12 @@ def check_call(trace: Any, made: Made) -> Verdict:
             rule = _VALUE_TYPES.get(key, _plain_args)
             return rule(made) if not kwargs else refuse(f"{short(callee.dotted)} called with keyword arguments")
         if category == CLASS:
+            if made.how == "call":  # runs __init__ with its defaults: nn.Transformer() is 180 MB from 83 bytes
+                return refuse(f"calls {short(callee.dotted)} (a library class is only ever built empty with "
+                              "NEWOBJ, then given its state; calling it runs its __init__)")
             if args or kwargs:
-                return refuse(f"{'constructs' if made.how == 'new' else 'calls'} {short(callee.dotted)} with arguments "
-                           "(a library class is only ever built empty, then given its state)")
+                return refuse(f"constructs {short(callee.dotted)} with arguments (a library class is only ever built "
+                              "empty, then given its state)")
             return Verdict()
         return refuse(f"calls {short(callee.dotted)}, which may only appear as a value")
     if callee.kind == "class":
@@ -176,8 +187,8 @@ def _ints(made: Made) -> Verdict:
 def _defaultdict(made: Made) -> Verdict:
     factory = made.args[0] if made.args else None
     ref = ref_of(factory)
-    if factory is not None and not (ref is not None and ref.kind in ("global", "result")
-                                    and ref.category in (VALUE_TYPE, CLASS)):
+    if factory is not None and not (ref is not None and ref.kind in ("global", "result") and ref.category == VALUE_TYPE
+                                    and ref.module in ("builtins", "collections")):
         return refuse("collections.defaultdict with a default factory that is not a plain type")
     if len(made.args) > 2 or (len(made.args) == 2 and type(made.args[1]) not in CONTAINERS):
         return refuse("collections.defaultdict called with something other than a factory and a container")
@@ -236,6 +247,21 @@ def _torch_device(made: Made) -> Verdict:
     return refuse("torch.device of something other than a device name and an index")
 
 
+_RATIONAL = re.compile(r"\s*[-+]?\d{1,1000}(/\d{1,1000})?\s*")
+_BIG = 1 << 4096
+
+
+def _fraction(made: Made) -> Verdict:
+    """``Fraction('3/4')`` or ``Fraction(3, 4)`` with modest numbers: ``Fraction('1e1000000000')`` computes
+    ``10**1e9`` (a hang), and huge ints make its gcd quadratic."""
+    a = made.args
+    if len(a) == 1 and type(a[0]) is str and _RATIONAL.fullmatch(a[0]):
+        return Verdict()
+    if 1 <= len(a) <= 2 and all(type(x) is int and -_BIG < x < _BIG for x in a):
+        return Verdict()
+    return refuse("fractions.Fraction of something other than a plain ratio of modest integers")
+
+
 def _numpy_dtype(made: Made) -> Verdict:
     code = made.args[0] if made.args else None
     if not (isinstance(code, str) and SAFE_DTYPE.match(code)) or not all(type(a) is bool for a in made.args[1:3]) \
@@ -261,7 +287,7 @@ _VALUE_TYPES: dict[tuple[str, str], Callable[[Made], Verdict]] = {
     **{("datetime", n): _datetime for n in ("date", "datetime", "time")},
     ("datetime", "timedelta"): _number,
     ("decimal", "Decimal"): _plain_args,
-    ("fractions", "Fraction"): _plain_args,
+    ("fractions", "Fraction"): _fraction,
     ("torch", "Size"): _torch_size,
     ("torch", "device"): _torch_device,
     ("numpy", "dtype"): _numpy_dtype,
@@ -293,8 +319,13 @@ def _rebuild_tensor(trace: Any, made: Made) -> Verdict:
         return refuse(f"torch._utils.{name} with {len(a)} arguments")
     if not is_storage_ref(a[0]):
         return refuse(f"torch._utils.{name} of something that is not one of the archive's tensor storages")
-    if not (type(a[1]) is int and a[1] >= 0 and is_shape(a[2]) and is_shape(a[3])):
+    if not (type(a[1]) is int and a[1] >= 0 and type(a[2]) is tuple and type(a[3]) is tuple and is_shape(a[2])
+            and is_shape(a[3]) and len(a[2]) == len(a[3])):
         return refuse(f"torch._utils.{name} with a malformed offset, size or stride")
+    storage = ref_of(a[0]).parts  # ('storage', dtype, key, location, numel)
+    tensor_dtype = ref_of(a[6]).name if wanted == 7 and ref_of(a[6]) is not None else storage[1]
+    if not tensor_fits(storage[4], storage[1], a[1], a[2], a[3], tensor_dtype):
+        return refuse(f"torch._utils.{name} with a view beyond its storage (torch would grow the storage)")
     if wanted >= 6:
         if type(a[4]) is not bool or not _empty_hooks(a[5]):
             return refuse(f"torch._utils.{name} with backward hooks (they would run code during backward) or a "
@@ -322,10 +353,10 @@ def _rebuild_parameter(trace: Any, made: Made) -> Verdict:
         return refuse(f"torch._utils.{made.callee.name} of something other than a tensor, or with backward hooks")
     verdict = Verdict(kind="tensor")
     if with_state:
-        keys = state_keys(a[3])
-        if keys is None:
+        items = state_items(a[3])
+        if items is None:
             return refuse("torch._utils._rebuild_parameter_with_state with state that is not attribute data")
-        verdict.deferred.append(Deferred("state", Ref("global", "torch.nn.parameter", "Parameter", CLASS), keys))
+        verdict.deferred.append(Deferred("state", Ref("global", "torch.nn.parameter", "Parameter", CLASS), items))
     return verdict
 
 
@@ -343,7 +374,7 @@ def _rebuild_from_type(trace: Any, made: Made) -> Verdict:
     if verdict.problem:
         return verdict
     type_ref = ref_of(new_type)
-    keys = state_keys(state) if state is not None else ()
+    keys = state_items(state) if state is not None else ()
     if type_ref is None or keys is None:
         return refuse("torch._tensor._rebuild_from_type_v2 with a type that is not a class, or state that is not "
                    "attribute data")
@@ -391,10 +422,14 @@ def _np_frombuffer(trace: Any, made: Made) -> Verdict:
 
 
 def _np_scalar(trace: Any, made: Made) -> Verdict:
+    """``scalar(dtype, bytes)``: exactly one item's bytes (without them numpy allocates the dtype's item size,
+    which the pickle sets)."""
     a = made.args
-    if made.kwargs or not 1 <= len(a) <= 2 or not safe_dtype(a[0]) or (len(a) == 2 and type(a[1]) is not bytes):
+    if made.kwargs or len(a) != 2 or not safe_dtype(a[0]) or type(a[1]) is not bytes:
         return refuse("numpy scalar with a dtype that is not plain data (an object scalar reads a pointer from the "
-                   "pickle)")
+                      "pickle) or without its bytes")
+    if dtype_itemsize(a[0]) != len(a[1]):
+        return refuse("numpy scalar whose bytes are not one item of its dtype")
     return Verdict(kind="value")
 
 

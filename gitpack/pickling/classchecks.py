@@ -41,11 +41,51 @@ def check_deferred(item: Deferred, obj: Any) -> str | None:
     if item.what == "custom-state":
         return None if _declares(obj, "__setstate__") else f"state of {name} that is not plain attribute data"
     if item.what == "state":
-        for key in item.detail or ():
-            if shadows_method(obj, key):
-                return f"state key {short(key)!r} of {name} would replace its method or property {short(key)!r}"
-        return None
+        return state_problem(obj, name, item.detail or ())
     return f"unknown check {item.what} on {name}"
+
+
+def state_problem(cls: type, name: str, items: tuple[tuple[str, str], ...]) -> str | None:
+    """What is wrong with giving an instance of *cls* these ``(key, value kind)`` attributes, if anything."""
+    for key, kind in items:
+        slot = kind.startswith("slot-")
+        kind = kind.removeprefix("slot-")
+        if shadows_method(cls, key):
+            return f"state key {short(key)!r} of {name} would replace its method or property {short(key)!r}"
+        if slot and not _is_python_slot(cls, key):
+            return f"slot state on {name} names {short(key)!r}, which is not one of its slots"
+        if kind == "callable" and _library_declares_data(cls, key):
+            return (f"state key {short(key)!r} of {name} would put a callable where the library declares a value "
+                    "(the library may call it)")
+    if _is_rnn(cls) and ("_all_weights", "str-lists") not in items:
+        return f"state of {name} without its weight names (_all_weights as lists of str): torch would rebuild them in a loop"
+    return None
+
+
+def _is_python_slot(cls: type, key: str) -> bool:
+    """A slot declared by a class written in Python (``__slots__``), not a C type's member (a defaultdict's
+    ``default_factory``, which runs on every missing key)."""
+    for klass in cls.__mro__:
+        attr = vars(klass).get(key)
+        if attr is not None:
+            return isinstance(attr, types.MemberDescriptorType) and bool(klass.__flags__ & _HEAPTYPE)
+    return False
+
+
+def _library_declares_data(cls: type, key: str) -> bool:
+    """Whether a library class (not snapshot code) of *cls* declares *key* at class level as a plain value:
+    ``nn.Module._compiled_call_impl = None`` is data that ``Module.__call__`` calls once it is set."""
+    for klass in cls.__mro__:
+        if key in vars(klass):
+            return not klass.__module__.startswith("__gitpack_") and not callable(vars(klass)[key])
+    return False
+
+
+def _is_rnn(cls: type) -> bool:
+    return any(k.__module__ == "torch.nn.modules.rnn" and k.__qualname__ == "RNNBase" for k in cls.__mro__)
+
+
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: the class was written in Python
 
 
 def check_deferred_source(item: Deferred, found: Any, library: Callable[[str], Any] | None = None) -> str | None:
@@ -79,15 +119,16 @@ def check_deferred_source(item: Deferred, found: Any, library: Callable[[str], A
     if item.what == "custom-state":
         return None if found.declares("__setstate__") else f"state of {name} that is not plain attribute data"
     if item.what == "state":
-        for key in item.detail or ():
+        for key, _ in item.detail or ():
             if found.declares(key):
                 return f"state key {short(key)!r} of {name} would replace its method or property {short(key)!r}"
         bases = [library(b) for b in found.all_imported_bases()] if library is not None else [None]
         if any(not isinstance(b, type) for b in bases):
             return "pending"  # a base only the imported class can show: load checks it
-        for key in item.detail or ():
-            if any(shadows_method(b, key) for b in bases):
-                return f"state key {short(key)!r} of {name} would replace its method or property {short(key)!r}"
+        for base in bases:
+            problem = state_problem(base, name, item.detail or ())
+            if problem:
+                return problem
         return None
     return "pending"
 
@@ -127,7 +168,7 @@ def shadows_method(cls: type, key: str) -> bool:
             continue
         attr = vars(klass)[key]
         if isinstance(attr, types.MemberDescriptorType):
-            return False  # a slot: state is exactly what it is for
+            return False  # a slot: state is what it is for (slot state on a C type's member is refused apart)
         if isinstance(attr, (staticmethod, classmethod, property, types.MethodDescriptorType,
                              types.WrapperDescriptorType, types.GetSetDescriptorType)):
             return True

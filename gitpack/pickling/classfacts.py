@@ -22,7 +22,7 @@ _TUPLE_BASES = {"NamedTuple", "tuple", "namedtuple"}
 class Facts:
     """One top-level or nested definition: a class (with what its body defines) or a function."""
 
-    kind: str  # "class" or "function"
+    kind: str  # "class", "function", or "assigned" (a module-level name bound by an assignment: a namedtuple...)
     methods: frozenset[str] = frozenset()  # functions, properties and other decorated defs in the class body
     bases: tuple[str, ...] = ()  # base classes as written (dotted names; calls such as namedtuple(...) by name)
     local_bases: tuple["Facts", ...] = field(default=())  # bases defined in the same module
@@ -73,7 +73,7 @@ def _find(body: list[ast.stmt], parts: list[str], module_body: list[ast.stmt], a
     if not parts or depth > 20:
         return None
     name, rest = parts[0], parts[1:]
-    for node in reversed(body):  # the last definition of a name wins, as at run time
+    for node in reversed(_statements(body)):  # the last definition of a name wins, as at run time
         if isinstance(node, ast.ClassDef) and node.name == name:
             if rest:
                 return _find(node.body, rest, module_body, aliases, depth + 1)
@@ -82,12 +82,33 @@ def _find(body: list[ast.stmt], parts: list[str], module_body: list[ast.stmt], a
             if rest and rest[0] == "<locals>":
                 return None  # defined inside a function: only running it could say
             return Facts("function") if not rest else None
+        if not rest and isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                return Facts("assigned")
     return None
+
+
+def _statements(body: list[ast.stmt]) -> list[ast.stmt]:
+    """*body*'s statements, with those inside ``if``/``try``/``with`` blocks (``try: ... except ImportError:``
+    fallbacks, ``if TYPE_CHECKING:``) in order; never inside functions or classes."""
+    out: list[ast.stmt] = []
+    for node in body:
+        if isinstance(node, ast.If):
+            out += _statements(node.body) + _statements(node.orelse)
+        elif isinstance(node, ast.Try):
+            out += _statements(node.body) + [s for h in node.handlers for s in _statements(h.body)]
+            out += _statements(node.orelse) + _statements(node.finalbody)
+        elif isinstance(node, (ast.With, ast.AsyncWith)):
+            out += _statements(node.body)
+        else:
+            out.append(node)
+    return out
 
 
 def _class_facts(node: ast.ClassDef, module_body: list[ast.stmt], aliases: dict[str, str], depth: int) -> Facts:
     methods = set()
-    for item in node.body:
+    for item in _statements(node.body):
         if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
             methods.add(item.name)
         elif isinstance(item, ast.Assign):

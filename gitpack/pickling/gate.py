@@ -41,6 +41,8 @@ from .standins import (
 )
 
 MAX_NESTING = 3  # pickles inside bytes arguments of refused calls, scanned for the report only
+NESTED_BUDGET = 8 << 20  # bytes of nested pickles one trace scans, all depths together
+MAX_NESTED = 16  # nested pickles one trace scans
 MAX_SHOWN = 6  # refusals named in one error line
 _BY_VALUE_CODE = ("dill._dill", "_create_code")  # bytecode carried in the pickle (only --trust loads it)
 
@@ -64,6 +66,7 @@ class Trace:
     opcodes: int = 0
     _seq: int = 0
     _stand_ins: dict = field(default_factory=dict)
+    _budget: list | None = None  # what is left for nested pickles: [bytes, count, ids seen], shared by all depths
 
     # ---------------------------------------------------------------- results
     @property
@@ -213,10 +216,65 @@ class Trace:
         self.deferred.extend(verdict.deferred)
 
     def _scan_nested(self, args: tuple) -> None:
+        """Dry-run pickles passed as bytes to a refused call (the payload of a ``pickle.loads`` gadget), for the
+        report: each distinct object once, within a budget shared by all depths (the gate must not be the DoS)."""
+        budget = self._budget if self._budget is not None else [NESTED_BUDGET, MAX_NESTED, set()]
         for value in args:
-            if isinstance(value, (bytes, bytearray)) and _looks_like_pickle(value):
-                inner = Trace(self.policy, self.modules, depth=self.depth + 1).run(bytes(value))
-                self.nested.append(inner)
+            if not (isinstance(value, (bytes, bytearray)) and _looks_like_pickle(value)) or id(value) in budget[2]:
+                continue
+            budget[2].add(id(value))
+            if len(value) > budget[0] or budget[1] <= 0:
+                self.violations.append("nested pickles beyond what the gate scans (refused unscanned)")
+                return
+            budget[0] -= len(value)
+            budget[1] -= 1
+            inner = Trace(self.policy, self.modules, depth=self.depth + 1, _budget=budget)
+            self.nested.append(inner.run(bytes(value)))
+        self._budget = budget
+
+    # ---------------------------------------------------------------- the checks that read the snapshot's source
+    def check_sources(self, source_for: Callable[[str], bytes | None]) -> None:
+        """Check every snapshot reference against the source of the module it names, before anything is imported.
+
+        *source_for* gives a snapshot module's source as the import would find it (None: no such module).  A
+        class or function must be defined there (and be what the reference says); a module may be referenced
+        only when the pickle also uses something defined in it: a reference to a module alone would only run
+        its top level (a data-preparation script imported as a gadget).  The manifest's module list, which a
+        pushed commit can widen, is not what decides this.
+        """
+        from .classfacts import facts
+
+        sources: dict[str, bytes | None] = {}
+        defined_in: set[str] = set()
+
+        def source(module: str) -> bytes | None:
+            if module not in sources:
+                sources[module] = source_for(module)
+            return sources[module]
+
+        for ref in self.refs:
+            if ref.kind not in ("class", "function", "legacy") or ref.module is None or ref.name is None:
+                continue
+            code = source(ref.module)
+            found = facts(code, ref.name) if code is not None else None
+            if found is None:
+                self.violations.append(f"{_short(ref.dotted)}, which the snapshot's source of {_short(ref.module)} does "
+                                       "not define (refusing to import it)")
+            elif {"class": "function", "function": "class"}.get(ref.kind) == found.kind:
+                self.violations.append(f"{_short(ref.dotted)} named as a {ref.kind} but defined as a {found.kind}")
+            else:
+                defined_in.add(ref.module)
+        for module, qualname, _ in self.functions:
+            code = source(module)
+            if code is None or facts(code, qualname.split(".")[0]) is None:
+                self.violations.append(f"a function rebuilt from {_short(module)}:{_short(qualname)}, which the "
+                                       "snapshot's source does not define")
+            else:
+                defined_in.add(module)
+        for ref in self.refs:
+            if ref.kind == "module" and ref.module not in defined_in:
+                self.violations.append(f"a reference to snapshot module {_short(ref.module or '?')} while the pickle "
+                                       "uses nothing defined in it (importing it would only run its top level)")
 
     # ---------------------------------------------------------------- the checks that need classes
     def check_classes(self, resolve: Callable[[Ref], Any]) -> None:
@@ -267,7 +325,10 @@ def _unique(items: list[str]) -> list[str]:
 def _unique_deferred(items: list[Deferred]) -> list[Deferred]:
     seen, out = set(), []
     for item in items:
-        key = (item.what, item.ref, repr(item.detail)[:200])
+        try:
+            key = hash((item.what, item.ref, item.detail)) and (item.what, item.ref, item.detail)
+        except TypeError:
+            key = (item.what, item.ref, repr(item.detail))
         if key not in seen:
             seen.add(key)
             out.append(item)

@@ -38,8 +38,11 @@ def _tensor(real: Callable, name: str) -> Callable:
 
     def guarded(storage, offset, size, stride, *rest):
         if not isinstance(storage, torch.storage.TypedStorage) or type(offset) is not int or offset < 0 \
-                or not _shape(size) or not _shape(stride):
+                or not _shape(size) or not _shape(stride) or len(size) != len(stride):
             raise _refuse(f"torch._utils.{name} with malformed arguments")
+        dtype = rest[2] if name == "_rebuild_tensor_v3" and len(rest) > 2 else storage.dtype
+        if not view_fits(storage.nbytes(), offset, size, stride, dtype.itemsize):
+            raise _refuse(f"torch._utils.{name} with a view beyond its storage")
         if rest and (type(rest[0]) is not bool or (len(rest) > 1 and not _no_hooks(rest[1]))):
             raise _refuse(f"torch._utils.{name} with backward hooks")
         return real(storage, offset, size, stride, *rest)
@@ -72,10 +75,23 @@ def _check_state_keys(cls: type, state: Any, where: str) -> None:
                 raise _refuse(f"{where} with state key {str(key)[:60]!r}, which would replace behaviour of {cls.__name__}")
 
 
-def _numpy_dtype_ok(dtype: Any) -> bool:
+def _numpy_dtype_ok(dtype: Any, depth: int = 0) -> bool:
+    """No objects, and sizes that add up: sub-arrays and fields inside the item (numpy trusts them)."""
     import numpy
 
-    return isinstance(dtype, numpy.dtype) and not dtype.hasobject and dtype.kind != "O"
+    if not isinstance(dtype, numpy.dtype) or dtype.hasobject or dtype.kind == "O" or depth > 32:
+        return False
+    if dtype.subdtype is not None:
+        base, shape = dtype.subdtype
+        count = 1
+        for d in shape:
+            count *= d
+        if base.itemsize * count != dtype.itemsize or not _numpy_dtype_ok(base, depth + 1):
+            return False
+    for field in (dtype.fields or {}).values():
+        if field[1] < 0 or field[1] + field[0].itemsize > dtype.itemsize or not _numpy_dtype_ok(field[0], depth + 1):
+            return False
+    return True
 
 
 def _np(real: Callable, name: str) -> Callable:
@@ -104,6 +120,21 @@ def _from_type(real: Callable, name: str) -> Callable:
     return guarded
 
 
+def view_fits(nbytes: int, offset: int, size, stride, itemsize: int) -> bool:
+    """Whether a strided view lies inside *nbytes* of storage (else torch's ``set_`` grows the storage)."""
+    extent = 0 if any(d == 0 for d in size) else 1 + sum((d - 1) * s for d, s in zip(size, stride))
+    return (offset + extent) * itemsize <= nbytes
+
+
+def _from_numpy(real: Callable, name: str) -> Callable:
+    def guarded(data, *rest):
+        if not _numpy_dtype_ok(getattr(data, "dtype", None)):
+            raise _refuse(f"torch._utils.{name} of an array whose dtype is not plain data")
+        return real(data, *rest)
+
+    return guarded
+
+
 def _reconstructor(real: Callable, name: str) -> Callable:
     def guarded(cls, base, state):
         if not isinstance(cls, type) or base not in (object, list, dict, set, tuple) or not issubclass(cls, base):
@@ -119,6 +150,7 @@ _GUARDS: dict[tuple[str, str], Callable[[Callable, str], Callable]] = {
     ("torch._utils", "_rebuild_parameter"): _parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _parameter,
     ("torch._tensor", "_rebuild_from_type_v2"): _from_type,
+    ("torch._utils", "_rebuild_device_tensor_from_numpy"): _from_numpy,
     **{(m + ".multiarray", "_reconstruct"): _np for m in ("numpy.core", "numpy._core")},
     **{(m + ".multiarray", "scalar"): _np for m in ("numpy.core", "numpy._core")},
     **{(m + ".numeric", "_frombuffer"): _np for m in ("numpy.core", "numpy._core")},

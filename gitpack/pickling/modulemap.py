@@ -59,8 +59,8 @@ class ModuleMap:
     def imported_tops(self) -> list[str]:
         """Top-level names of every module imported from this repository so far (``__main__`` as its file's stem).
 
-        A load lets exactly these (and the modules the object uses) take over an import of an installed package
-        of the same name: the saved code itself imported them from the repository.
+        Recorded in the manifest (``imported``) for people; a load never takes it as permission to shadow an
+        installed package (see :func:`gitpack.isolation.namespace.installed_elsewhere`).
         """
         root = str(self.repo_root) + os.sep
         tops = set()

@@ -12,6 +12,13 @@ argument lengths (no stack, no values), refuses first:
   in order, so no honest pickle ever does that);
 * anything after ``STOP``, unknown opcodes, arguments running past the end.
 
+It also bounds the integers outside 32 bits (``LONG1``, ``LONG4``, text
+``INT``/``LONG``) to :data:`MAX_BIG_INTS`: CPython hashes ints without a
+secret, so 60,000 multiples of ``2**61 - 1`` all hash to 0 and make a set or
+dict of them quadratic (a 720 KB pickle took 21 s in the dry run alone).
+Honest pickles hold few (gitpack's own pickles pack long number lists into
+one constant).
+
 It also names the opcodes gitpack's pickles never contain and that only widen
 the attack surface (``INST``/``OBJ``: protocol 0/1 class calls, ``PERSID``:
 text persistent ids, ``EXT1/2/4``: the copyreg extension registry).  Those are
@@ -44,6 +51,8 @@ _REFUSED = {ord("i"): "INST", ord("o"): "OBJ", ord("P"): "PERSID", 0x82: "EXT1",
 _MEMO_WRITE = {ord("p"), ord("q"), ord("r")}  # PUT, BINPUT, LONG_BINPUT
 _MEMOIZE = 0x94
 _STOP = ord(".")
+_BIG_INTS = {ord("I"), ord("L"), 0x8A, 0x8B}  # INT, LONG, LONG1, LONG4: ints beyond BININT's 32 bits
+MAX_BIG_INTS = 10_000
 
 
 class OpcodeError(ValueError):
@@ -63,6 +72,7 @@ def check(data: bytes | bytearray | memoryview) -> tuple[int, list[str]]:
     pos = 0
     count = 0
     memo_writes = 0
+    big_ints = 0
     unwanted: list[str] = []
     while pos < end:
         op = data[pos]
@@ -99,6 +109,11 @@ def check(data: bytes | bytearray | memoryview) -> tuple[int, list[str]]:
             raise OpcodeError(f"argument runs past the end at byte {start}")
         if op in _REFUSED:
             unwanted.append(f"{_REFUSED[op]} at byte {start}")
+        if op in _BIG_INTS:
+            big_ints += 1
+            if big_ints > MAX_BIG_INTS:
+                raise OpcodeError(f"more than {MAX_BIG_INTS} integers outside 32 bits (at byte {start}): a hash-collision "
+                                  "flood would make the unpickler quadratic")
         if op == _MEMOIZE:
             memo_writes += 1
         elif op in _MEMO_WRITE:

@@ -19,6 +19,13 @@ from ..errors import PolicyError
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+# Every torch dtype name a storage or tensor may have, with its item size in bytes (read without importing torch).
+TORCH_DTYPE_SIZES: dict[str, int] = {
+    "float16": 2, "float32": 4, "float64": 8, "bfloat16": 2, "complex32": 4, "complex64": 8, "complex128": 16,
+    "uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8, "int8": 1, "int16": 2, "int32": 4, "int64": 8, "bool": 1,
+    "qint8": 1, "quint8": 1, "qint32": 4, "quint4x2": 1, "float8_e4m3fn": 1, "float8_e5m2": 1,
+    "float8_e4m3fnuz": 1, "float8_e5m2fnuz": 1,
+}
 _TORCH_DTYPES = (
     "float16 float32 float64 bfloat16 complex32 complex64 complex128 uint8 uint16 uint32 uint64 int8 int16 int32 int64 "
     "bool qint8 quint8 qint32 quint4x2 float8_e4m3fn float8_e5m2 float8_e4m3fnuz float8_e5m2fnuz half float double "

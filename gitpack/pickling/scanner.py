@@ -207,15 +207,27 @@ def _class_checks(trace: gate.Trace, policy: Policy, manifest: dict[str, Any], r
         git_repo = None
     pending = 0
     try:
+        source_for = None
         if git_repo is not None:
             from ..isolation import GitSourceTree, shadowing
+            from ..isolation.namespace import locate, tree_names
 
-            roots = manifest.get("roots") if isinstance(manifest.get("roots"), list) else [""]
-            allowed = {str(n).partition(".")[0] for n in modules} | {str(n) for n in manifest.get("imported") or []
-                                                                    if isinstance(manifest.get("imported"), list)}
-            for top in shadowing(GitSourceTree(git_repo, tree), [r for r in roots if isinstance(r, str)], allowed):
+            source = GitSourceTree(git_repo, tree)
+            roots = [r for r in manifest.get("roots") or [""] if isinstance(r, str)] or [""]
+            known = {n: i.get("root", "") for n, i in modules.items() if isinstance(i, dict) and isinstance(n, str)}
+            names, tops = tree_names(source), {}
+
+            def read_module(module: str) -> bytes | None:
+                found = locate(names, roots, known, module, tops)
+                entry = (source.list_dir(found[0]) or {}).get(found[1]) if found else None
+                return source.read(entry[1]) if entry is not None and entry[0] == "blob" else None
+
+            source_for = read_module
+
+            for top in shadowing(source, roots):
                 trace.violations.append(f"a top-level {top!r} in the snapshot that would shadow the installed package "
-                                        f"{top!r} (the saved code did not import it from the repository)")
+                                        f"{top!r} (only --trust lets it)")
+            trace.check_sources(source_for)
         for item in list(dict.fromkeys(trace.deferred)):
             problem: str | None = "pending"
             if item.ref.kind == "global":
@@ -223,16 +235,9 @@ def _class_checks(trace: gate.Trace, policy: Policy, manifest: dict[str, Any], r
                     problem = classchecks.check_deferred(item, policy.find_class(item.ref.module, item.ref.name))
                 except GitpackError as exc:
                     problem = str(exc)
-            elif git_repo is not None and item.ref.kind in ("class", "legacy") and item.what != "tensor-type":
-                info = modules.get(item.ref.module)
-                rel = info.get("path") if isinstance(info, dict) else None
-                source = None
-                if isinstance(rel, str) and "\n" not in rel and "\0" not in rel:
-                    try:
-                        source = git_repo.read_object(f"{tree}:{rel}")[1]
-                    except GitpackError:
-                        source = None
-                found = classfacts.facts(source, item.ref.name) if source is not None else None
+            elif source_for is not None and item.ref.kind in ("class", "legacy") and item.what != "tensor-type":
+                code = source_for(item.ref.module or "")
+                found = classfacts.facts(code, item.ref.name or "") if code is not None else None
                 problem = classchecks.check_deferred_source(item, found, _library_class)
             if problem == "pending":
                 pending += 1

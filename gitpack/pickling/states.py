@@ -11,20 +11,21 @@ classes may be filled with items.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Callable
 
 from .policy import CLASS, TRUSTED
-from .standins import Buffer, Deferred, Made, ref_of
+from .standins import Buffer, Deferred, Made, made_object, ref_of
 from .verdicts import (
     DTYPE_OBJECT_FLAGS,
     Verdict,
     callable_value,
+    dtype_itemsize,
     is_shape,
     plain,
     refuse,
     safe_dtype,
     short,
+    state_items,
     state_keys,
 )
 
@@ -41,34 +42,50 @@ def check_state(trace: Any, made: Made, state: Any) -> Verdict:
     if special is not None:
         return special(made, state)
     if cls.kind in ("class", "legacy") or (cls.kind == "global" and cls.category == CLASS):
-        keys = state_keys(state)
-        if keys is None:
+        items = state_items(state)
+        if items is None:
             if cls.kind in ("class", "legacy"):
                 return Verdict(deferred=[Deferred("custom-state", cls)])
             return refuse(f"state of {short(cls.dotted)} that is not plain attribute data (a dict of names)")
-        return Verdict(deferred=[Deferred("state", cls, keys)] if keys else [])
+        return Verdict(deferred=[Deferred("state", cls, items)])
     return refuse(f"BUILD on {short(cls.dotted)}, which takes no state")
 
 
 def _dtype_state(made: Made, state: Any) -> Verdict:
     """``(3|4, byteorder, subdtype, names, fields, elsize, alignment, flags[, metadata])``: fields and sub-arrays
-    only of plain dtypes built before (never an object field: its bytes would be read as pointers)."""
+    only of plain dtypes built before (never an object field: its bytes would be read as pointers), and sizes
+    that add up (a sub-array larger than its item made numpy read far past an 8-byte buffer: SIGSEGV)."""
     ok = type(state) is tuple and len(state) in (8, 9) and state[0] in (3, 4) and state[1] in ("<", ">", "|", "=") \
         and all(type(x) is int for x in state[5:8]) and not state[7] & DTYPE_OBJECT_FLAGS
     if ok:
+        code_size = dtype_itemsize(made_object(made))
+        elsize = state[5]
+        size = elsize if elsize > 0 else code_size
+        ok = code_size is not None and (elsize == -1 or elsize > 0) and (not code_size or elsize in (-1, code_size))
         sub, names, fields = state[2], state[3], state[4]
-        ok = sub is None or (type(sub) is tuple and len(sub) == 2 and safe_dtype(sub[0]) and is_shape(sub[1]))
+        if ok and sub is not None:
+            base = dtype_itemsize(sub[0]) if type(sub) is tuple and len(sub) == 2 and safe_dtype(sub[0]) else None
+            count = _product(sub[1]) if type(sub) is tuple and len(sub) == 2 and is_shape(sub[1]) else None
+            ok = bool(base) and count is not None and base * count == size
         ok = ok and (names is None) == (fields is None)
         if ok and names is not None:
-            ok = type(names) is tuple and type(fields) is dict and set(names) == set(fields) and all(
+            ok = type(names) is tuple and type(fields) is dict and set(names) == set(fields) and bool(size) and all(
                 type(f) is tuple and 2 <= len(f) <= 3 and safe_dtype(f[0]) and type(f[1]) is int and f[1] >= 0
+                and bool(dtype_itemsize(f[0])) and f[1] + dtype_itemsize(f[0]) <= size
                 and (len(f) == 2 or f[2] is None or type(f[2]) is str) for f in fields.values())
     if ok and len(state) == 9:
         meta = state[8]
         ok = meta is None or (type(meta) is tuple and len(meta) == 2 and (meta[0] is None or type(meta[0]) is dict)
                               and type(meta[1]) is tuple and all(plain(x) for x in meta[1]))
-    return Verdict() if ok else refuse("numpy dtype state with object items, or fields and sub-arrays that are not plain "
-                                    "dtypes")
+    return Verdict() if ok else refuse("numpy dtype state with object items, or fields and sub-arrays that are not "
+                                       "plain dtypes or do not fit its item size")
+
+
+def _product(shape: tuple) -> int:
+    out = 1
+    for d in shape:
+        out *= d
+    return out
 
 
 def _ndarray_state(made: Made, state: Any) -> Verdict:
@@ -79,12 +96,18 @@ def _ndarray_state(made: Made, state: Any) -> Verdict:
 
 
 def _bytesio_state(made: Made, state: Any) -> Verdict:
+    """``(bytes, position, attributes)``: the attributes are checked like any state (BytesIO keeps the dict)."""
+    items = state_items(state[2]) if type(state) is tuple and len(state) == 3 and state[2] is not None else ()
     ok = type(state) is tuple and len(state) == 3 and type(state[0]) in (bytes, bytearray) \
-        and type(state[1]) is int and state[1] >= 0 and (state[2] is None or state_keys(state[2]) is not None)
-    return Verdict() if ok else refuse("io.BytesIO state that is not its bytes and a position")
+        and type(state[1]) is int and state[1] >= 0 and items is not None
+    if not ok:
+        return refuse("io.BytesIO state that is not its bytes and a position")
+    return Verdict(deferred=[Deferred("state", made.cls, items)] if items and made.cls else [])
 
 
-_SPM_OPTIONS = re.compile(r"^_[a-z_]+$")
+# What SentencePieceProcessor.__getstate__ writes (sentencepiece 0.2): its options, never a method's name.
+_SPM_OPTIONS = frozenset({"_return_type", "_add_bos", "_add_eos", "_reverse", "_emit_unk_piece", "_enable_sampling",
+                          "_nbest_size", "_alpha", "_num_threads", "_out_type"})
 
 
 def _builtin_type(value: Any) -> bool:
@@ -98,9 +121,7 @@ def _sentencepiece_state(made: Made, state: Any) -> Verdict:
     if type(state) is bytes:
         return Verdict()
     if type(state) is dict and type(state.get("model_proto")) is bytes and all(
-            k == "model_proto" or (isinstance(k, str) and _SPM_OPTIONS.match(k) and
-                                   (plain(v) or _builtin_type(v)))
-            for k, v in state.items()):
+            k == "model_proto" or (k in _SPM_OPTIONS and (plain(v) or _builtin_type(v))) for k, v in state.items()):
         return Verdict()
     return refuse("sentencepiece state other than a serialized model proto and its options")
 
@@ -112,11 +133,12 @@ def _partial_state(made: Made, state: Any) -> Verdict:
 
 
 def _attribute_state(made: Made, state: Any) -> Verdict:
-    """Plain attributes on a dict-like value (``state_dict()``'s OrderedDict carries ``_metadata``)."""
-    keys = state_keys(state)
-    if keys is None:
-        return refuse(f"state of {short(made.cls.dotted if made.cls else '?')} that is not plain attribute data")
-    return Verdict(deferred=[Deferred("state", made.cls, keys)] if keys and made.cls else [])
+    """Plain attributes on a dict-like value (``state_dict()``'s OrderedDict carries ``_metadata``); never slot
+    state (a defaultdict's ``default_factory`` is a slot: it would run on every missing key)."""
+    items = state_items(state if type(state) is dict else None)
+    if items is None:
+        return refuse(f"state of {short(made.cls.dotted if made.cls else '?')} other than plain instance attributes")
+    return Verdict(deferred=[Deferred("state", made.cls, items)] if items and made.cls else [])
 
 
 def _no_state(made: Made, state: Any) -> Verdict:

@@ -18,6 +18,19 @@ STORAGE_PREFIX = "storages/"
 READAHEAD = 256 << 20  # bytes read ahead of the unpickler; bounds host staging for device loads
 
 
+def torch_dtype(name: Any) -> Any:
+    """The torch dtype named *name*, from a fixed table: never ``getattr(torch, name)``, which for a name like
+    ``_dynamo`` would import a torch subsystem (and write to the temp directory) on the pickle's say-so."""
+    import torch
+
+    from .policy import TORCH_DTYPE_SIZES
+
+    found = getattr(torch, name, None) if isinstance(name, str) and name in TORCH_DTYPE_SIZES else None
+    if not isinstance(found, torch.dtype):
+        raise GitpackError(f"archive declares an unknown tensor dtype {str(name)[:40]!r}; is this torch too old?")
+    return found
+
+
 def is_tensor(obj: Any) -> bool:
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(obj, torch.Tensor)
@@ -150,9 +163,7 @@ class StorageLoader:
         import torch
 
         _, dtype_name, key, location, numel = pid
-        dtype = getattr(torch, str(dtype_name), None)
-        if not isinstance(dtype, torch.dtype):
-            raise GitpackError(f"archive declares an unknown tensor dtype {dtype_name!r}; is this torch too old?")
+        dtype = torch_dtype(dtype_name)
         if type(numel) is not int or numel < 0:
             raise ArchiveError(f"{self.reader.path}: a storage has a malformed size; the archive is corrupt")
         key, location = str(key), str(location)
@@ -173,6 +184,10 @@ class StorageLoader:
         _, dtype_name, key, location, numel, offset, size, stride, requires_grad, kind = pid
         typed = self.load(("storage", dtype_name, key, location, numel))
         storage = typed._untyped_storage
+        from .guards import view_fits
+
+        if not view_fits(storage.nbytes(), offset, size, stride, typed.dtype.itemsize):
+            raise ArchiveError(f"{self.reader.path}: a tensor view lies beyond its storage; the archive is corrupt")
         try:
             tensor = torch.empty((0,), dtype=typed.dtype, device=storage.device).set_(storage, offset, size, stride)
         except RuntimeError as exc:

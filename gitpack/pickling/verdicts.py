@@ -85,6 +85,68 @@ def safe_dtype(value: Any) -> bool:
     return made is not None and made.kind == "dtype" and made.built
 
 
+LOCATION = re.compile(r"[a-z][a-z0-9_]{0,15}(:\d{1,4})?")  # a storage's device as torch writes it: cpu, cuda:0
+_CODE = re.compile(r"[<>|=]?(?P<char>[a-zA-Z?])(?P<size>\d*)(\[\w+\])?")
+_CHAR_SIZES = {"?": 1, "b": 1, "B": 1, "h": 2, "H": 2, "i": 4, "I": 4, "l": 8, "L": 8, "q": 8, "Q": 8, "p": 8, "P": 8,
+               "e": 2, "f": 4, "d": 8, "g": 16, "F": 8, "D": 16, "G": 32, "M": 8, "m": 8}
+
+
+def dtype_itemsize(value: Any) -> int | None:
+    """The item size of a numpy dtype the pickle built from a code (``'f8'``: 8, ``'U3'``: 12, ``'V12'``: 12);
+    0 for a flexible code without a size, None when *value* is not such a dtype."""
+    made = made_of(value)
+    if made is None or made.kind != "dtype" or not made.args or type(made.args[0]) is not str:
+        return None
+    m = _CODE.fullmatch(made.args[0])
+    if m is None:
+        return None
+    char, size = m["char"], int(m["size"]) if m["size"] else None
+    if size is None:
+        return _CHAR_SIZES.get(char, 0)
+    return size * 4 if char == "U" else size
+
+
+def tensor_fits(numel: int, storage_dtype: str, offset: int, size: tuple, stride: tuple, tensor_dtype: str) -> bool:
+    """Whether a view (offset, size, stride in items of *tensor_dtype*) lies inside a storage of *numel* items of
+    *storage_dtype*: else torch's ``set_`` would grow the storage (bytes nobody wrote, memory the pickle sizes)."""
+    from .policy import TORCH_DTYPE_SIZES
+
+    item, storage_item = TORCH_DTYPE_SIZES.get(tensor_dtype), TORCH_DTYPE_SIZES.get(storage_dtype)
+    if item is None or storage_item is None:
+        return False
+    extent = 0 if any(d == 0 for d in size) else 1 + sum((d - 1) * s for d, s in zip(size, stride))
+    return (offset + extent) * item <= numel * storage_item
+
+
+def value_kind(value: Any) -> str:
+    """What a state value is, as far as the class checks care: ``callable`` (a function, class, partial or
+    method the pickle names or builds), ``str-lists`` (a list of lists of str), or ``data``."""
+    if callable_value(value):
+        return "callable"
+    if type(value) is list and value and all(type(v) is list and v and all(type(x) is str for x in v) for v in value):
+        return "str-lists"
+    return "data"
+
+
+def state_items(state: Any) -> tuple[tuple[str, str], ...] | None:
+    """``(key, value kind)`` for every attribute a dict or ``(dict, slots)`` state sets (:func:`value_kind`);
+    None when it is not that shape or a key is not a plain, non-dunder name.  Slot state must name slots:
+    the class checks refuse it on anything else."""
+    parts = state if type(state) is tuple and len(state) == 2 else (state,)
+    items: dict[str, str] = {}
+    for i, part in enumerate(parts):
+        if part is None and len(parts) == 2:
+            continue
+        if type(part) is not dict:
+            return None
+        for key, value in part.items():
+            if not isinstance(key, str) or is_dunder(key) or not key.isidentifier():
+                return None
+            kind = value_kind(value)
+            items[key] = ("slot-" + kind) if i == 1 and len(parts) == 2 else kind
+    return tuple(sorted(items.items()))
+
+
 def state_keys(state: Any) -> tuple[str, ...] | None:
     """The attribute names a dict or ``(dict, slots)`` state sets; None when it is not that shape or a key is
     not a plain, non-dunder name."""
