@@ -113,7 +113,8 @@ def export(ref: str | os.PathLike, output: str | os.PathLike, *, portable: bool 
            repo: str | os.PathLike | None = None):
     """Write a stored artifact (or an archive file) to *output*; ``portable=True`` embeds its source too.
 
-    The archive passes the same verification as a load first: a tampered archive is never exported.
+    The archive passes the same verification as `verify` first (every member hashed): a tampered archive is
+    never exported.
     A portable archive loads where there is no repository at all.
     """
     import shutil
@@ -124,7 +125,7 @@ def export(ref: str | os.PathLike, output: str | os.PathLike, *, portable: bool 
     archive, _ = artifacts.locate(ref, repo=repo)
     if portable_archive.is_portable(read_manifest(archive)):
         raise ArchiveError(f"{ref} is already portable; copy it as it is")
-    with open_verified(archive, repo=repo) as checked:
+    with open_verified(archive, repo=repo, every_member=True) as checked:
         dest = Path(output).absolute()
         if portable:
             assert checked.repo is not None

@@ -9,5 +9,5 @@ if ! "$PY" -c 'import torch' 2>/dev/null; then
     "$PY" -m pip install -q "torch==2.13.0" \
         || "$PY" -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
 fi
-"$PY" -m pip install -q -e '.[test]'
+"$PY" -m pip install -q -e '.[test,dev]'
 "$PY" -c 'import gitpack, torch, sentencepiece, dill; print("gitpack", gitpack.__version__, "ready with torch", torch.__version__)'
