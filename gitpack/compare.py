@@ -23,9 +23,7 @@ changed since this model was saved".
 
 from __future__ import annotations
 
-import importlib.machinery
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +31,8 @@ from typing import Any
 from . import environment, textsafe
 from .archive import read_manifest
 from .git import Repo
-from .isolation.namespace import installed_elsewhere
 from .history import require_snapshot_commit
+from .isolation.namespace import installed_elsewhere
 from .snapshot import DEFAULT_SIZE_CAP, write_tree
 
 WORKING_TREE = "working tree"

@@ -13,7 +13,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from . import artifacts, sync
 from .errors import GitpackError, PolicyError, UnpicklingError

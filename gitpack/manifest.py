@@ -86,7 +86,7 @@ class Manifest:
         return out
 
     @classmethod
-    def parse(cls, raw: dict[str, Any], path: str | Path) -> "Manifest":
+    def parse(cls, raw: dict[str, Any], path: str | Path) -> Manifest:
         """The manifest of an archive at *path*, every field load acts on checked; ArchiveError names a bad one."""
 
         def bad(name: str) -> ArchiveError:

@@ -59,7 +59,7 @@ class Bar:
         self._progress: Any = None
         self._task: Any = None
 
-    def __enter__(self) -> "Bar":
+    def __enter__(self) -> Bar:
         if self.enabled:
             from rich.console import Console
             from rich.progress import (

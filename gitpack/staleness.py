@@ -30,8 +30,9 @@ import os
 import sys
 import types
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .errors import StaleCodeError
 

@@ -29,10 +29,11 @@ hashes); outside a repository that has that commit, only ``trust`` admits it.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from . import artifacts, signing
 from .archive import ArchiveReader, manifest_digest, portable

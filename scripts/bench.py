@@ -189,8 +189,9 @@ SAVES = {
 
 
 def loaders(out: Path):
-    import gitpack
     import torch
+
+    import gitpack
 
     return {
         "gitpack": lambda: gitpack.load(out / "model.gitpack"),
@@ -419,10 +420,9 @@ def child_rss(work: Path, size: dict, what: str) -> dict:
 
 def child_snapshot(work: Path, runs: int) -> dict:
     """Snapshot of the big repo vs `git status --porcelain`, and git processes per save."""
+    import gitpack
     from gitpack import snapshot as snapshots
     from gitpack.git import Repo
-
-    import gitpack
 
     repo = Path.cwd()
 
@@ -466,11 +466,9 @@ def child_snapshot(work: Path, runs: int) -> dict:
 
 def child_materialise(work: Path, modules: list[str]) -> dict:
     """Make the files of *modules* importable from the archive's snapshot (no module is executed)."""
-    from gitpack import snapshot
+    import gitpack
     from gitpack.git import Repo
     from gitpack.isolation import GitSourceTree, namespace_for
-
-    import gitpack
 
     manifest = gitpack.inspect(work / "out" / "app.gitpack")
     repo = Repo.discover(Path.cwd())

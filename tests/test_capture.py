@@ -20,12 +20,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import SEED, git, gitpack_cli, init_repo, run
 
 import gitpack
 import gitpack.capturing as CAPTURE_MODULE
 import gitpack.capturing.records as CAPTURE_RECORDS
-from conftest import SEED, git, gitpack_cli, init_repo, run
-
 
 SCRIPT = """
 import gitpack

@@ -19,11 +19,10 @@ import sys
 import time
 from pathlib import Path
 
+from conftest import QUIET_ENV, git, init_repo, run, user_git_state
 
 import gitpack
 from gitpack.archive import ArchiveReader
-
-from conftest import QUIET_ENV, git, init_repo, run, user_git_state
 
 KILL_POINTS = int(os.environ.get("CRASH_KILL_POINTS") or 32)
 

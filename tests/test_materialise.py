@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import QUIET_ENV, git, run_python
 
 MODEL = '''\

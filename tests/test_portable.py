@@ -14,13 +14,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import git, gitpack_cli, run_python
+from test_store import make_project, ok, one_line_error, save
+
 from gitpack import api
 from gitpack.archive import ArchiveReader, ArchiveWriter
-from gitpack.errors import ArchiveError
 from gitpack.archive.portable import BLOB_PREFIX, COMMIT_MEMBER, TREE_PREFIX
-from test_store import make_project, ok, one_line_error, save
+from gitpack.errors import ArchiveError
 
 LOAD = """
 import sys, gitpack

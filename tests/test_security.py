@@ -25,14 +25,13 @@ from pathlib import Path
 
 import dill
 import pytest
+from conftest import commit_files, git, gitpack_cli, init_repo, run
+from forging import forge, rewrite_manifest
 
 import gitpack
 from gitpack.archive import ArchiveReader
 from gitpack.errors import ArchiveError, GitpackError, PolicyError
 from gitpack.pickling.policy import _ALLOW, Policy, parse_allow
-
-from conftest import commit_files, git, gitpack_cli, init_repo, run
-from forging import forge, rewrite_manifest
 
 MODEL = '''\
 import os  # so ('pkg.model', 'os.system') names something reachable from the snapshot module

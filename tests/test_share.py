@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import QUIET_ENV, git, gitpack_cli
-from gitpack.sync import merge_versions
 from test_store import listing, make_project, ok, one_line_error, predictions, save, write_model
+
+from gitpack.sync import merge_versions
 
 
 class GitServer:

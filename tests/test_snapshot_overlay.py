@@ -15,16 +15,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import commit_files, git, init_repo
 
+from gitpack import snapshot
 from gitpack.archive import MAGIC
 from gitpack.git import Repo
 from gitpack.git.objects import NeedsIndex as _NeedsIndex
-from gitpack import snapshot
 from gitpack.snapshot import DEFAULT_SIZE_CAP
 from gitpack.snapshot.index import write_via_index
 from gitpack.snapshot.overlay import write_overlay
-
-from conftest import commit_files, git, init_repo
 
 
 def _index_digest(repo: Path) -> str | None:

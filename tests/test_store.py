@@ -16,8 +16,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import QUIET_ENV, git, gitpack_cli, init_repo, run, run_python
+
 from gitpack import api
 from gitpack.errors import GitpackError, StoreError
 

@@ -218,7 +218,7 @@ class ArchiveReader:
             pool.shutdown(wait=True, cancel_futures=True)
         self._fh.close()
 
-    def __enter__(self) -> "ArchiveReader":
+    def __enter__(self) -> ArchiveReader:
         return self
 
     def __exit__(self, *exc) -> None:

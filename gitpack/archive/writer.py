@@ -13,9 +13,10 @@ import os
 import stat
 import tempfile
 import threading
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import ArchiveError
 from ..fsutil import TEMP_MARK, fsync_dir, owner_tag, remove_stale
@@ -253,7 +254,7 @@ class ArchiveWriter:
             except FileNotFoundError:
                 pass
 
-    def __enter__(self) -> "ArchiveWriter":
+    def __enter__(self) -> ArchiveWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -7,7 +7,8 @@ import math
 import reprlib
 import sys
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .records import ArgRef, is_candidate
 

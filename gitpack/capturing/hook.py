@@ -32,8 +32,9 @@ import sys
 import threading
 import types
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .describe import capture_ref, describe
 from .records import MISSING, Record, is_candidate, records
@@ -304,7 +305,7 @@ class Capture:
         self._active = True
         _start()
 
-    def __enter__(self) -> "Capture":
+    def __enter__(self) -> Capture:
         return self
 
     def __exit__(self, *exc: Any) -> None:

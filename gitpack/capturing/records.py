@@ -40,7 +40,7 @@ def _library_dirs() -> tuple[str, ...]:
 
 
 _library_dirs_cache: tuple[str, ...] | None = None  # computed on first use: sysconfig is slow to import
-_verdicts: "weakref.WeakKeyDictionary[type, bool]" = weakref.WeakKeyDictionary()
+_verdicts: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
 
 
 def library_dirs() -> tuple[str, ...]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
@@ -42,7 +42,7 @@ def save(
     target: str = typer.Argument(..., help="module:attr or path/to/file.py:attr; a function or class is called with the -p values"),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="archive file to write"),
     name: Optional[str] = typer.Option(None, "--name", help="also (or, without -o, only) store it as the next version of artifact NAME"),
-    param: List[str] = typer.Option([], "-p", "--param", help="key=value (JSON where it parses, else a string); repeatable"),
+    param: list[str] = typer.Option([], "-p", "--param", help="key=value (JSON where it parses, else a string); repeatable"),
     message: Optional[str] = typer.Option(None, "-m", "--message", help="note recorded in the snapshot commit"),
     branch: Optional[str] = typer.Option(None, "--branch", help="snapshot branch (default: gitpack, or git config gitpack.branch)"),
     size_cap: Optional[int] = typer.Option(None, "--size-cap", help="leave files larger than this many bytes out of the snapshot"),
@@ -81,7 +81,7 @@ def load(
     map_location: Optional[str] = typer.Option(None, "--map-location", help="device for tensors, e.g. cpu or cuda:0"),
     mmap: bool = typer.Option(False, "--mmap", help="map tensor data from the archive instead of reading it"),
     trust: bool = typer.Option(False, "--trust", help="allow any global and by-value code (only for archives you trust)"),
-    allow: List[str] = typer.Option([], "--allow", help="also allow global module:qualname; repeatable"),
+    allow: list[str] = typer.Option([], "--allow", help="also allow global module:qualname; repeatable"),
     require_signed: bool = typer.Option(
         False, "--require-signed", help="refuse unless the snapshot commit has a trusted signature (also: git config gitpack.requireSigned)"
     ),
@@ -114,7 +114,7 @@ def load(
 @app.command()
 def scan(
     path: str = typer.Argument(..., help="archive file, or stored artifact NAME[@VERSION]"),
-    allow: List[str] = typer.Option([], "--allow", help="count global module:qualname as allowed; repeatable"),
+    allow: list[str] = typer.Option([], "--allow", help="count global module:qualname as allowed; repeatable"),
     as_json: bool = typer.Option(False, "--json", help="everything found, as JSON"),
 ) -> None:
     """List every global, repo reference and by-value code the archive's pickle would use, without running it.

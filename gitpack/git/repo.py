@@ -10,8 +10,9 @@ move together move in one ``update-ref --stdin`` transaction.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import GitError, NotARepoError
 from . import runner
@@ -37,7 +38,7 @@ class Repo:
 
     # ---------------------------------------------------------------- discovery
     @classmethod
-    def discover(cls, path: str | os.PathLike | None = None) -> "Repo":
+    def discover(cls, path: str | os.PathLike | None = None) -> Repo:
         """The repository containing *path* (default: the current directory), as git finds it."""
         try:
             start = Path(path) if path is not None else Path.cwd()
@@ -217,7 +218,7 @@ class Repo:
     def close(self) -> None:
         self._objects.close()
 
-    def __enter__(self) -> "Repo":
+    def __enter__(self) -> Repo:
         return self
 
     def __exit__(self, *exc) -> None:

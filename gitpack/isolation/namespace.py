@@ -19,8 +19,8 @@ import os
 import sys
 import threading
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import GitpackError
 from .mangling import prefix_for

@@ -15,7 +15,8 @@ manifest records.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import columns
 from .policy import CLASS, RECONSTRUCTOR, TORCH_DTYPE_SIZES, TRUSTED, VALUE, VALUE_TYPE
@@ -23,14 +24,13 @@ from .standins import Buffer, Deferred, Made, Ref, made_of, ref_of
 from .verdicts import (
     CONTAINERS,
     DOTTED,
+    LOCATION,
     QUALNAME,
     SAFE_DTYPE,
     TENSOR_RECONSTRUCTORS,
     Verdict,
-    LOCATION,
     callable_value,
     dtype_itemsize,
-    tensor_fits,
     is_dunder,
     is_shape,
     is_storage_ref,
@@ -40,6 +40,7 @@ from .verdicts import (
     safe_dtype,
     short,
     state_items,
+    tensor_fits,
 )
 
 

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import io
 import pickle
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from ..errors import PolicyError
 from . import calls, classchecks, opcodes, states
@@ -61,7 +62,7 @@ class Trace:
     deferred: list[Deferred] = field(default_factory=list)
     functions: list[tuple[str, str, int]] = field(default_factory=list)  # repo lambdas rebuilt: (module, qualname, line)
     code: list[tuple] = field(default_factory=list)  # by-value code objects: dill _create_code arguments
-    nested: list["Trace"] = field(default_factory=list)
+    nested: list[Trace] = field(default_factory=list)
     error: str | None = None
     opcodes: int = 0
     _seq: int = 0
@@ -102,7 +103,7 @@ class Trace:
             raise PolicyError(f"{where}: the load policy refuses {text}{_hint(self)}")
 
     # ---------------------------------------------------------------- dry run
-    def run(self, data: bytes, *, buffers: int = 0) -> "Trace":
+    def run(self, data: bytes, *, buffers: int = 0) -> Trace:
         try:
             self.opcodes, unwanted = opcodes.check(data)
         except opcodes.OpcodeError as exc:

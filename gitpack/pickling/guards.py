@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import functools
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..errors import PolicyError, UnpicklingError
 from ..isolation import canonical_module_name

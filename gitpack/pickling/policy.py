@@ -13,7 +13,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ..errors import PolicyError
 

@@ -14,9 +14,10 @@ classes (see :class:`~gitpack.pickling.standins.Deferred`) are counted as pendin
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..archive import ArchiveReader
 from ..errors import ArchiveError, PolicyError

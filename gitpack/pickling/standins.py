@@ -138,7 +138,7 @@ def stand_in(ref: Ref, recorder: Any) -> type:
     return _StandInType(f"stand-in {ref.dotted}", (), {"__new__": _new, "_gate_ref": ref, "_gate_trace": recorder})
 
 
-def made_object(record: Made) -> "_Made":
+def made_object(record: Made) -> _Made:
     obj = _Made()
     obj._gate_record = record
     return obj

@@ -11,7 +11,8 @@ classes may be filled with items.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .policy import CLASS, TRUSTED
 from .standins import Buffer, Deferred, Made, made_object, ref_of

@@ -227,7 +227,7 @@ def _rewrite(repo: Repo, directory, base_sha, files, subdirs, writer) -> str | N
             entries[name] = (mode, "commit" if mode == "160000" else "blob", sha)
     for child in sorted(subdirs.get(directory, ())):
         before = original.get(child)
-        sub = _rewrite(repo, 
+        sub = _rewrite(repo,
             f"{directory}/{child}" if directory else child,
             before[2] if before is not None and before[1] == "tree" else None,
             files, subdirs, writer,
