@@ -157,7 +157,7 @@ def _const_equal(a: Any, b: Any) -> bool:
             return False
         if isinstance(a, frozenset):
             return a == b
-        return all(_const_equal(x, y) for x, y in zip(a, b))
+        return all(_const_equal(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, (float, complex)):
         return repr(a) == repr(b)
     try:
@@ -174,7 +174,7 @@ def _same_code(a: types.CodeType, b: types.CodeType) -> bool:
             return False
     if len(a.co_consts) != len(b.co_consts):
         return False
-    return all(_const_equal(x, y) for x, y in zip(a.co_consts, b.co_consts))
+    return all(_const_equal(x, y) for x, y in zip(a.co_consts, b.co_consts, strict=True))
 
 
 def _index_code(module_code: types.CodeType) -> dict[str, list[types.CodeType]]:
@@ -236,12 +236,12 @@ def _defaults_match(fn: types.FunctionType, node: ast.AST) -> bool:
     in_memory = fn.__defaults__ or ()
     if len(args.defaults) != len(in_memory):
         return False
-    for expr, value in zip(args.defaults, in_memory):
+    for expr, value in zip(args.defaults, in_memory, strict=True):
         literal = _literal(expr)
         if literal is not _NOT_LITERAL and not _value_equal(literal, value):
             return False
     kwdefaults = fn.__kwdefaults__ or {}
-    on_disk = {a.arg: d for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None}
+    on_disk = {a.arg: d for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d is not None}
     if set(on_disk) != set(kwdefaults):
         return False
     for name, expr in on_disk.items():

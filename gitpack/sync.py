@@ -390,17 +390,17 @@ def _integrate(repo: Repo, remote: Remote, branch: str, base: dict[str, str]) ->
     name = remote.argument
 
     # The snapshot branch: fast-forward, or a merge commit with both tips as parents.
-    r, l = theirs.get(branch), ours.get(branch)
-    if r and r != l:
+    their_tip, our_tip = theirs.get(branch), ours.get(branch)
+    if their_tip and their_tip != our_tip:
         short = branch.removeprefix("refs/heads/")
-        if l is None or _is_ancestor(repo, l, r):
-            ops.append((branch, r, l))
+        if our_tip is None or _is_ancestor(repo, our_tip, their_tip):
+            ops.append((branch, their_tip, our_tip))
             notes.append(f"snapshot branch {short}: took {name}'s saves")
-        elif not _is_ancestor(repo, r, l):
-            tree = repo.git("rev-parse", f"{l}^{{tree}}")
-            message = f"gitpack merge: saves from {name}\n\n{MERGE_TRAILER}: {r}\n"
-            merge = repo.commit_tree([tree, "-p", l, "-p", r, "-m", message])
-            ops.append((branch, merge, l))
+        elif not _is_ancestor(repo, their_tip, our_tip):
+            tree = repo.git("rev-parse", f"{our_tip}^{{tree}}")
+            message = f"gitpack merge: saves from {name}\n\n{MERGE_TRAILER}: {their_tip}\n"
+            merge = repo.commit_tree([tree, "-p", our_tip, "-p", their_tip, "-m", message])
+            ops.append((branch, merge, our_tip))
             notes.append(f"snapshot branch {short}: merged {name}'s saves with this clone's (merge {merge[:12]})")
 
     # Versions, name by name.

@@ -665,11 +665,11 @@ def report(work: Path, size: dict, runs: int, n_files: int, quick: bool) -> None
     print()
     header = ("what", "gitpack", "baseline", "ratio", "target", "met")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(6)]
-    line = " | ".join(h.ljust(w) for h, w in zip(header, widths))
+    line = " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
     print("| " + line + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |")
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
 
     print("\nreference (medians):")
     for k in ("save:gitpack", "save:torch-durable", "save:torch", "save:dill", "load:gitpack", "load:torch",

@@ -136,7 +136,7 @@ def test_plain_git_log_shows_the_parameters_of_each_save(seed_saves):
     by_archive = {re.search(r"gitpack save: (\S+)", c).group(1): c for c in saves}
     assert len(saves) == 3
     assert set(by_archive) == {"cli.gitpack", "early.gitpack", "script.gitpack"}
-    for archive, body in by_archive.items():
+    for body in by_archive.values():
         assert "    Parameters:\n        vocab_size = 100\n" in body
         assert "Gitpack-Params: " in body
     assert '        route = "script"' in by_archive["script.gitpack"]

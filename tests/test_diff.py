@@ -71,7 +71,7 @@ def test_diff_shows_exactly_the_changed_parameter_and_the_changed_methods_hunk(r
     code = report["code"]["diff"]
     assert code.count("\n@@ ") == 1 and code.count("diff --git") == 1
     hunk = code[code.index("\n@@ "):]
-    changed = [l for l in hunk.splitlines()[1:] if l[:1] in "+-"]
+    changed = [line for line in hunk.splitlines()[1:] if line[:1] in "+-"]
     assert changed == ["-        return x * self.factor + self.offset", "+        return x * self.factor - 2 * self.offset"]
     assert "other.py" not in code
 

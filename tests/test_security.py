@@ -317,7 +317,7 @@ def test_seed_model_with_its_lambda_loads_without_trust(seed_repo):
     )
     proc = run(seed_repo, sys.executable, "-c", code)
     assert proc.returncode == 0, proc.stderr
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][0]
+    line = [text for text in proc.stdout.splitlines() if text.startswith("RESULT")][0]
     assert json.loads(line.split(" ", 1)[1]) == [42, ["decision", "prediction"]]
 
 

@@ -252,7 +252,7 @@ def test_a_constant_handful_of_git_processes_however_many_files_changed(base, tm
             del os.environ["GIT_TRACE2_EVENT"]
         import json
 
-        return [json.loads(l)["argv"][1] for l in trace.read_text().splitlines() if '"event":"start"' in l]
+        return [json.loads(line)["argv"][1] for line in trace.read_text().splitlines() if '"event":"start"' in line]
 
     processes()  # the first save also creates the branch's root commit
     (base / "pkg" / "a.py").write_text("one change\n")

@@ -106,7 +106,7 @@ def export(repo: Repo, archive: Path, dest: Path) -> ExportInfo:
                         mapped.close()
                     except BufferError:
                         pass  # a view is still referenced somewhere; the mapping goes with it
-            for saved, member in zip(reader.members.values(), copied):
+            for saved, member in zip(reader.members.values(), copied, strict=True):
                 if (saved.name, saved.size, saved.sha256) != (member.name, member.size, member.sha256):
                     raise ArchiveError(f"{archive}: member {saved.name!r} does not match its digest; the archive is corrupt")
             original = writer.payload_digest()

@@ -136,7 +136,8 @@ def _record_call(frame: Any, code: types.CodeType, f_locals: dict, obj: Any) -> 
     if fn is not None:
         pos_defaults = getattr(fn, "__defaults__", None) or ()
         if pos_defaults:
-            for name, value in zip(names[:nargs][-len(pos_defaults):], pos_defaults):
+            # Not strict: __defaults__ can be reassigned to any tuple, and capturing must not fail the caller.
+            for name, value in zip(names[:nargs][-len(pos_defaults):], pos_defaults, strict=False):
                 defaults[name] = value
         defaults.update(getattr(fn, "__kwdefaults__", None) or {})
     passed = _passed_names(frame.f_back, positional, kwonly, varargs, varkw)

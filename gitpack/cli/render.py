@@ -306,7 +306,7 @@ def artifact_table(versions) -> list[str]:
             for v in versions]
     header = ("NAME", "VERSION", "ALIASES", "DATE", "SNAPSHOT", "SIZE", "OBJECT")
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + rows]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header] + rows]
 
 
 def scan_lines(report) -> list[str]:

@@ -104,7 +104,7 @@ class Repo:
     def read_objects(self, names: list[str]) -> list[tuple[str, bytes]]:
         """(type, bytes) of many objects, asked for at once: one round trip to git, not one per object."""
         found = self._objects.contents(names)
-        for name, item in zip(names, found):
+        for name, item in zip(names, found, strict=True):
             if item is None:
                 raise GitError(f"object {name} is missing from {self.root}; fetch it (`gitpack pull`)")
         return found

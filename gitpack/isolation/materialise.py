@@ -104,7 +104,7 @@ class Materializer:
         read_many = getattr(self.source, "read_many", None)
         if read_many is not None:
             refs = [ref for kind, ref in entries.values() if kind != "link"]
-            self._prefetched = dict(zip(refs, read_many(refs)))
+            self._prefetched = dict(zip(refs, read_many(refs), strict=True))
         for name, (kind, ref) in sorted(entries.items()):
             if kind == "tree":
                 dirs.append(name)

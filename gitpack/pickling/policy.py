@@ -209,7 +209,10 @@ class Policy:
 def _same_module(declared: str, claimed: str) -> bool:
     # numpy.core is an alias of numpy._core; io re-exports _io.
     aliases = {"numpy.core": "numpy._core", "io": "_io"}
-    norm = lambda m: next((m.replace(a, b, 1) for a, b in aliases.items() if m == a or m.startswith(a + ".")), m)
+
+    def norm(m: str) -> str:
+        return next((m.replace(a, b, 1) for a, b in aliases.items() if m == a or m.startswith(a + ".")), m)
+
     return norm(declared) == norm(claimed) or claimed in ("numpy", "torch") and declared.startswith(claimed + ".")
 
 

@@ -128,7 +128,7 @@ def write_overlay(repo: Repo, size_cap: int, exclude: set[str]) -> SnapshotTree:
                 if b"\r" in fh.read():
                     raise NeedsIndex("line endings that git add may keep or convert")
     shas = hash_files(repo, regular, filters=True) + hash_links(repo, links)
-    for path, sha in zip(regular + links, shas):
+    for path, sha in zip(regular + links, shas, strict=True):
         changes[path] = (from_worktree[path], sha)
     tree = apply_changes(repo, base_tree, changes)
     repo.head_branch_seen = (head_branch,)
