@@ -44,7 +44,10 @@ FILES_SHOWN = 200  # changed paths listed in the text report before "... N more"
 
 @dataclass(frozen=True)
 class FileChange:
-    """One path that differs between the snapshots: git's status letter (``A M D R C T``), the path, the old path of a rename."""
+    """One path that differs between the snapshots.
+
+    git's status letter (``A M D R C T``), the path, and the old path of a rename.
+    """
 
     status: str
     path: str
@@ -111,7 +114,10 @@ def _suffix(key: Any) -> str:
 
 
 def path_label(path: tuple) -> str:
-    """``("capture", "$.layer", "args", "n_hidden")`` -> ``$.layer(n_hidden)``; ``("params", "lr")`` -> ``params.lr``."""
+    """A change's path as people write it.
+
+    ``("capture", "$.layer", "args", "n_hidden")`` -> ``$.layer(n_hidden)``; ``("params", "lr")`` -> ``params.lr``.
+    """
     if not path:
         return ""
     head, rest = path[0], list(path[1:])
@@ -446,7 +452,9 @@ def format_text(report: DiffReport) -> str:
     lines.append("environment:" if report.environment else "environment: no changes")
     lines += [_change_line(c) for c in report.environment]
     if report.files:
-        scope = "" if report.code_paths is None else "; code below only for the modules the objects use, --all for every file"
+        scope = ""
+        if report.code_paths is not None:
+            scope = "; code below only for the modules the objects use, --all for every file"
         lines.append(f"files changed ({len(report.files)}{scope}):")
         lines += [_file_line(f) for f in report.files[:FILES_SHOWN]]
         if len(report.files) > FILES_SHOWN:

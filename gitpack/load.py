@@ -107,6 +107,8 @@ def _read_storages_first(storage_loader: StorageLoader, storages: list[tuple]) -
         except GitpackError:
             raise
         except Exception as exc:  # torch: a bad device string, a size that does not fit the dtype
-            raise UnpicklingError(f"cannot load tensor storage {str(pid[2])[:40]!r}: {type(exc).__name__}: {exc}") from exc
+            raise UnpicklingError(
+                f"cannot load tensor storage {str(pid[2])[:40]!r}: {type(exc).__name__}: {exc}"
+            ) from exc
 
 

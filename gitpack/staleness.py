@@ -107,7 +107,8 @@ class _Used:
             elif isinstance(target, types.ModuleType) and self.module_map.canonical(target.__name__):
                 for attr in names:
                     value = getattr(target, attr, None)
-                    if isinstance(value, (type, types.FunctionType)) and getattr(value, "__module__", None) == target.__name__:
+                    if (isinstance(value, (type, types.FunctionType))
+                            and getattr(value, "__module__", None) == target.__name__):
                         self.add(value)
 
 
@@ -294,7 +295,8 @@ def _check_class(module: str, cls: type, snap: _Snapshot) -> list[StaleCode]:
     out = []
     for body in bodies[-1:]:  # the last definition is the one a module import leaves behind
         for const in body.co_consts:
-            if not isinstance(const, types.CodeType) or not const.co_flags & _CO_OPTIMIZED or const.co_name.startswith("<"):
+            if (not isinstance(const, types.CodeType) or not const.co_flags & _CO_OPTIMIZED
+                    or const.co_name.startswith("<")):
                 continue
             name = const.co_name
             if name.startswith("__") and not name.endswith("__"):

@@ -116,7 +116,8 @@ class Incoming:
 
     def as_json(self) -> dict:
         return {"commit": self.commit, "kind": self.kind, "parent": self.parent,
-                "changes": [{"status": st, "path": p, **({"old_path": o} if o is not None else {})} for st, p, o in self.changes]}
+                "changes": [{"status": st, "path": p, **({"old_path": o} if o is not None else {})}
+                            for st, p, o in self.changes]}
 
 
 @dataclass
@@ -238,7 +239,8 @@ def _failure_detail(result: _Result) -> str:
 
 # ------------------------------------------------------------------ fetch + integrate
 def _advertised(repo: Repo, remote: Remote, branch: str) -> dict[str, str]:
-    result = _network(repo, ["ls-remote", remote.argument, branch, "refs/gitpack/*"], f"contacting {remote.argument}", bar=False)
+    result = _network(repo, ["ls-remote", remote.argument, branch, "refs/gitpack/*"], f"contacting {remote.argument}",
+                      bar=False)
     if result.returncode != 0:
         raise RemoteError(
             f"cannot reach {remote.label}: {_failure_detail(result)}; check that the server is up and the URL is right "
@@ -459,7 +461,8 @@ def _integrate(repo: Repo, remote: Remote, branch: str, base: dict[str, str]) ->
                 continue  # only we moved it: the push publishes it
             else:
                 want = r_sha
-                notes.append(f"{art}@{alias}: moved both here and on {name}; kept {name}'s (move it again with `gitpack alias`)")
+                notes.append(f"{art}@{alias}: moved both here and on {name}; "
+                             f"kept {name}'s (move it again with `gitpack alias`)")
             if want != l_sha:
                 ops.append((ref, want, l_sha))
 
@@ -467,7 +470,9 @@ def _integrate(repo: Repo, remote: Remote, branch: str, base: dict[str, str]) ->
         try:
             repo.update_refs(ops)
         except GitError:
-            raise RemoteError("the local store changed while merging (a save running meanwhile?); run the command again") from None
+            raise RemoteError(
+                "the local store changed while merging (a save running meanwhile?); run the command again"
+            ) from None
     return notes
 
 
@@ -477,7 +482,9 @@ def pull(repo: Repo, remote: str | None = None) -> SyncReport:
     branch = snapshot_branch(repo)
     base = _fetch(repo, target, branch)
     incoming, left_out = incoming_commits(repo, target, branch)
-    return SyncReport(target.label, _integrate(repo, target, branch, base), incoming=incoming, incoming_left_out=left_out)
+    return SyncReport(
+        target.label, _integrate(repo, target, branch, base), incoming=incoming, incoming_left_out=left_out
+    )
 
 
 # ------------------------------------------------------------------ push
@@ -524,7 +531,8 @@ def _try_push(repo: Repo, remote: Remote, updates: list[tuple[str, str, str | No
     if all(moved(r) for r in real):
         return "retry", reason
     if any(r.startswith("[remote rejected]") and "non-fast-forward" in r for r in real):
-        reason += " - the remote denies non-fast-forward updates (receive.denyNonFastForwards), which moving an alias needs"
+        reason += (" - the remote denies non-fast-forward updates (receive.denyNonFastForwards), "
+                   "which moving an alias needs")
     return "refused", reason + (": " + " / ".join(remote_said) if remote_said else "")
 
 
@@ -559,8 +567,12 @@ def push(repo: Repo, remote: str | None = None) -> SyncReport:
                 "fix what the remote objects to, then `gitpack push` again"
             )
         if outcome == "error":
-            raise RemoteError(f"cannot push to {target.label}: {detail}; nothing was lost here, `gitpack push` again later")
+            raise RemoteError(
+                f"cannot push to {target.label}: {detail}; nothing was lost here, `gitpack push` again later"
+            )
         last = detail
         report.notes.append(f"{target.argument} changed while pushing ({detail}); merging again")
         time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))  # someone pushed meanwhile: merge again
-    raise RemoteError(f"{target.label} kept changing while pushing ({last}); nothing was lost, run `gitpack push` again")
+    raise RemoteError(
+        f"{target.label} kept changing while pushing ({last}); nothing was lost, run `gitpack push` again"
+    )

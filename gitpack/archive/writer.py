@@ -125,7 +125,9 @@ class ArchiveWriter:
         if self.dest.is_dir():
             raise ArchiveError(f"{self.dest} is a directory; give a file path for the archive")
         if os.path.lexists(self.dest) and not self.dest.is_file():
-            raise ArchiveError(f"{self.dest} exists and is not a regular file (a device, socket or dangling link); give another path")
+            raise ArchiveError(
+                f"{self.dest} exists and is not a regular file (a device, socket or dangling link); give another path"
+            )
         if not self.dest.parent.is_dir():
             raise ArchiveError(f"directory {self.dest.parent} does not exist; create it first")
         remove_stale(self.dest.parent, ".*" + TEMP_MARK + "*")
@@ -146,7 +148,9 @@ class ArchiveWriter:
         except OSError as exc:
             os.close(fd)
             self.temp_path.unlink()
-            raise ArchiveError(f"cannot write in {self.dest.parent}: {exc.strerror}; free some space or check the disk") from None
+            raise ArchiveError(
+                f"cannot write in {self.dest.parent}: {exc.strerror}; free some space or check the disk"
+            ) from None
         self._pool = ThreadPoolExecutor(workers or io_workers(), thread_name_prefix="gitpack-write")
         self._flusher = _Flusher(fd)
 
@@ -191,7 +195,9 @@ class ArchiveWriter:
             try:
                 digest = future.result()
             except OSError as exc:
-                raise ArchiveError(f"cannot write {self.temp_path}: {exc.strerror}; free some space or check the disk") from None
+                raise ArchiveError(
+                    f"cannot write {self.temp_path}: {exc.strerror}; free some space or check the disk"
+                ) from None
             self._members.append(Member(name, offset, size, digest))
         self._queued.clear()
         return list(self._members)
@@ -214,7 +220,9 @@ class ArchiveWriter:
                 raise self._flusher.error
             os.fsync(self._fd)
         except OSError as exc:
-            raise ArchiveError(f"cannot write {self.temp_path}: {exc.strerror}; free some space or check the disk") from None
+            raise ArchiveError(
+                f"cannot write {self.temp_path}: {exc.strerror}; free some space or check the disk"
+            ) from None
 
     def publish(self) -> Path:
         """Atomically rename the sealed temp file over the destination."""

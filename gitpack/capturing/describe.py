@@ -24,7 +24,9 @@ _SHORT.maxother = REPR_LIMIT
 
 # --------------------------------------------------------------------------- describing values
 def qualified_name(obj: Any) -> str:
-    return f"{getattr(obj, '__module__', None) or '?'}:{getattr(obj, '__qualname__', None) or getattr(obj, '__name__', '?')}"
+    module = getattr(obj, "__module__", None) or "?"
+    qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", "?")
+    return f"{module}:{qualname}"
 
 
 def _short(value: Any) -> str:

@@ -39,16 +39,32 @@ def _note(text: str) -> None:
 
 @app.command()
 def save(
-    target: str = typer.Argument(..., help="module:attr or path/to/file.py:attr; a function or class is called with the -p values"),
+    target: str = typer.Argument(
+        ..., help="module:attr or path/to/file.py:attr; a function or class is called with the -p values"
+    ),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="archive file to write"),
-    name: Optional[str] = typer.Option(None, "--name", help="also (or, without -o, only) store it as the next version of artifact NAME"),
-    param: list[str] = typer.Option([], "-p", "--param", help="key=value (JSON where it parses, else a string); repeatable"),
+    name: Optional[str] = typer.Option(
+        None, "--name", help="also (or, without -o, only) store it as the next version of artifact NAME"
+    ),
+    param: list[str] = typer.Option(
+        [], "-p", "--param", help="key=value (JSON where it parses, else a string); repeatable"
+    ),
     message: Optional[str] = typer.Option(None, "-m", "--message", help="note recorded in the snapshot commit"),
-    branch: Optional[str] = typer.Option(None, "--branch", help="snapshot branch (default: gitpack, or git config gitpack.branch)"),
-    size_cap: Optional[int] = typer.Option(None, "--size-cap", help="leave files larger than this many bytes out of the snapshot"),
+    branch: Optional[str] = typer.Option(
+        None, "--branch", help="snapshot branch (default: gitpack, or git config gitpack.branch)"
+    ),
+    size_cap: Optional[int] = typer.Option(
+        None, "--size-cap", help="leave files larger than this many bytes out of the snapshot"
+    ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar"),
-    sign: bool = typer.Option(False, "--sign", help="sign the snapshot commit with your git signing key (also: git config commit.gpgsign)"),
-    allow_stale: bool = typer.Option(False, "--allow-stale", help="save even if code changed on disk after it was imported (recorded in the archive and commit)"),
+    sign: bool = typer.Option(
+        False, "--sign", help="sign the snapshot commit with your git signing key (also: git config commit.gpgsign)"
+    ),
+    allow_stale: bool = typer.Option(
+        False,
+        "--allow-stale",
+        help="save even if code changed on disk after it was imported (recorded in the archive and commit)",
+    ),
 ) -> None:
     """Snapshot the working tree and save TARGET's object with its code pinned to that commit.
 
@@ -77,13 +93,19 @@ def save(
 @app.command()
 def load(
     path: str = typer.Argument(..., help="archive file, or stored artifact NAME, NAME@v2, NAME@latest"),
-    apply: Optional[str] = typer.Option(None, "--apply", help="run preprocess -> forward (batch of one) -> postprocess on INPUT, print JSON"),
+    apply: Optional[str] = typer.Option(
+        None, "--apply", help="run preprocess -> forward (batch of one) -> postprocess on INPUT, print JSON"
+    ),
     map_location: Optional[str] = typer.Option(None, "--map-location", help="device for tensors, e.g. cpu or cuda:0"),
     mmap: bool = typer.Option(False, "--mmap", help="map tensor data from the archive instead of reading it"),
-    trust: bool = typer.Option(False, "--trust", help="allow any global and by-value code (only for archives you trust)"),
+    trust: bool = typer.Option(
+        False, "--trust", help="allow any global and by-value code (only for archives you trust)"
+    ),
     allow: list[str] = typer.Option([], "--allow", help="also allow global module:qualname; repeatable"),
     require_signed: bool = typer.Option(
-        False, "--require-signed", help="refuse unless the snapshot commit has a trusted signature (also: git config gitpack.requireSigned)"
+        False,
+        "--require-signed",
+        help="refuse unless the snapshot commit has a trusted signature (also: git config gitpack.requireSigned)",
     ),
     fetch: bool = typer.Option(False, "--fetch", help="`gitpack pull` first, then load"),
     remote: Optional[str] = typer.Option(None, "--remote", help="remote for --fetch (default: upstream, else origin)"),
@@ -106,7 +128,8 @@ def load(
     manifest = api.inspect(path)
     kind = manifest.get("object")
     _out(f"object  {textsafe.line(kind.get('type') if isinstance(kind, dict) else kind)}")
-    _out(f"class   {textsafe.line(type(obj).__qualname__)} from {textsafe.line(api.source_of(obj) or type(obj).__module__)}")
+    source = api.source_of(obj) or type(obj).__module__
+    _out(f"class   {textsafe.line(type(obj).__qualname__)} from {textsafe.line(source)}")
     _out(f"commit  {textsafe.line(manifest.get('commit'))}")
     _out(f"params  {textsafe.json_value(manifest.get('params') or {}, limit=None, max_depth=64)}")
 
@@ -137,7 +160,9 @@ def scan(
 @app.command()
 def verify(
     path: str = typer.Argument(..., help="archive file, or stored artifact NAME[@VERSION]"),
-    require_signed: bool = typer.Option(False, "--require-signed", help="fail unless the snapshot commit has a trusted signature"),
+    require_signed: bool = typer.Option(
+        False, "--require-signed", help="fail unless the snapshot commit has a trusted signature"
+    ),
     as_json: bool = typer.Option(False, "--json", help="what was checked, as JSON"),
 ) -> None:
     """Check every byte of an archive, the snapshot commit that vouches for it, and its signature."""
@@ -195,7 +220,9 @@ def log(
 def diff(
     a: str = typer.Argument(..., help="archive file, or stored artifact NAME[@VERSION]"),
     b: Optional[str] = typer.Argument(None, help="second archive; without it, A is compared with the working tree"),
-    all_files: bool = typer.Option(False, "--all", help="code diff of every file, not only the repo modules the objects use"),
+    all_files: bool = typer.Option(
+        False, "--all", help="code diff of every file, not only the repo modules the objects use"
+    ),
     as_json: bool = typer.Option(False, "--json", help="everything, as JSON"),
 ) -> None:
     """Compare two saves: parameters, environment and code. Reads manifests and git only; never unpickles."""
@@ -259,7 +286,9 @@ def _incoming(report) -> None:
 
 @app.command()
 def push(
-    remote: Optional[str] = typer.Argument(None, help="remote name or URL (default: the branch's upstream, else origin)"),
+    remote: Optional[str] = typer.Argument(
+        None, help="remote name or URL (default: the branch's upstream, else origin)"
+    ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar"),
 ) -> None:
     """Push the snapshot branch and the artifacts (merging others' saves first; never force)."""
@@ -267,12 +296,17 @@ def push(
     report = api.push(remote)
     _report(report)
     _incoming(report)
-    _out(f"pushed {len(report.pushed)} ref(s) to {report.remote}" if report.pushed else f"{report.remote} is up to date")
+    if report.pushed:
+        _out(f"pushed {len(report.pushed)} ref(s) to {report.remote}")
+    else:
+        _out(f"{report.remote} is up to date")
 
 
 @app.command()
 def pull(
-    remote: Optional[str] = typer.Argument(None, help="remote name or URL (default: the branch's upstream, else origin)"),
+    remote: Optional[str] = typer.Argument(
+        None, help="remote name or URL (default: the branch's upstream, else origin)"
+    ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar"),
 ) -> None:
     """Fetch the snapshot branch and the artifacts and merge them into this clone's."""
@@ -280,14 +314,19 @@ def pull(
     report = api.pull(remote)
     _report(report)
     _incoming(report)
-    _out(f"pulled from {report.remote}" if report.notes or report.incoming else f"already up to date with {report.remote}")
+    if report.notes or report.incoming:
+        _out(f"pulled from {report.remote}")
+    else:
+        _out(f"already up to date with {report.remote}")
 
 
 @app.command()
 def export(
     ref: str = typer.Argument(..., help="stored artifact NAME[@VERSION], or an archive file"),
     output: str = typer.Option(..., "-o", "--output", help="file to write"),
-    portable: bool = typer.Option(False, "--portable", help="embed the snapshot's source: loads with no repository at all"),
+    portable: bool = typer.Option(
+        False, "--portable", help="embed the snapshot's source: loads with no repository at all"
+    ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar"),
 ) -> None:
     """Write a stored artifact to a file; --portable embeds its source, verified by git hashes at load."""

@@ -66,7 +66,9 @@ def resolve(target: str, params: dict[str, Any]) -> Any:
     except TargetError:
         raise
     except ModuleNotFoundError as exc:
-        raise TargetError(f"cannot import {module_part!r} ({exc}); {_USAGE}, run from the directory it is importable from") from None
+        raise TargetError(
+            f"cannot import {module_part!r} ({exc}); {_USAGE}, run from the directory it is importable from"
+        ) from None
     except Exception as exc:
         raise TargetError(f"importing {module_part!r} failed: {type(exc).__name__}: {exc}") from None
     obj: Any = module

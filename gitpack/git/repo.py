@@ -59,7 +59,9 @@ class Repo:
                 f"{start} is not inside a git working tree; run gitpack from a git repository (or `git init` one)"
             )
         if len(lines) < 3 or not lines[0]:
-            raise NotARepoError(f"{start} is not inside a git working tree (bare repository?); run gitpack from a checkout")
+            raise NotARepoError(
+                f"{start} is not inside a git working tree (bare repository?); run gitpack from a checkout"
+            )
         root = Path(lines[0])
         common = Path(lines[2])
         if not common.is_absolute():

@@ -410,7 +410,9 @@ def _np_reconstruct(trace: Any, made: Made) -> Verdict:
     subtype = ref_of(a[0]) if a else None
     if made.kwargs or len(a) != 3 or subtype is None or subtype.dotted != "numpy.ndarray" or a[1] != (0,) \
             or type(a[2]) is not bytes or len(a[2]) > 8:
-        return refuse("numpy's _reconstruct with anything but an empty ndarray (a shape there would size an allocation)")
+        return refuse(
+            "numpy's _reconstruct with anything but an empty ndarray (a shape there would size an allocation)"
+        )
     return Verdict(kind="ndarray", cls=subtype)
 
 

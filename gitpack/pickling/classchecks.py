@@ -59,7 +59,8 @@ def state_problem(cls: type, name: str, items: tuple[tuple[str, str], ...]) -> s
             return (f"state key {short(key)!r} of {name} would put a callable where the library declares a value "
                     "(the library may call it)")
     if _is_rnn(cls) and ("_all_weights", "str-lists") not in items:
-        return f"state of {name} without its weight names (_all_weights as lists of str): torch would rebuild them in a loop"
+        return (f"state of {name} without its weight names (_all_weights as lists of str): "
+                "torch would rebuild them in a loop")
     return None
 
 
@@ -116,7 +117,8 @@ def check_deferred_source(item: Deferred, found: Any, library: Callable[[str], A
     if item.what == "new":
         if found.declares("__getnewargs__", "__getnewargs_ex__", "__new__") or found.is_tuple:
             return None
-        return f"constructs the snapshot class {name} with arguments (only classes that define __getnewargs__ take them)"
+        return (f"constructs the snapshot class {name} with arguments "
+                "(only classes that define __getnewargs__ take them)")
     if item.what == "custom-state":
         return None if found.declares("__setstate__") else f"state of {name} that is not plain attribute data"
     if item.what == "state":

@@ -40,7 +40,8 @@ class Facts:
 
     @property
     def is_tuple(self) -> bool:
-        return any(b.rpartition(".")[2] in _TUPLE_BASES for b in self.bases) or any(b.is_tuple for b in self.local_bases)
+        tuple_base = any(b.rpartition(".")[2] in _TUPLE_BASES for b in self.bases)
+        return tuple_base or any(b.is_tuple for b in self.local_bases)
 
 
 def facts(source: bytes, qualname: str) -> Facts | None:

@@ -4,9 +4,10 @@
 the globals it gets (calls them with arguments, sets state on them with BUILD,
 fills them with SETITEM) is where attacks live.  So before the real unpickling,
 the pickle runs once through CPython's own C unpickler with every global and
-persistent id replaced by an inert stand-in (:mod:`gitpack.pickling.standins`).  The stand-ins record each REDUCE, NEWOBJ, BUILD,
-APPEND, SETITEM and ADD in the order the real run will perform them, and
-:mod:`gitpack.pickling.calls` judges each one.  Because it is the same C unpickler over
+persistent id replaced by an inert stand-in (:mod:`gitpack.pickling.standins`).
+The stand-ins record each REDUCE, NEWOBJ, BUILD, APPEND, SETITEM and ADD in the
+order the real run will perform them, and :mod:`gitpack.pickling.calls` judges
+each one.  Because it is the same C unpickler over
 the same bytes, the record is exact (no re-implementation of the pickle machine
 that could disagree with the real one) and runs at C speed for data; nothing is
 imported or executed.  :mod:`gitpack.pickling.opcodes` first bounds the one thing the C
@@ -60,7 +61,8 @@ class Trace:
     made: list[Made] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     deferred: list[Deferred] = field(default_factory=list)
-    functions: list[tuple[str, str, int]] = field(default_factory=list)  # repo lambdas rebuilt: (module, qualname, line)
+    # repo lambdas rebuilt: (module, qualname, line)
+    functions: list[tuple[str, str, int]] = field(default_factory=list)
     code: list[tuple] = field(default_factory=list)  # by-value code objects: dill _create_code arguments
     nested: list[Trace] = field(default_factory=list)
     error: str | None = None
@@ -259,8 +261,8 @@ class Trace:
             code = source(ref.module)
             found = facts(code, ref.name) if code is not None else None
             if found is None:
-                self.violations.append(f"{_short(ref.dotted)}, which the snapshot's source of {_short(ref.module)} does "
-                                       "not define (refusing to import it)")
+                self.violations.append(f"{_short(ref.dotted)}, which the snapshot's source of {_short(ref.module)} "
+                                       "does not define (refusing to import it)")
             elif {"class": "function", "function": "class"}.get(ref.kind) == found.kind:
                 self.violations.append(f"{_short(ref.dotted)} named as a {ref.kind} but defined as a {found.kind}")
             else:
@@ -286,7 +288,9 @@ class Trace:
                 self.violations.append(problem)
 
 
-def trace(data: bytes, policy: Policy | None = None, *, modules: Iterable[str] | None = None, buffers: int = 0) -> Trace:
+def trace(
+    data: bytes, policy: Policy | None = None, *, modules: Iterable[str] | None = None, buffers: int = 0
+) -> Trace:
     """Dry-run *data* and judge every construct; nothing is imported or executed.
 
     Args:

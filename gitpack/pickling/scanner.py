@@ -136,7 +136,9 @@ class ScanReport:
             "refused": self.violations,
             "pending_class_checks": self.pending,
             "globals": [{**asdict(g), "allowed": g.allowed} for g in self.globals],
-            "persistent_ids": [{"kind": p.kind, "parts": clean(p.parts), "depth": p.depth} for p in self.persistent_ids],
+            "persistent_ids": [
+                {"kind": p.kind, "parts": clean(p.parts), "depth": p.depth} for p in self.persistent_ids
+            ],
             "functions": [asdict(f) for f in self.functions],
             "by_value_code": [asdict(c) for c in self.code],
         }

@@ -114,7 +114,8 @@ _SPM_OPTIONS = frozenset({"_return_type", "_add_bos", "_add_eos", "_reverse", "_
 def _builtin_type(value: Any) -> bool:
     """``int``, ``str`` and the like, named as a global or returned by dill's ``_load_type``."""
     ref = ref_of(value)
-    return ref is not None and ref.kind in ("global", "result") and ref.module == "builtins" and ref.category is not None
+    return (ref is not None and ref.kind in ("global", "result") and ref.module == "builtins"
+            and ref.category is not None)
 
 
 def _sentencepiece_state(made: Made, state: Any) -> Verdict:
