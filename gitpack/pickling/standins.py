@@ -69,6 +69,7 @@ class _Made:
     """Stand-in for an object the pickle builds (by calling a stand-in); records what is done to it."""
 
     __slots__ = ("_gate_record",)
+    _gate_record: Made  # set by made_object() right after construction
 
     def __setstate__(self, state):  # BUILD
         self._gate_record.trace._built(self, state)
