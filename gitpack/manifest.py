@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import ArchiveError
 
@@ -119,7 +119,8 @@ class Manifest:
         tensors = raw.get("tensors") or {}
         buffers = tensors.get("buffers", 0) if isinstance(tensors, dict) else None
         storages = tensors.get("storages", 0) if isinstance(tensors, dict) else None
-        members = raw.get("members") if isinstance(raw.get("members"), list) else []
+        members_raw = raw.get("members")
+        members = members_raw if isinstance(members_raw, list) else []
         if type(buffers) is not int or not 0 <= buffers <= len(members) or type(storages) is not int or storages < 0:
             raise bad("tensors")
         by_value = raw.get("by_value_code") or []
@@ -161,7 +162,7 @@ class Manifest:
         )
 
 
-def is_snapshot_dir(rel: Any) -> bool:
+def is_snapshot_dir(rel: Any) -> TypeGuard[str]:
     """A relative path inside the snapshot: no absolute path, no ``..``, no ``.git``, no NUL; any other name is fine."""
     if not isinstance(rel, str) or rel.startswith("/") or "\0" in rel or "\\" in rel:
         return False
