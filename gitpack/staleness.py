@@ -325,7 +325,7 @@ def find_stale(used: dict[str, Any] | list[Any], module_map: Any,
     for module, items in sorted(by_module.items()):
         rel = (module_map.used.get(module) or {}).get("path")
         source = read_source(rel) if rel else None
-        if source is None:
+        if not rel or source is None:
             for cls in items["classes"]:
                 stale.append(StaleCode(module, cls.__qualname__, "its file is not in the snapshot"))
             continue

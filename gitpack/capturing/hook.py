@@ -197,7 +197,8 @@ class _Chained:
 
 # Python 3.12+: sys.monitoring reports only function starts and returns, and each function that is not
 # an __init__ is switched off after its first call, so capture costs next to nothing once warmed up.
-_MONITORING = getattr(sys, "monitoring", None)
+# Any: mypy checks against Python 3.10, whose stubs have no sys.monitoring; None before 3.12.
+_MONITORING: Any = getattr(sys, "monitoring", None)
 _MONITORING_TOOLS = (4, 3, 5)  # 0, 1 and 2 are the ids reserved for debuggers, coverage and profilers
 _MONITORED = "sys.monitoring"
 
