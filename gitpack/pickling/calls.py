@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import PolicyError
 from . import columns
 from .policy import CLASS, RECONSTRUCTOR, TORCH_DTYPE_SIZES, TRUSTED, VALUE, VALUE_TYPE
 from .standins import Buffer, Deferred, Made, Ref, made_of, ref_of
@@ -106,7 +107,7 @@ def check_call(trace: Any, made: Made) -> Verdict:
             return Verdict()  # refused by the policy: already reported
         if category == TRUSTED:
             return Verdict()
-        key = (callee.module, callee.name)
+        key = _named_key(callee)
         if category == RECONSTRUCTOR:
             return _RECONSTRUCTORS[key](trace, made)
         if category == VALUE_TYPE:
@@ -137,9 +138,19 @@ def check_call(trace: Any, made: Made) -> Verdict:
     if callee.kind == "result":  # a class a reconstructor returned: a namedtuple, or a builtin type from dill
         if callee.name == "namedtuple":
             return Verdict() if not kwargs else refuse("a namedtuple built with keyword arguments")
-        rule = _VALUE_TYPES.get((callee.module, callee.name))
-        return rule(made) if rule is not None and not kwargs else _never_called(made)
+        result_rule = _VALUE_TYPES.get(_named_key(callee))
+        return result_rule(made) if result_rule is not None and not kwargs else _never_called(made)
     return refuse(f"calls {short(callee.dotted)}")
+
+
+def _named_key(ref: Ref) -> tuple[str, str]:
+    """``(module, name)`` of a global or of a class a reconstructor returned, which always carry both.
+
+    A None here is a bug in the gate, never something a pickle can cause; raised in the dry run, it refuses the load.
+    """
+    if ref.module is None or ref.name is None:
+        raise PolicyError(f"the gate lost the module or name of {ref.dotted}")
+    return ref.module, ref.name
 
 
 def _never_called(made: Made) -> Verdict:
@@ -323,9 +334,12 @@ def _rebuild_tensor(trace: Any, made: Made) -> Verdict:
     if not (type(a[1]) is int and a[1] >= 0 and type(a[2]) is tuple and type(a[3]) is tuple and is_shape(a[2])
             and is_shape(a[3]) and len(a[2]) == len(a[3])):
         return refuse(f"torch._utils.{name} with a malformed offset, size or stride")
-    storage = ref_of(a[0]).parts  # ('storage', dtype, key, location, numel)
-    tensor_dtype = ref_of(a[6]).name if wanted == 7 and ref_of(a[6]) is not None else storage[1]
-    if not tensor_fits(storage[4], storage[1], a[1], a[2], a[3], tensor_dtype):
+    storage_ref = ref_of(a[0])
+    assert storage_ref is not None  # is_storage_ref(a[0]) above
+    storage = storage_ref.parts  # ('storage', dtype, key, location, numel)
+    dtype_ref = ref_of(a[6]) if wanted == 7 else None
+    tensor_dtype = dtype_ref.name if dtype_ref is not None else storage[1]
+    if tensor_dtype is None or not tensor_fits(storage[4], storage[1], a[1], a[2], a[3], tensor_dtype):
         return refuse(f"torch._utils.{name} with a view beyond its storage (torch would grow the storage)")
     if wanted >= 6:
         if type(a[4]) is not bool or not _empty_hooks(a[5]):
@@ -488,6 +502,7 @@ def _rebuild(trace: Any, made: Made) -> Verdict:
         and (a[6] is None or (type(a[6]) is dict and all(isinstance(k, str) and not is_dunder(k) for k in a[6])))
     if not ok:
         return refuse("gitpack's function rebuilder with malformed arguments")
+    assert module is not None  # part of ok
     trace.functions.append((module.module, a[1], a[2]))
     return Verdict(kind="function")
 

@@ -40,7 +40,7 @@ def refuse(problem: str) -> Verdict:
     return Verdict(problem)
 
 
-def short(text: str) -> str:
+def short(text: Any) -> str:
     text = str(text).encode("ascii", "backslashreplace").decode()
     return text if len(text) <= SHORT else text[: SHORT - 3] + "..."
 
