@@ -26,6 +26,11 @@ from .status import READ_ONLY, STATUS_ARGS, branch_headers
 from .tree import SnapshotTree, temp_prefix
 
 
+def _index_entry(mode: str, sha: str | None) -> tuple[str, str] | None:
+    """A path's staged entry, ``(mode, sha)``; None when the index does not have it (mode 000000: untracked)."""
+    return None if mode == "000000" or sha is None else (mode, sha)
+
+
 def write_overlay(repo: Repo, size_cap: int, exclude: set[str]) -> SnapshotTree:
     """The working tree as a tree: HEAD's tree with only the paths ``git status`` reports rewritten.
 
@@ -57,7 +62,10 @@ def write_overlay(repo: Repo, size_cap: int, exclude: set[str]) -> SnapshotTree:
     elif early_head is not None and early_head[0] == head:
         base_tree = early_head[1]
     else:
-        base_tree = repo.commit_and_tree(head)[1]  # HEAD moved while status ran
+        moved = repo.commit_and_tree(head)  # HEAD moved while status ran
+        if moved is None:  # status just named this commit: only a broken repository loses it
+            raise GitError(f"commit {head}, HEAD according to git status, is missing from {repo.root}")
+        base_tree = moved[1]
 
     filemode = (repo.config("core.filemode") or "true").lower() not in ("false", "no", "off", "0")
     changed: list[str] = []
@@ -88,7 +96,7 @@ def write_overlay(repo: Repo, size_cap: int, exclude: set[str]) -> SnapshotTree:
             attribute_files.append(path)
         if TEMP_MARK in os.path.basename(path):
             # Another save's archive, still being written: never snapshot, nothing to report.
-            changes[path] = None if mode_index == "000000" else (mode_index, sha_index)
+            changes[path] = _index_entry(mode_index, sha_index)
             continue
         reason = exclusion_reason(repo.root, path, size_cap, exclude)
         if reason:
@@ -97,7 +105,7 @@ def write_overlay(repo: Repo, size_cap: int, exclude: set[str]) -> SnapshotTree:
             continue
         worktree_state = xy[1]
         if worktree_state == ".":  # the worktree matches the index: take the staged entry
-            changes[path] = None if mode_index == "000000" else (mode_index, sha_index)
+            changes[path] = _index_entry(mode_index, sha_index)
         elif worktree_state == "D":
             changes[path] = None
         else:
