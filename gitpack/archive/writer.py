@@ -170,6 +170,7 @@ class ArchiveWriter:
         self._queued.append((name, offset, size, self._pool.submit(self._hash_and_write, views, offset, size)))
 
     def _hash_and_write(self, views: list, offset: int, size: int) -> str:
+        fd = self._open_fd  # abort() and publish() close it only after the workers finish
         h = hashlib.sha256()
         for view in views:
             if isinstance(view, DeferredBuffer):
@@ -182,7 +183,7 @@ class ArchiveWriter:
                     return ""
                 chunk = view[i : i + CHUNK]
                 h.update(chunk)  # reads the chunk into the cache; the write below copies it from there
-                _pwrite_all(self._fd, chunk, offset)
+                _pwrite_all(fd, chunk, offset)
                 offset += len(chunk)
                 self._flusher.wrote(len(chunk))
             view = chunk = None  # a deferred copy is freed before the next one is made
@@ -209,20 +210,28 @@ class ArchiveWriter:
         """Write manifest and trailer after the members and fsync; may be called again to replace them."""
         manifest = sealed_manifest(manifest, self.members)
         blob = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+        fd = self._open_fd
         if self._sealed_at is None:
             self._sealed_at = align(self._end)
         try:
-            os.ftruncate(self._fd, self._sealed_at)
+            os.ftruncate(fd, self._sealed_at)
             tail = TRAILER.pack(self._sealed_at, len(blob), hashlib.sha256(blob).digest(), TAIL_MAGIC)
-            _pwrite_all(self._fd, memoryview(blob + tail), self._sealed_at)
+            _pwrite_all(fd, memoryview(blob + tail), self._sealed_at)
             self._flusher.stop()
             if self._flusher.error is not None:
                 raise self._flusher.error
-            os.fsync(self._fd)
+            os.fsync(fd)
         except OSError as exc:
             raise ArchiveError(
                 f"cannot write {self.temp_path}: {exc.strerror}; free some space or check the disk"
             ) from None
+
+    @property
+    def _open_fd(self) -> int:
+        """The temp file's descriptor: set in __init__, None only once publish() or abort() closed it."""
+        if self._fd is None:
+            raise ValueError("archive is already published or aborted; nothing more can be written")
+        return self._fd
 
     def publish(self) -> Path:
         """Atomically rename the sealed temp file over the destination."""
