@@ -235,7 +235,8 @@ class _SnapshotLoader(importlib.machinery.SourceFileLoader):
         self.namespace = namespace
 
     def exec_module(self, module: types.ModuleType) -> None:
-        module.__builtins__ = self.namespace.builtins
+        # The module's globals are its __dict__: the builtins its code sees (typeshed has no ModuleType.__builtins__).
+        module.__dict__["__builtins__"] = self.namespace.builtins
         super().exec_module(module)
 
 
