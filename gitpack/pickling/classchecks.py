@@ -126,9 +126,10 @@ def check_deferred_source(item: Deferred, found: Any, library: Callable[[str], A
             if found.declares(key):
                 return f"state key {short(key)!r} of {name} would replace its method or property {short(key)!r}"
         bases = [library(b) for b in found.all_imported_bases()] if library is not None else [None]
-        if any(not isinstance(b, type) for b in bases):
+        classes = [b for b in bases if isinstance(b, type)]
+        if len(classes) != len(bases):
             return "pending"  # a base only the imported class can show: load checks it
-        for base in bases:
+        for base in classes:
             problem = state_problem(base, name, item.detail or ())
             if problem:
                 return problem

@@ -170,7 +170,8 @@ def wrap(module: str, name: str, obj: Any) -> Any:
     if make is None:
         return obj
     guarded = functools.wraps(obj)(make(obj, name))
-    guarded.__gitpack_guarded__ = name
+    # A marker in the function's attribute dict (typeshed's functools._Wrapped declares no attributes).
+    guarded.__dict__["__gitpack_guarded__"] = name
     return guarded
 
 
