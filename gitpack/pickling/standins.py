@@ -12,7 +12,7 @@ module is ever reached.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 # The recording side (:class:`gitpack.pickling.gate.Trace`) provides _called, _built and _mutated; duck-typed here so
 # this module imports nothing of gitpack's.
@@ -45,7 +45,7 @@ class Ref:
         return self.kind in ("class", "function", "legacy")
 
 
-class _StandInType(type):
+class StandInType(type):
     """Metaclass of every stand-in for a global or persistent id: REDUCE and BUILD on one are recorded."""
 
     _gate_ref: Ref
@@ -134,9 +134,9 @@ class ValueStandIn:
         return f"<{self.ref.kind} {self.ref.name}>"
 
 
-def stand_in(ref: Ref, recorder: Any) -> type:
+def stand_in(ref: Ref, recorder: Any) -> StandInType:
     """A new stand-in class for *ref*, whose calls and state go to *recorder*."""
-    return _StandInType(f"stand-in {ref.dotted}", (), {"__new__": _new, "_gate_ref": ref, "_gate_trace": recorder})
+    return StandInType(f"stand-in {ref.dotted}", (), {"__new__": _new, "_gate_ref": ref, "_gate_trace": recorder})
 
 
 def made_object(record: Made) -> _Made:
@@ -145,13 +145,13 @@ def made_object(record: Made) -> _Made:
     return obj
 
 
-def is_stand_in(value: Any) -> bool:
-    return isinstance(value, _StandInType)
+def is_stand_in(value: Any) -> TypeGuard[StandInType]:
+    return isinstance(value, StandInType)
 
 
 def ref_of(value: Any) -> Ref | None:
     """The :class:`Ref` a dry-run value stands for, when it is a global or persistent id (else None)."""
-    if isinstance(value, _StandInType):
+    if isinstance(value, StandInType):
         return value._gate_ref
     if type(value) is ValueStandIn:
         return value.ref
