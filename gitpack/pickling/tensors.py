@@ -152,7 +152,7 @@ class StorageLoader:
         self.mmap = mmap
         self.readahead = readahead
         self._loaded: dict[str, Any] = {}
-        self._whole_file = None
+        self._whole_file: Any = None  # with mmap: one torch storage mapping the whole archive, made on first use
         self._order = [m for name, m in reader.members.items() if name.startswith(STORAGE_PREFIX)]
         self._next = 0  # index in _order of the next member to schedule
         self._scheduled: dict[str, tuple[Any, Any, int]] = {}  # member name -> (storage, future, size)
@@ -252,7 +252,9 @@ class StorageLoader:
             if result is not None:
                 return result
             return move_storage(storage, location, location)
-        return move_storage(storage, self._target(location), location)
+        target = self._target(location)
+        assert target is not None  # None only for a callable map_location, handled above
+        return move_storage(storage, target, location)
 
 
 def move_storage(storage, target: str, saved_at: str):
