@@ -18,7 +18,6 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import PolicyError
 from . import columns
 from .policy import CLASS, RECONSTRUCTOR, TORCH_DTYPE_SIZES, TRUSTED, VALUE, VALUE_TYPE
 from .standins import Buffer, Deferred, Made, Ref, made_of, ref_of
@@ -107,7 +106,7 @@ def check_call(trace: Any, made: Made) -> Verdict:
             return Verdict()  # refused by the policy: already reported
         if category == TRUSTED:
             return Verdict()
-        key = _named_key(callee)
+        key = callee.module_and_name()
         if category == RECONSTRUCTOR:
             return _RECONSTRUCTORS[key](trace, made)
         if category == VALUE_TYPE:
@@ -138,19 +137,9 @@ def check_call(trace: Any, made: Made) -> Verdict:
     if callee.kind == "result":  # a class a reconstructor returned: a namedtuple, or a builtin type from dill
         if callee.name == "namedtuple":
             return Verdict() if not kwargs else refuse("a namedtuple built with keyword arguments")
-        result_rule = _VALUE_TYPES.get(_named_key(callee))
+        result_rule = _VALUE_TYPES.get(callee.module_and_name())
         return result_rule(made) if result_rule is not None and not kwargs else _never_called(made)
     return refuse(f"calls {short(callee.dotted)}")
-
-
-def _named_key(ref: Ref) -> tuple[str, str]:
-    """``(module, name)`` of a global or of a class a reconstructor returned, which always carry both.
-
-    A None here is a bug in the gate, never something a pickle can cause; raised in the dry run, it refuses the load.
-    """
-    if ref.module is None or ref.name is None:
-        raise PolicyError(f"the gate lost the module or name of {ref.dotted}")
-    return ref.module, ref.name
 
 
 def _never_called(made: Made) -> Verdict:

@@ -14,8 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
+from ..errors import PolicyError
+
 # The recording side (:class:`gitpack.pickling.gate.Trace`) provides _called, _built and _mutated; duck-typed here so
-# this module imports nothing of gitpack's.
+# this module imports nothing else of gitpack's.
 
 @dataclass(frozen=True)
 class Ref:
@@ -43,6 +45,15 @@ class Ref:
     @property
     def snapshot(self) -> bool:
         return self.kind in ("class", "function", "legacy")
+
+    def module_and_name(self) -> tuple[str, str]:
+        """``(module, name)`` of a global or of a class a reconstructor returned, which always carry both.
+
+        A None here is a bug in the gate, never something a pickle can cause (in the dry run it refuses the load).
+        """
+        if self.module is None or self.name is None:
+            raise PolicyError(f"the gate lost the module or name of {self.dotted}")
+        return self.module, self.name
 
 
 class StandInType(type):
