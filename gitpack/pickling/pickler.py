@@ -88,7 +88,7 @@ class _References:
         cached = self._pids.get(id(obj))
         if cached is not None:
             return cached
-        pid = None
+        pid: tuple | None = None  # persistent ids differ in length by kind
         if obj is _REBUILDER:
             return REBUILD_ID
         if isinstance(obj, type) or t in _FUNCTION_TYPES:
