@@ -378,6 +378,7 @@ def compare(a: str | os.PathLike, b: str | os.PathLike | None = None, *, all_fil
         commit_a = require_snapshot_commit(git_repo, manifest_a, path_a)
         side_a = {"archive": str(path_a), "commit": commit_a, "object": object_type(manifest_a)}
         used_a, notes = module_paths(manifest_a, str(path_a))
+        manifests: tuple[dict[str, Any], ...]  # A and B, or only A when B is the working tree
         if b is not None:
             path_b = Path(b)
             manifest_b = read_manifest(path_b)
