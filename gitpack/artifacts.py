@@ -199,7 +199,7 @@ class Store:
             ref, date = ref.lstrip("\n"), iso_date(raw_date)
             parts = split_store_ref(ref)
             number = version_number(parts[2]) if parts else None
-            if number is None:
+            if parts is None or number is None:
                 continue  # not a ref gitpack wrote; ignore rather than guess
             t = trailers.parse_trailers(body)
             params, _ = trailers.parse_json(t.get("params"), {})
