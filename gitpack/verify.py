@@ -46,7 +46,7 @@ from .errors import (
 )
 from .git import DEFAULT_BRANCH, Repo, branch_ref, parse_commit_object
 from .history import require_snapshot_commit
-from .isolation import GitSourceTree
+from .isolation import GitSourceTree, SourceTree
 from .manifest import Manifest
 from .snapshot.branch import is_gitpack_branch, merged_in_tips
 from .trailers import parse_trailers
@@ -61,7 +61,7 @@ class Verified:
     manifest: dict[str, Any]
     plan: Manifest  # the manifest, every field load acts on checked
     repo: Repo | None  # the repository holding the snapshot commit (None: a portable archive outside one)
-    source: Any  # where the snapshot's files come from (a SourceTree)
+    source: SourceTree  # where the snapshot's files come from
     portable: bool
     manifest_vouched: bool
     signature: signing.Signature | None
@@ -98,6 +98,7 @@ def open_verified(
             for name in reader.members:
                 reader.verify_member(name)
         signature = None
+        source: SourceTree  # the archive's embedded objects, or the repository's
         if portable.is_portable(manifest):
             source = portable.verified_source(reader)  # every embedded object hashed before anything is imported
             embedded = parse_trailers(parse_commit_object(reader.read(portable.COMMIT_MEMBER))[1])
