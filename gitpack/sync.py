@@ -32,6 +32,7 @@ permission) or cannot be reached is one clear error, and nothing local is lost.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import random
 import re
@@ -198,20 +199,22 @@ def _network(repo: Repo, args: list[str], description: str, *, bar: bool = True)
         if show and verb in cmd:
             cmd.insert(cmd.index(verb) + 1, "--progress")
     proc = runner.start(cmd, cwd=repo.root, env=env)
+    stdout, stderr = proc.stdout, proc.stderr
+    # runner.start pipes both as binary buffered streams: read1 returns whatever git has written so far
+    assert stdout is not None and isinstance(stderr, io.BufferedReader)
     out_chunks: list[bytes] = []
-    reader = threading.Thread(target=lambda: out_chunks.append(proc.stdout.read()), daemon=True)  # type: ignore[union-attr]
+    reader = threading.Thread(target=lambda: out_chunks.append(stdout.read()), daemon=True)
     reader.start()
     messages: list[str] = []
-    with progress.Bar(description, 100, unit="percent", force=show) as bar:
+    with progress.Bar(description, 100, unit="percent", force=show) as phases:
         pending = b""
-        assert proc.stderr is not None
-        while chunk := proc.stderr.read1(65536):
+        while chunk := stderr.read1(65536):
             pending += chunk
             *lines, pending = re.split(rb"[\r\n]", pending)
             for raw in lines:
-                _take_line(raw.decode(errors="replace"), messages, bar, description)
+                _take_line(raw.decode(errors="replace"), messages, phases, description)
         if pending:
-            _take_line(pending.decode(errors="replace"), messages, bar, description)
+            _take_line(pending.decode(errors="replace"), messages, phases, description)
     returncode = proc.wait()
     reader.join()
     return _Result(returncode, b"".join(out_chunks).decode(errors="replace"), messages)
@@ -287,7 +290,8 @@ _HEX = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 def _name_status(raw: bytes) -> tuple[tuple[str, str, str | None], ...]:
     """``--name-status -z`` output as (status, path, old path)."""
     fields = raw.decode("utf-8", "surrogateescape").split("\0")
-    out, i = [], 0
+    out: list[tuple[str, str, str | None]] = []
+    i = 0
     while i < len(fields) - 1 and fields[i]:
         status = fields[i]
         if status[:1] in ("R", "C") and i + 2 < len(fields):
