@@ -168,9 +168,13 @@ def save(
             vouched = {"Manifest": manifest_digest(sealed_manifest(manifest, writer.members))}
             trailers = {**vouched, "Artifact": name} if name else dict(vouched)
             trailers.update(_capture_trailers(captured, stale))
+            archive_label = dest.name
+            if path is None:
+                assert name is not None  # a save without a path has a name (checked on entry)
+                archive_label = name  # store-only: the commit names the artifact, not its temporary file
             text = format_message(
-                archive=dest.name if path is not None else name, object_type=type_name, digest=digest, params=params,
-                head=snap.head, message=_message_with_capture(message, captured), extra=trailers,
+                archive=archive_label, object_type=type_name, digest=digest, params=params, head=snap.head,
+                message=_message_with_capture(message, captured), extra=trailers,
             )
 
             def seal(commit: str) -> None:
