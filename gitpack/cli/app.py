@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Optional
+from typing import Any, Optional, Protocol, cast
 
 import typer
 
@@ -351,19 +351,36 @@ def textconv(path: str = typer.Argument(..., help="archive file (git passes a te
     sys.stdout.write(api.textconv(path))
 
 
-def _click_classes(name: str) -> tuple[type, ...]:
+def _click_classes(name: str) -> tuple[type[BaseException], ...]:
     """Click's exception classes, from typer's vendored copy and from click itself (typer versions differ)."""
     import importlib
 
-    found = []
+    found: list[type[BaseException]] = []
     for module_name in ("typer._click.exceptions", "click.exceptions"):
         try:
             cls = getattr(importlib.import_module(module_name), name, None)
         except ImportError:
             continue
-        if isinstance(cls, type) and cls not in found:
+        if isinstance(cls, type) and issubclass(cls, BaseException) and cls not in found:
             found.append(cls)
     return tuple(found)
+
+
+class _ClickProblem(Protocol):
+    """What main() reads of a click exception.
+
+    typer's vendored click and click itself are unrelated class hierarchies, so the except clauses below can only
+    name them as BaseException; this is the part of their interface main() relies on.
+    """
+
+    ctx: Any  # click.Context | None, on NoArgsIsHelpError and UsageError
+    exit_code: int  # on ClickException
+
+    def format_message(self) -> str: ...
+
+
+def _click_problem(exc: BaseException) -> _ClickProblem:
+    return cast(_ClickProblem, exc)
 
 
 _NO_ARGS = _click_classes("NoArgsIsHelpError")
@@ -384,16 +401,19 @@ def main(argv: list[str] | None = None) -> None:
         _note(f"error: {exc}")  # one line, whatever text of an archive or commit the message quotes
         sys.exit(1)
     except _NO_ARGS as exc:  # `gitpack` alone prints help
-        if exc.ctx is not None:
-            _out(exc.ctx.get_help())
+        problem = _click_problem(exc)
+        if problem.ctx is not None:
+            _out(problem.ctx.get_help())
         sys.exit(0)
     except _USAGE as exc:
-        command = exc.ctx.command_path if exc.ctx is not None else "gitpack"
-        _note(f"error: {exc.format_message()} (see `{command} --help`)")
+        problem = _click_problem(exc)
+        command = problem.ctx.command_path if problem.ctx is not None else "gitpack"
+        _note(f"error: {problem.format_message()} (see `{command} --help`)")
         sys.exit(2)
     except _CLICK_ERROR as exc:
-        _note(f"error: {exc.format_message()}")
-        sys.exit(exc.exit_code or 1)
+        problem = _click_problem(exc)
+        _note(f"error: {problem.format_message()}")
+        sys.exit(problem.exit_code or 1)
     except _ABORT:
         _note("aborted")
         sys.exit(130)
