@@ -33,7 +33,7 @@ class Repo:
         self.common_dir = common_dir
         self._trees: dict[str, list[TreeEntry]] = {}
         self._objects = ObjectReader(root)
-        self._config: dict[str, str] | None = None
+        self._config: dict[str, list[str]] | None = None  # every value of every key, read once
         self.head_branch_seen: tuple[str | None] | None = None  # HEAD's branch as the last snapshot saw it
 
     # ---------------------------------------------------------------- discovery
@@ -199,8 +199,8 @@ class Repo:
                 name, _, value = record.partition("\n")
                 if name:
                     values.setdefault(_config_key(name), []).append(value)
-            self._config = values  # type: ignore[assignment]
-        return self._config  # type: ignore[return-value]
+            self._config = values
+        return self._config
 
     def remote_url(self) -> str | None:
         remote = self.branch_remote() or "origin"
