@@ -192,8 +192,8 @@ def _index_code(module_code: types.CodeType) -> dict[str, list[types.CodeType]]:
     return index
 
 
-def _index_defs(tree: ast.AST) -> dict[str, list[ast.AST]]:
-    index: dict[str, list[ast.AST]] = defaultdict(list)
+def _index_defs(tree: ast.AST) -> dict[str, list[ast.FunctionDef | ast.AsyncFunctionDef]]:
+    index: dict[str, list[ast.FunctionDef | ast.AsyncFunctionDef]] = defaultdict(list)
 
     def walk(node: ast.AST, prefix: str) -> None:
         for child in ast.iter_child_nodes(node):
@@ -231,9 +231,9 @@ def _value_equal(a: Any, b: Any) -> bool:
         return False
 
 
-def _defaults_match(fn: types.FunctionType, node: ast.AST) -> bool:
+def _defaults_match(fn: types.FunctionType, node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
     """Literal defaults in the file's ``def`` equal the function's defaults in memory (others are not compared)."""
-    args = node.args  # type: ignore[attr-defined]
+    args = node.args
     in_memory = fn.__defaults__ or ()
     if len(args.defaults) != len(in_memory):
         return False
