@@ -15,6 +15,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 from ..errors import GitError
@@ -31,7 +32,7 @@ def _index_entry(mode: str, sha: str | None) -> tuple[str, str] | None:
     return None if mode == "000000" or sha is None else (mode, sha)
 
 
-def write_overlay(repo: Repo, size_cap: int, exclude: set[str]) -> SnapshotTree:
+def write_overlay(repo: Repo, size_cap: int, exclude: AbstractSet[str]) -> SnapshotTree:
     """The working tree as a tree: HEAD's tree with only the paths ``git status`` reports rewritten.
 
     Raises :class:`NeedsIndex` where that could differ from ``git add -A`` (a changed submodule, a
