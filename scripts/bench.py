@@ -578,7 +578,9 @@ def report(work: Path, size: dict, runs: int, n_files: int, quick: bool) -> None
 
     model_repo = make_model_repo(work)
     env_cache = {"GITPACK_CACHE": str(work / "cache-model")}
-    progress = lambda text: print(f"... {text}", file=sys.stderr, flush=True)  # noqa: E731
+
+    def progress(text: str) -> None:
+        print(f"... {text}", file=sys.stderr, flush=True)
 
     progress(f"save/load timings, {runs} runs")
     tm = child("timings", work, model_repo, env=env_cache)

@@ -223,7 +223,10 @@ def test_outermost_init_only_and_explicit_arguments_are_never_mistaken_for_defau
     with gitpack.capture():
         holder = m.Holder(items=[m.Child(1, 5, 9, z=7, w=3), m.Child(2)], child=m.Slotted())
     objects = _objects(repo, holder)
-    cls = lambda name: f"{repo_module}:{name}"  # noqa: E731
+
+    def cls(name: str) -> str:
+        return f"{repo_module}:{name}"
+
     assert objects == {
         "$": {"class": cls("Holder"), "origin": "captured", "defaults": [],
               "args": {"items": [{"$ref": "$.items[0]"}, {"$ref": "$.items[1]"}], "child": {"$ref": "$.child"}}},
