@@ -16,4 +16,6 @@ from .api import SaveInfo, diff, inspect, load, log, save, scan, verify
 from .capturing import capture
 from .errors import GitpackError
 
-__all__ = ["GitpackError", "SaveInfo", "__version__", "capture", "diff", "inspect", "load", "log", "save", "scan", "verify"]
+__all__ = [
+    "GitpackError", "SaveInfo", "__version__", "capture", "diff", "inspect", "load", "log", "save", "scan", "verify",
+]

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from . import artifacts, gitsetup, history, sync
 from ._version import __version__
@@ -58,7 +59,9 @@ def diff(a: str | os.PathLike, b: str | os.PathLike | None = None, *, all_files:
     return _compare(path_a, path_b, all_files=all_files, repo=repo)
 
 
-def scan(path: str | os.PathLike, *, allow: Iterable[tuple[str, str] | str] = (), repo: str | os.PathLike | None = None):
+def scan(
+    path: str | os.PathLike, *, allow: Iterable[tuple[str, str] | str] = (), repo: str | os.PathLike | None = None
+):
     """Every global, persistent id, call and state the archive's pickle would make, judged by the trust gate.
 
     Read from a dry run of the pickle (:mod:`gitpack.pickling.gate`): nothing is unpickled and no snapshot

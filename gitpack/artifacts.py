@@ -199,7 +199,7 @@ class Store:
             ref, date = ref.lstrip("\n"), iso_date(raw_date)
             parts = split_store_ref(ref)
             number = version_number(parts[2]) if parts else None
-            if number is None:
+            if parts is None or number is None:
                 continue  # not a ref gitpack wrote; ignore rather than guess
             t = trailers.parse_trailers(body)
             params, _ = trailers.parse_json(t.get("params"), {})
@@ -223,7 +223,9 @@ class Store:
         if isinstance(ref, str):
             parsed = parse_reference(ref)
             if parsed is None:
-                raise StoreError(f"{ref!r} is not an artifact reference; write NAME, NAME@v2 or NAME@latest ({NAME_RULE})")
+                raise StoreError(
+                    f"{ref!r} is not an artifact reference; write NAME, NAME@v2 or NAME@latest ({NAME_RULE})"
+                )
             ref = parsed
         validate_name(ref.name)
         versions = {v.number: v for v in self.versions(ref.name)}
@@ -259,7 +261,9 @@ class Store:
         )
 
     # -------------------------------------------------------------- writing
-    def add(self, name: str, archive: Path, *, snapshot: str, digest: str, object_type: str, params: dict) -> ArtifactVersion:
+    def add(
+        self, name: str, archive: Path, *, snapshot: str, digest: str, object_type: str, params: dict
+    ) -> ArtifactVersion:
         """Store the archive file as the next version of *name* and move ``latest`` to it.
 
         The bytes go in with ``hash-object -w`` from the file (git streams files
@@ -273,6 +277,7 @@ class Store:
         level = self.repo.config("gitpack.compression") or DEFAULT_COMPRESSION
         blob = self.repo.git("-c", f"core.compression={level}", "hash-object", "-w", "--no-filters", "--", str(archive))
         tree = self.repo.git("mktree", input=f"100644 blob {blob}\t{ARCHIVE_ENTRY}\n".encode())
+        params_json = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
         message = "\n".join([
             f"gitpack artifact {name}", "",
             f"{trailers.TRAILER_PREFIX}Artifact: {name}",
@@ -280,7 +285,7 @@ class Store:
             f"{trailers.TRAILER_PREFIX}Object: {object_type}",
             f"{trailers.TRAILER_PREFIX}Digest: {digest}",
             f"{trailers.TRAILER_PREFIX}Size: {size}",
-            f"{trailers.TRAILER_PREFIX}Params: {json.dumps(params, sort_keys=True, separators=(',', ':'), default=str)}",
+            f"{trailers.TRAILER_PREFIX}Params: {params_json}",
         ]) + "\n"
         commit = self.repo.commit_tree([tree, "-p", snapshot, "-m", message])
         number = self._claim_number(name, commit)
@@ -334,7 +339,9 @@ class Store:
         entries = self.repo.read_tree(headers["tree"][0]) if headers.get("tree") else []
         blob = next((e.sha for e in entries if e.name == ARCHIVE_ENTRY and e.kind == "blob"), None)
         if blob is None:
-            raise StoreError(f"{version.label} ({version.commit[:12]}) holds no {ARCHIVE_ENTRY}; it was not written by gitpack")
+            raise StoreError(
+                f"{version.label} ({version.commit[:12]}) holds no {ARCHIVE_ENTRY}; it was not written by gitpack"
+            )
         return blob, int(self.repo.git("cat-file", "-s", blob))
 
     def archive_file(self, version: ArtifactVersion) -> Path:

@@ -23,9 +23,7 @@ changed since this model was saved".
 
 from __future__ import annotations
 
-import importlib.machinery
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +31,8 @@ from typing import Any
 from . import environment, textsafe
 from .archive import read_manifest
 from .git import Repo
-from .isolation.namespace import installed_elsewhere
 from .history import require_snapshot_commit
+from .isolation.namespace import installed_elsewhere
 from .snapshot import DEFAULT_SIZE_CAP, write_tree
 
 WORKING_TREE = "working tree"
@@ -46,7 +44,10 @@ FILES_SHOWN = 200  # changed paths listed in the text report before "... N more"
 
 @dataclass(frozen=True)
 class FileChange:
-    """One path that differs between the snapshots: git's status letter (``A M D R C T``), the path, the old path of a rename."""
+    """One path that differs between the snapshots.
+
+    git's status letter (``A M D R C T``), the path, and the old path of a rename.
+    """
 
     status: str
     path: str
@@ -113,7 +114,10 @@ def _suffix(key: Any) -> str:
 
 
 def path_label(path: tuple) -> str:
-    """``("capture", "$.layer", "args", "n_hidden")`` -> ``$.layer(n_hidden)``; ``("params", "lr")`` -> ``params.lr``."""
+    """A change's path as people write it.
+
+    ``("capture", "$.layer", "args", "n_hidden")`` -> ``$.layer(n_hidden)``; ``("params", "lr")`` -> ``params.lr``.
+    """
     if not path:
         return ""
     head, rest = path[0], list(path[1:])
@@ -374,6 +378,7 @@ def compare(a: str | os.PathLike, b: str | os.PathLike | None = None, *, all_fil
         commit_a = require_snapshot_commit(git_repo, manifest_a, path_a)
         side_a = {"archive": str(path_a), "commit": commit_a, "object": object_type(manifest_a)}
         used_a, notes = module_paths(manifest_a, str(path_a))
+        manifests: tuple[dict[str, Any], ...]  # A and B, or only A when B is the working tree
         if b is not None:
             path_b = Path(b)
             manifest_b = read_manifest(path_b)
@@ -448,7 +453,9 @@ def format_text(report: DiffReport) -> str:
     lines.append("environment:" if report.environment else "environment: no changes")
     lines += [_change_line(c) for c in report.environment]
     if report.files:
-        scope = "" if report.code_paths is None else "; code below only for the modules the objects use, --all for every file"
+        scope = ""
+        if report.code_paths is not None:
+            scope = "; code below only for the modules the objects use, --all for every file"
         lines.append(f"files changed ({len(report.files)}{scope}):")
         lines += [_file_line(f) for f in report.files[:FILES_SHOWN]]
         if len(report.files) > FILES_SHOWN:

@@ -40,8 +40,10 @@ def _process_alive(pid: int) -> bool:
 def is_stale(path: Path, older_than: float = STALE_SECONDS) -> bool:
     """Whether a temp file was left by a process that is gone (see the module docstring)."""
     found = _OWNER.search(path.name)
-    if found and found.group(2) == _HOST and int(found.group(1)) != os.getpid() and not _process_alive(int(found.group(1))):
-        return True
+    if found and found.group(2) == _HOST:
+        pid = int(found.group(1))
+        if pid != os.getpid() and not _process_alive(pid):
+            return True
     try:
         return path.lstat().st_mtime < time.time() - older_than
     except OSError:

@@ -49,7 +49,8 @@ def init(repo: Repo) -> list[str]:
     if ATTRIBUTES_LINE not in existing.splitlines():
         prefix = "" if not existing or existing.endswith("\n") else "\n"
         with open(attributes, "a", encoding="utf-8") as fh:
-            fh.write(f"{prefix}# gitpack archives: binary, no delta compression, diffed as their manifest\n{ATTRIBUTES_LINE}\n")
+            comment = "# gitpack archives: binary, no delta compression, diffed as their manifest"
+            fh.write(f"{prefix}{comment}\n{ATTRIBUTES_LINE}\n")
         done.append(f"wrote '{ATTRIBUTES_LINE}' to {attributes} (commit it so every clone gets it)")
     command = textconv_command()
     if repo.config("diff.gitpack.textconv") != command:
@@ -144,7 +145,8 @@ def manifest_text(m: Any) -> str:
         sizes = [x.get("size") if isinstance(x, dict) else None for x in members]
         total = sum(n for n in sizes if type(n) is int)
         unreadable = sum(1 for n in sizes if type(n) is not int)
-        lines.append(f"{'members':<12}{len(members)} ({total} bytes)" + (f", {unreadable} without a size" if unreadable else ""))
+        without_size = f", {unreadable} without a size" if unreadable else ""
+        lines.append(f"{'members':<12}{len(members)} ({total} bytes){without_size}")
     else:
         field("members", members)
     field("payload", m.get("payload_digest"))

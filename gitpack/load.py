@@ -13,7 +13,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from . import artifacts, sync
 from .errors import GitpackError, PolicyError, UnpicklingError
@@ -106,6 +107,8 @@ def _read_storages_first(storage_loader: StorageLoader, storages: list[tuple]) -
         except GitpackError:
             raise
         except Exception as exc:  # torch: a bad device string, a size that does not fit the dtype
-            raise UnpicklingError(f"cannot load tensor storage {str(pid[2])[:40]!r}: {type(exc).__name__}: {exc}") from exc
+            raise UnpicklingError(
+                f"cannot load tensor storage {str(pid[2])[:40]!r}: {type(exc).__name__}: {exc}"
+            ) from exc
 
 

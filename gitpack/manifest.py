@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import ArchiveError
 
@@ -86,11 +86,13 @@ class Manifest:
         return out
 
     @classmethod
-    def parse(cls, raw: dict[str, Any], path: str | Path) -> "Manifest":
+    def parse(cls, raw: dict[str, Any], path: str | Path) -> Manifest:
         """The manifest of an archive at *path*, every field load acts on checked; ArchiveError names a bad one."""
 
         def bad(name: str) -> ArchiveError:
-            return ArchiveError(f"{path}: manifest field {name!r} is malformed; the archive is corrupt or tampered with")
+            return ArchiveError(
+                f"{path}: manifest field {name!r} is malformed; the archive is corrupt or tampered with"
+            )
 
         def text(name: str, optional: bool = False) -> Any:
             value = raw.get(name)
@@ -110,13 +112,15 @@ class Manifest:
         for name, info in modules_raw.items():
             root = info.get("root", "") if isinstance(info, dict) else None
             rel = info.get("path", "") if isinstance(info, dict) else None
-            if not (isinstance(name, str) and _MODULE_NAME.match(name) and is_snapshot_dir(root) and isinstance(rel, str)):
+            if not (isinstance(name, str) and _MODULE_NAME.match(name)
+                    and is_snapshot_dir(root) and isinstance(rel, str)):
                 raise bad("modules")
             modules[name] = ModuleInfo(rel, root)
         tensors = raw.get("tensors") or {}
         buffers = tensors.get("buffers", 0) if isinstance(tensors, dict) else None
         storages = tensors.get("storages", 0) if isinstance(tensors, dict) else None
-        members = raw.get("members") if isinstance(raw.get("members"), list) else []
+        members_raw = raw.get("members")
+        members = members_raw if isinstance(members_raw, list) else []
         if type(buffers) is not int or not 0 <= buffers <= len(members) or type(storages) is not int or storages < 0:
             raise bad("tensors")
         by_value = raw.get("by_value_code") or []
@@ -133,9 +137,9 @@ class Manifest:
             raise bad("commit")
         obj = raw.get("object")
         object_type = obj.get("type") if isinstance(obj, dict) else None
-        known = {"gitpack", "created", "tree", "branch", "head", "head_branch", "dirty", "remote_url", "object", "params",
-                 "message", "capture", "structure", "allow_stale", "stale_code", "environment", "modules", "imported",
-                 "roots", "by_value_code", "excluded", "tensors", "commit"}
+        known = {"gitpack", "created", "tree", "branch", "head", "head_branch", "dirty", "remote_url", "object",
+                 "params", "message", "capture", "structure", "allow_stale", "stale_code", "environment", "modules",
+                 "imported", "roots", "by_value_code", "excluded", "tensors", "commit"}
 
         def mapping(name: str) -> dict[str, Any]:
             value = raw.get(name)
@@ -146,8 +150,8 @@ class Manifest:
             return value if isinstance(value, list) else []
 
         return cls(
-            tree=tree, branch=str(raw.get("branch") or ""), head=text("head", True), head_branch=text("head_branch", True),
-            dirty=bool(raw.get("dirty")), remote_url=text("remote_url", True),
+            tree=tree, branch=str(raw.get("branch") or ""), head=text("head", True),
+            head_branch=text("head_branch", True), dirty=bool(raw.get("dirty")), remote_url=text("remote_url", True),
             object_type=object_type if isinstance(object_type, str) else "?", params=mapping("params"),
             message=raw.get("message") if isinstance(raw.get("message"), str) else None, capture=mapping("capture"),
             structure=mapping("structure"), allow_stale=bool(raw.get("allow_stale")), stale_code=listing("stale_code"),
@@ -158,7 +162,7 @@ class Manifest:
         )
 
 
-def is_snapshot_dir(rel: Any) -> bool:
+def is_snapshot_dir(rel: Any) -> TypeGuard[str]:
     """A relative path inside the snapshot: no absolute path, no ``..``, no ``.git``, no NUL; any other name is fine."""
     if not isinstance(rel, str) or rel.startswith("/") or "\0" in rel or "\\" in rel:
         return False

@@ -59,7 +59,7 @@ class Bar:
         self._progress: Any = None
         self._task: Any = None
 
-    def __enter__(self) -> "Bar":
+    def __enter__(self) -> Bar:
         if self.enabled:
             from rich.console import Console
             from rich.progress import (
@@ -86,7 +86,9 @@ class Bar:
         if self._progress is not None:
             self._progress.advance(self._task, amount)
 
-    def update(self, *, completed: float | None = None, total: float | None = None, description: str | None = None) -> None:
+    def update(
+        self, *, completed: float | None = None, total: float | None = None, description: str | None = None
+    ) -> None:
         if self._progress is not None:
             kwargs: dict[str, Any] = {}
             if completed is not None:

@@ -93,7 +93,8 @@ def save(
     *allow_stale*) all go into the manifest and the commit message.
     """
     if path is None and name is None:
-        raise GitpackError("nothing to save to: give a path for the archive file (-o FILE), a name to store it under (--name NAME), or both")
+        raise GitpackError("nothing to save to: give a path for the archive file (-o FILE), "
+                           "a name to store it under (--name NAME), or both")
     if name is not None:
         artifacts.validate_name(name)
     params = _jsonable(params or {})
@@ -111,9 +112,10 @@ def save(
         try:
             snap = snapshot.write_tree(git_repo, size_cap=cap, exclude=exclude)
             if not branch_ref(branch).startswith("refs/heads/") or branch_ref(branch) == snap.head_branch:
+                checked_out = branch_ref(branch) == snap.head_branch
+                what = "your checked-out branch" if checked_out else "a ref outside refs/heads"
                 raise GitpackError(
-                    f"--branch {branch} would move {'your checked-out branch' if branch_ref(branch) == snap.head_branch else 'a ref outside refs/heads'}; "
-                    "give gitpack a branch of its own (default: gitpack)"
+                    f"--branch {branch} would move {what}; give gitpack a branch of its own (default: gitpack)"
                 )
             module_map = ModuleMap(git_repo.root, lambda rel: git_repo.object_type(f"{snap.tree}:{rel}") == "blob",
                                             left_out=dict(snap.excluded))
@@ -124,7 +126,8 @@ def save(
 
             with paused():  # gitpack's own work need not pass through the capture hook
                 data, storages, buffers, pickler = dump(obj, module_map)
-            tensor_bytes = sum(int(s.nbytes()) for s in storages.storages.values()) + sum(b.raw().nbytes for b in buffers)
+            storage_bytes = sum(int(s.nbytes()) for s in storages.storages.values())
+            tensor_bytes = storage_bytes + sum(b.raw().nbytes for b in buffers)
             with progress.Bar(f"saving {name or dest.name}", len(data) + tensor_bytes) as bar:
                 # Queue every member first: the writer's threads hash and write them while the checks below run.
                 writer.add(PICKLE_MEMBER, [data])
@@ -149,9 +152,10 @@ def save(
             type_name = object_type_name(obj, module_map)
             manifest = Manifest(
                 gitpack=__version__, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                tree=snap.tree, branch=branch_ref(branch), head=snap.head, head_branch=snap.head_branch, dirty=snap.dirty,
-                remote_url=remote_url, object_type=type_name, params=params, message=message, capture=captured,
-                structure=structure, allow_stale=bool(allow_stale), stale_code=[s.as_json() for s in stale],
+                tree=snap.tree, branch=branch_ref(branch), head=snap.head, head_branch=snap.head_branch,
+                dirty=snap.dirty, remote_url=remote_url, object_type=type_name, params=params, message=message,
+                capture=captured, structure=structure, allow_stale=bool(allow_stale),
+                stale_code=[s.as_json() for s in stale],
                 environment=environment_description,
                 modules={n: ModuleInfo(u["path"], u["root"]) for n, u in module_map.used.items()},
                 imported=module_map.imported_tops(),
@@ -164,9 +168,13 @@ def save(
             vouched = {"Manifest": manifest_digest(sealed_manifest(manifest, writer.members))}
             trailers = {**vouched, "Artifact": name} if name else dict(vouched)
             trailers.update(_capture_trailers(captured, stale))
+            archive_label = dest.name
+            if path is None:
+                assert name is not None  # a save without a path has a name (checked on entry)
+                archive_label = name  # store-only: the commit names the artifact, not its temporary file
             text = format_message(
-                archive=dest.name if path is not None else name, object_type=type_name, digest=digest, params=params,
-                head=snap.head, message=_message_with_capture(message, captured), extra=trailers,
+                archive=archive_label, object_type=type_name, digest=digest, params=params, head=snap.head,
+                message=_message_with_capture(message, captured), extra=trailers,
             )
 
             def seal(commit: str) -> None:

@@ -59,7 +59,8 @@ class Signature:
 
     def describe(self) -> str:
         """One line for people: the status, then who signed and with which key."""
-        who = ", ".join(x for x in (f"signer {self.signer}" if self.signer else "", f"key {self.key}" if self.key else "") if x)
+        parts = (f"signer {self.signer}" if self.signer else "", f"key {self.key}" if self.key else "")
+        who = ", ".join(x for x in parts if x)
         return f"{self.status}{f' ({who})' if who else ''}"
 
     def as_json(self) -> dict:
@@ -132,7 +133,8 @@ def check(repo, commit: str, *, require: bool | None = None) -> Signature | None
         )
     if sig.code == "N":
         raise SignatureError(
-            f"snapshot commit {short} is signed but git cannot check the signature ({sig.detail or 'no verifier configured'}); "
+            f"snapshot commit {short} is signed but git cannot check the signature "
+            f"({sig.detail or 'no verifier configured'}); "
             "configure gpg.ssh.allowedSignersFile (ssh) or import the signer's key (gpg)"
         )
     if sig.code == "U":

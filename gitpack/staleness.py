@@ -30,8 +30,9 @@ import os
 import sys
 import types
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .errors import StaleCodeError
 
@@ -106,7 +107,8 @@ class _Used:
             elif isinstance(target, types.ModuleType) and self.module_map.canonical(target.__name__):
                 for attr in names:
                     value = getattr(target, attr, None)
-                    if isinstance(value, (type, types.FunctionType)) and getattr(value, "__module__", None) == target.__name__:
+                    if (isinstance(value, (type, types.FunctionType))
+                            and getattr(value, "__module__", None) == target.__name__):
                         self.add(value)
 
 
@@ -156,7 +158,7 @@ def _const_equal(a: Any, b: Any) -> bool:
             return False
         if isinstance(a, frozenset):
             return a == b
-        return all(_const_equal(x, y) for x, y in zip(a, b))
+        return all(_const_equal(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, (float, complex)):
         return repr(a) == repr(b)
     try:
@@ -173,7 +175,7 @@ def _same_code(a: types.CodeType, b: types.CodeType) -> bool:
             return False
     if len(a.co_consts) != len(b.co_consts):
         return False
-    return all(_const_equal(x, y) for x, y in zip(a.co_consts, b.co_consts))
+    return all(_const_equal(x, y) for x, y in zip(a.co_consts, b.co_consts, strict=True))
 
 
 def _index_code(module_code: types.CodeType) -> dict[str, list[types.CodeType]]:
@@ -190,8 +192,8 @@ def _index_code(module_code: types.CodeType) -> dict[str, list[types.CodeType]]:
     return index
 
 
-def _index_defs(tree: ast.AST) -> dict[str, list[ast.AST]]:
-    index: dict[str, list[ast.AST]] = defaultdict(list)
+def _index_defs(tree: ast.AST) -> dict[str, list[ast.FunctionDef | ast.AsyncFunctionDef]]:
+    index: dict[str, list[ast.FunctionDef | ast.AsyncFunctionDef]] = defaultdict(list)
 
     def walk(node: ast.AST, prefix: str) -> None:
         for child in ast.iter_child_nodes(node):
@@ -229,18 +231,18 @@ def _value_equal(a: Any, b: Any) -> bool:
         return False
 
 
-def _defaults_match(fn: types.FunctionType, node: ast.AST) -> bool:
+def _defaults_match(fn: types.FunctionType, node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
     """Literal defaults in the file's ``def`` equal the function's defaults in memory (others are not compared)."""
-    args = node.args  # type: ignore[attr-defined]
+    args = node.args
     in_memory = fn.__defaults__ or ()
     if len(args.defaults) != len(in_memory):
         return False
-    for expr, value in zip(args.defaults, in_memory):
+    for expr, value in zip(args.defaults, in_memory, strict=True):
         literal = _literal(expr)
         if literal is not _NOT_LITERAL and not _value_equal(literal, value):
             return False
     kwdefaults = fn.__kwdefaults__ or {}
-    on_disk = {a.arg: d for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None}
+    on_disk = {a.arg: d for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d is not None}
     if set(on_disk) != set(kwdefaults):
         return False
     for name, expr in on_disk.items():
@@ -293,7 +295,8 @@ def _check_class(module: str, cls: type, snap: _Snapshot) -> list[StaleCode]:
     out = []
     for body in bodies[-1:]:  # the last definition is the one a module import leaves behind
         for const in body.co_consts:
-            if not isinstance(const, types.CodeType) or not const.co_flags & _CO_OPTIMIZED or const.co_name.startswith("<"):
+            if (not isinstance(const, types.CodeType) or not const.co_flags & _CO_OPTIMIZED
+                    or const.co_name.startswith("<")):
                 continue
             name = const.co_name
             if name.startswith("__") and not name.endswith("__"):
@@ -322,7 +325,7 @@ def find_stale(used: dict[str, Any] | list[Any], module_map: Any,
     for module, items in sorted(by_module.items()):
         rel = (module_map.used.get(module) or {}).get("path")
         source = read_source(rel) if rel else None
-        if source is None:
+        if not rel or source is None:
             for cls in items["classes"]:
                 stale.append(StaleCode(module, cls.__qualname__, "its file is not in the snapshot"))
             continue

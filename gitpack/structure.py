@@ -17,7 +17,8 @@ import json
 import sys
 import types
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 ROOT = "$"
 MAX_VISITS = 2_000_000

@@ -32,6 +32,7 @@ permission) or cannot be reached is one clear error, and nothing local is lost.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import random
 import re
@@ -116,7 +117,8 @@ class Incoming:
 
     def as_json(self) -> dict:
         return {"commit": self.commit, "kind": self.kind, "parent": self.parent,
-                "changes": [{"status": st, "path": p, **({"old_path": o} if o is not None else {})} for st, p, o in self.changes]}
+                "changes": [{"status": st, "path": p, **({"old_path": o} if o is not None else {})}
+                            for st, p, o in self.changes]}
 
 
 @dataclass
@@ -197,20 +199,22 @@ def _network(repo: Repo, args: list[str], description: str, *, bar: bool = True)
         if show and verb in cmd:
             cmd.insert(cmd.index(verb) + 1, "--progress")
     proc = runner.start(cmd, cwd=repo.root, env=env)
+    stdout, stderr = proc.stdout, proc.stderr
+    # runner.start pipes both as binary buffered streams: read1 returns whatever git has written so far
+    assert stdout is not None and isinstance(stderr, io.BufferedReader)
     out_chunks: list[bytes] = []
-    reader = threading.Thread(target=lambda: out_chunks.append(proc.stdout.read()), daemon=True)  # type: ignore[union-attr]
+    reader = threading.Thread(target=lambda: out_chunks.append(stdout.read()), daemon=True)
     reader.start()
     messages: list[str] = []
-    with progress.Bar(description, 100, unit="percent", force=show) as bar:
+    with progress.Bar(description, 100, unit="percent", force=show) as phases:
         pending = b""
-        assert proc.stderr is not None
-        while chunk := proc.stderr.read1(65536):
+        while chunk := stderr.read1(65536):
             pending += chunk
             *lines, pending = re.split(rb"[\r\n]", pending)
             for raw in lines:
-                _take_line(raw.decode(errors="replace"), messages, bar, description)
+                _take_line(raw.decode(errors="replace"), messages, phases, description)
         if pending:
-            _take_line(pending.decode(errors="replace"), messages, bar, description)
+            _take_line(pending.decode(errors="replace"), messages, phases, description)
     returncode = proc.wait()
     reader.join()
     return _Result(returncode, b"".join(out_chunks).decode(errors="replace"), messages)
@@ -238,7 +242,8 @@ def _failure_detail(result: _Result) -> str:
 
 # ------------------------------------------------------------------ fetch + integrate
 def _advertised(repo: Repo, remote: Remote, branch: str) -> dict[str, str]:
-    result = _network(repo, ["ls-remote", remote.argument, branch, "refs/gitpack/*"], f"contacting {remote.argument}", bar=False)
+    result = _network(repo, ["ls-remote", remote.argument, branch, "refs/gitpack/*"], f"contacting {remote.argument}",
+                      bar=False)
     if result.returncode != 0:
         raise RemoteError(
             f"cannot reach {remote.label}: {_failure_detail(result)}; check that the server is up and the URL is right "
@@ -285,7 +290,8 @@ _HEX = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 def _name_status(raw: bytes) -> tuple[tuple[str, str, str | None], ...]:
     """``--name-status -z`` output as (status, path, old path)."""
     fields = raw.decode("utf-8", "surrogateescape").split("\0")
-    out, i = [], 0
+    out: list[tuple[str, str, str | None]] = []
+    i = 0
     while i < len(fields) - 1 and fields[i]:
         status = fields[i]
         if status[:1] in ("R", "C") and i + 2 < len(fields):
@@ -390,17 +396,17 @@ def _integrate(repo: Repo, remote: Remote, branch: str, base: dict[str, str]) ->
     name = remote.argument
 
     # The snapshot branch: fast-forward, or a merge commit with both tips as parents.
-    r, l = theirs.get(branch), ours.get(branch)
-    if r and r != l:
+    their_tip, our_tip = theirs.get(branch), ours.get(branch)
+    if their_tip and their_tip != our_tip:
         short = branch.removeprefix("refs/heads/")
-        if l is None or _is_ancestor(repo, l, r):
-            ops.append((branch, r, l))
+        if our_tip is None or _is_ancestor(repo, our_tip, their_tip):
+            ops.append((branch, their_tip, our_tip))
             notes.append(f"snapshot branch {short}: took {name}'s saves")
-        elif not _is_ancestor(repo, r, l):
-            tree = repo.git("rev-parse", f"{l}^{{tree}}")
-            message = f"gitpack merge: saves from {name}\n\n{MERGE_TRAILER}: {r}\n"
-            merge = repo.commit_tree([tree, "-p", l, "-p", r, "-m", message])
-            ops.append((branch, merge, l))
+        elif not _is_ancestor(repo, their_tip, our_tip):
+            tree = repo.git("rev-parse", f"{our_tip}^{{tree}}")
+            message = f"gitpack merge: saves from {name}\n\n{MERGE_TRAILER}: {their_tip}\n"
+            merge = repo.commit_tree([tree, "-p", our_tip, "-p", their_tip, "-m", message])
+            ops.append((branch, merge, our_tip))
             notes.append(f"snapshot branch {short}: merged {name}'s saves with this clone's (merge {merge[:12]})")
 
     # Versions, name by name.
@@ -459,7 +465,8 @@ def _integrate(repo: Repo, remote: Remote, branch: str, base: dict[str, str]) ->
                 continue  # only we moved it: the push publishes it
             else:
                 want = r_sha
-                notes.append(f"{art}@{alias}: moved both here and on {name}; kept {name}'s (move it again with `gitpack alias`)")
+                notes.append(f"{art}@{alias}: moved both here and on {name}; "
+                             f"kept {name}'s (move it again with `gitpack alias`)")
             if want != l_sha:
                 ops.append((ref, want, l_sha))
 
@@ -467,7 +474,9 @@ def _integrate(repo: Repo, remote: Remote, branch: str, base: dict[str, str]) ->
         try:
             repo.update_refs(ops)
         except GitError:
-            raise RemoteError("the local store changed while merging (a save running meanwhile?); run the command again") from None
+            raise RemoteError(
+                "the local store changed while merging (a save running meanwhile?); run the command again"
+            ) from None
     return notes
 
 
@@ -477,7 +486,9 @@ def pull(repo: Repo, remote: str | None = None) -> SyncReport:
     branch = snapshot_branch(repo)
     base = _fetch(repo, target, branch)
     incoming, left_out = incoming_commits(repo, target, branch)
-    return SyncReport(target.label, _integrate(repo, target, branch, base), incoming=incoming, incoming_left_out=left_out)
+    return SyncReport(
+        target.label, _integrate(repo, target, branch, base), incoming=incoming, incoming_left_out=left_out
+    )
 
 
 # ------------------------------------------------------------------ push
@@ -524,7 +535,8 @@ def _try_push(repo: Repo, remote: Remote, updates: list[tuple[str, str, str | No
     if all(moved(r) for r in real):
         return "retry", reason
     if any(r.startswith("[remote rejected]") and "non-fast-forward" in r for r in real):
-        reason += " - the remote denies non-fast-forward updates (receive.denyNonFastForwards), which moving an alias needs"
+        reason += (" - the remote denies non-fast-forward updates (receive.denyNonFastForwards), "
+                   "which moving an alias needs")
     return "refused", reason + (": " + " / ".join(remote_said) if remote_said else "")
 
 
@@ -559,8 +571,12 @@ def push(repo: Repo, remote: str | None = None) -> SyncReport:
                 "fix what the remote objects to, then `gitpack push` again"
             )
         if outcome == "error":
-            raise RemoteError(f"cannot push to {target.label}: {detail}; nothing was lost here, `gitpack push` again later")
+            raise RemoteError(
+                f"cannot push to {target.label}: {detail}; nothing was lost here, `gitpack push` again later"
+            )
         last = detail
         report.notes.append(f"{target.argument} changed while pushing ({detail}); merging again")
         time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))  # someone pushed meanwhile: merge again
-    raise RemoteError(f"{target.label} kept changing while pushing ({last}); nothing was lost, run `gitpack push` again")
+    raise RemoteError(
+        f"{target.label} kept changing while pushing ({last}); nothing was lost, run `gitpack push` again"
+    )

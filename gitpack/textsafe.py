@@ -114,7 +114,10 @@ def depth(value: Any) -> int:
 
 
 def json_value(value: Any, limit: int | None = 200, max_depth: int = 16) -> str:
-    """A JSON value as one printable line: nesting bounded, long text cut (no limit: None), control characters escaped."""
+    """A JSON value as one printable line.
+
+    Nesting bounded, long text cut (no limit: None), control characters escaped.
+    """
     pruned = prune(value, max_depth, max_str=limit)
     try:
         text = json.dumps(pruned, ensure_ascii=False, default=str)

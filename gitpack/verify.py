@@ -29,10 +29,11 @@ hashes); outside a repository that has that commit, only ``trust`` admits it.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from . import artifacts, signing
 from .archive import ArchiveReader, manifest_digest, portable
@@ -45,7 +46,7 @@ from .errors import (
 )
 from .git import DEFAULT_BRANCH, Repo, branch_ref, parse_commit_object
 from .history import require_snapshot_commit
-from .isolation import GitSourceTree
+from .isolation import GitSourceTree, SourceTree
 from .manifest import Manifest
 from .snapshot.branch import is_gitpack_branch, merged_in_tips
 from .trailers import parse_trailers
@@ -60,7 +61,7 @@ class Verified:
     manifest: dict[str, Any]
     plan: Manifest  # the manifest, every field load acts on checked
     repo: Repo | None  # the repository holding the snapshot commit (None: a portable archive outside one)
-    source: Any  # where the snapshot's files come from (a SourceTree)
+    source: SourceTree  # where the snapshot's files come from
     portable: bool
     manifest_vouched: bool
     signature: signing.Signature | None
@@ -71,8 +72,10 @@ class Verified:
 
 
 @contextmanager
-def open_verified(path: str | os.PathLike, *, repo: str | os.PathLike | None = None, require_signed: bool | None = None,
-                  trust: bool = False, every_member: bool = False, report_signature: bool = False) -> Iterator[Verified]:
+def open_verified(
+    path: str | os.PathLike, *, repo: str | os.PathLike | None = None, require_signed: bool | None = None,
+    trust: bool = False, every_member: bool = False, report_signature: bool = False,
+) -> Iterator[Verified]:
     """Open *path* and prove it trustworthy (see the module's docstring); raise a GitpackError otherwise.
 
     Args:
@@ -95,6 +98,7 @@ def open_verified(path: str | os.PathLike, *, repo: str | os.PathLike | None = N
             for name in reader.members:
                 reader.verify_member(name)
         signature = None
+        source: SourceTree  # the archive's embedded objects, or the repository's
         if portable.is_portable(manifest):
             source = portable.verified_source(reader)  # every embedded object hashed before anything is imported
             embedded = parse_trailers(parse_commit_object(reader.read(portable.COMMIT_MEMBER))[1])
@@ -105,9 +109,10 @@ def open_verified(path: str | os.PathLike, *, repo: str | os.PathLike | None = N
                 _no_repo_for_signature(require_signed, repo, manifest)
                 if not trust and not every_member:
                     raise PolicyError(
-                        f"{path} is a portable archive whose snapshot commit {str(manifest.get('commit'))[:12]} is not in "
-                        "a repository here, so loading it imports code only the archive vouches for; load it only if "
-                        "you trust its author (trust=True / --trust), or inside a clone that has the commit"
+                        f"{path} is a portable archive whose snapshot commit {str(manifest.get('commit'))[:12]} "
+                        "is not in a repository here, so loading it imports code only the archive vouches for; "
+                        "load it only if you trust its author (trust=True / --trust), "
+                        "or inside a clone that has the commit"
                     )
             yield Verified(path, reader, manifest, plan, git_repo, source, True, "manifest" in embedded, signature)
             return
@@ -129,7 +134,9 @@ def vouch(repo: Repo, manifest: dict[str, Any], path: Path) -> str:
     commit = require_snapshot_commit(repo, manifest, path)
     headers, message = parse_commit_object(repo.read_object(commit)[1])
     if headers.get("tree", [None])[0] != manifest.get("tree"):
-        raise ArchiveError(f"{path}: commit {commit[:12]} does not hold the tree the archive records; the archive was tampered with")
+        raise ArchiveError(
+            f"{path}: commit {commit[:12]} does not hold the tree the archive records; the archive was tampered with"
+        )
     trailers = parse_trailers(message)
     if "digest" not in trailers or "manifest" not in trailers:
         raise ArchiveError(
@@ -139,12 +146,13 @@ def vouch(repo: Repo, manifest: dict[str, Any], path: Path) -> str:
         )
     if trailers["digest"] != manifest.get("payload_digest"):
         raise ArchiveError(
-            f"{path}: payload digest {str(manifest.get('payload_digest'))[:80]} does not match the one commit {commit[:12]} "
-            "vouches for; the archive was tampered with"
+            f"{path}: payload digest {str(manifest.get('payload_digest'))[:80]} does not match the one "
+            f"commit {commit[:12]} vouches for; the archive was tampered with"
         )
     if trailers["manifest"] != manifest_digest(manifest):
         raise ArchiveError(
-            f"{path}: the manifest does not match the digest commit {commit[:12]} vouches for; the archive was tampered with"
+            f"{path}: the manifest does not match the digest commit {commit[:12]} vouches for; "
+            "the archive was tampered with"
         )
     if not is_gitpack_snapshot(repo, commit, manifest.get("branch")):
         raise ArchiveError(
@@ -239,8 +247,9 @@ class VerifyReport:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "path": str(self.path), "members": self.members, "bytes": self.size, "payload_digest": self.payload_digest,
-            "manifest_vouched": self.manifest_vouched, "commit": self.commit, "tree": self.tree, "portable": self.portable,
+            "path": str(self.path), "members": self.members, "bytes": self.size,
+            "payload_digest": self.payload_digest, "manifest_vouched": self.manifest_vouched,
+            "commit": self.commit, "tree": self.tree, "portable": self.portable,
             "signature": self.signature.as_json() if self.signature else None,
         }
 
@@ -263,7 +272,9 @@ def verify(
     and that every object of the snapshot commit is present.
     """
     path, _ = artifacts.locate(path, repo=repo)
-    with open_verified(path, repo=repo, require_signed=require_signed, every_member=True, report_signature=True) as checked:
+    with open_verified(
+        path, repo=repo, require_signed=require_signed, every_member=True, report_signature=True
+    ) as checked:
         manifest = checked.manifest
         size = sum(m.size for m in checked.reader.members.values())
         payload = manifest["portable"].get("payload_digest") if checked.portable else manifest.get("payload_digest")

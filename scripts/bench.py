@@ -189,8 +189,9 @@ SAVES = {
 
 
 def loaders(out: Path):
-    import gitpack
     import torch
+
+    import gitpack
 
     return {
         "gitpack": lambda: gitpack.load(out / "model.gitpack"),
@@ -419,10 +420,9 @@ def child_rss(work: Path, size: dict, what: str) -> dict:
 
 def child_snapshot(work: Path, runs: int) -> dict:
     """Snapshot of the big repo vs `git status --porcelain`, and git processes per save."""
+    import gitpack
     from gitpack import snapshot as snapshots
     from gitpack.git import Repo
-
-    import gitpack
 
     repo = Path.cwd()
 
@@ -466,11 +466,9 @@ def child_snapshot(work: Path, runs: int) -> dict:
 
 def child_materialise(work: Path, modules: list[str]) -> dict:
     """Make the files of *modules* importable from the archive's snapshot (no module is executed)."""
-    from gitpack import snapshot
+    import gitpack
     from gitpack.git import Repo
     from gitpack.isolation import GitSourceTree, namespace_for
-
-    import gitpack
 
     manifest = gitpack.inspect(work / "out" / "app.gitpack")
     repo = Repo.discover(Path.cwd())
@@ -580,7 +578,9 @@ def report(work: Path, size: dict, runs: int, n_files: int, quick: bool) -> None
 
     model_repo = make_model_repo(work)
     env_cache = {"GITPACK_CACHE": str(work / "cache-model")}
-    progress = lambda text: print(f"... {text}", file=sys.stderr, flush=True)  # noqa: E731
+
+    def progress(text: str) -> None:
+        print(f"... {text}", file=sys.stderr, flush=True)
 
     progress(f"save/load timings, {runs} runs")
     tm = child("timings", work, model_repo, env=env_cache)
@@ -667,11 +667,11 @@ def report(work: Path, size: dict, runs: int, n_files: int, quick: bool) -> None
     print()
     header = ("what", "gitpack", "baseline", "ratio", "target", "met")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(6)]
-    line = " | ".join(h.ljust(w) for h, w in zip(header, widths))
+    line = " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
     print("| " + line + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |")
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
 
     print("\nreference (medians):")
     for k in ("save:gitpack", "save:torch-durable", "save:torch", "save:dill", "load:gitpack", "load:torch",

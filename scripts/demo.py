@@ -40,8 +40,8 @@ def step(title: str) -> None:
 
 
 def show(proc: subprocess.CompletedProcess) -> None:
-    out = [l for l in proc.stdout.splitlines() if l.strip()]
-    err = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith(("I0000", "trainer_", "unigram_"))]
+    out = [line for line in proc.stdout.splitlines() if line.strip()]
+    err = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith(("I0000", "trainer_", "unigram_"))]
     for line in out:
         print("   ", line)
     if proc.returncode:

@@ -91,8 +91,11 @@ def attacks(marker: str) -> dict[str, tuple[bytes, bytes]]:
 
     helper = asm.snapshot_function("pkg.helpers", "save_text")
     helper_global = asm.glob("pkg.helpers", "save_text")
-    partial = lambda fn: asm.build(asm.call(asm.glob("functools", "partial"), fn),  # noqa: E731
-                                   asm.tup(fn, asm.tup(asm.s(marker), asm.s("x")), asm.NONE, asm.NONE))
+
+    def partial(fn):
+        return asm.build(asm.call(asm.glob("functools", "partial"), fn),
+                         asm.tup(fn, asm.tup(asm.s(marker), asm.s("x")), asm.NONE, asm.NONE))
+
     object_dtype = asm.build(asm.call(asm.glob("numpy", "dtype"), asm.s("O8"), asm.FALSE, asm.TRUE),
                              asm.tup(asm.i(3), asm.s("|"), asm.NONE, asm.NONE, asm.NONE, asm.i(-1), asm.i(-1), asm.i(63)))
     return {

@@ -12,10 +12,10 @@ import json
 import subprocess
 from pathlib import Path
 
+from conftest import git
+
 from gitpack import trailers as audit
 from gitpack.archive import TRAILER, ArchiveReader, ArchiveWriter, manifest_digest, sealed_manifest
-
-from conftest import git
 
 
 def forge(base: Path, dest: Path, repo: Path, new_pickle: bytes, *, manifest_changes: dict | None = None,

@@ -13,8 +13,8 @@ import json
 import subprocess
 
 import pytest
-
 from conftest import commit_files, git, gitpack_cli, init_repo
+
 from gitpack.trailers import format_message, parse_trailers
 
 FORGED_SHA = "f" * 40

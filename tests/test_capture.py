@@ -20,12 +20,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import SEED, git, gitpack_cli, init_repo, run
 
 import gitpack
 import gitpack.capturing as CAPTURE_MODULE
 import gitpack.capturing.records as CAPTURE_RECORDS
-from conftest import SEED, git, gitpack_cli, init_repo, run
-
 
 SCRIPT = """
 import gitpack
@@ -137,7 +136,7 @@ def test_plain_git_log_shows_the_parameters_of_each_save(seed_saves):
     by_archive = {re.search(r"gitpack save: (\S+)", c).group(1): c for c in saves}
     assert len(saves) == 3
     assert set(by_archive) == {"cli.gitpack", "early.gitpack", "script.gitpack"}
-    for archive, body in by_archive.items():
+    for body in by_archive.values():
         assert "    Parameters:\n        vocab_size = 100\n" in body
         assert "Gitpack-Params: " in body
     assert '        route = "script"' in by_archive["script.gitpack"]
@@ -224,7 +223,10 @@ def test_outermost_init_only_and_explicit_arguments_are_never_mistaken_for_defau
     with gitpack.capture():
         holder = m.Holder(items=[m.Child(1, 5, 9, z=7, w=3), m.Child(2)], child=m.Slotted())
     objects = _objects(repo, holder)
-    cls = lambda name: f"{repo_module}:{name}"  # noqa: E731
+
+    def cls(name: str) -> str:
+        return f"{repo_module}:{name}"
+
     assert objects == {
         "$": {"class": cls("Holder"), "origin": "captured", "defaults": [],
               "args": {"items": [{"$ref": "$.items[0]"}, {"$ref": "$.items[1]"}], "child": {"$ref": "$.child"}}},

@@ -13,9 +13,9 @@ import shutil
 import sys
 from pathlib import Path
 
-import gitpack
-
 from conftest import git, run
+
+import gitpack
 
 FIXTURE = Path(__file__).parent / "fixtures" / "format1"
 EXPECTED = [[1.321842908859253, 4.381037712097168]]  # what the model returned when 0.1 saved it

@@ -32,7 +32,7 @@ print("RESULT " + json.dumps(apply(obj, "lorem ipsum")))
 
 def _result(proc) -> dict:
     assert proc.returncode == 0, proc.stderr
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert len(lines) == 1, proc.stdout
     return json.loads(lines[0][len("RESULT "):])
 
@@ -41,7 +41,7 @@ def _save_seed(seed_repo: Path) -> dict:
     """Run the seed's save.py (the untracked file) and return what the fresh model printed."""
     proc = run(seed_repo, "python", "save.py", "model.gitpack")
     assert proc.returncode == 0, proc.stderr
-    printed = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+    printed = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert printed, proc.stdout
     return eval(printed[-1])  # the seed prints a dict repr, as in the blog post
 
@@ -99,7 +99,7 @@ def test_cli_load_summary_and_apply(seed_repo):
 def test_model_built_under_main_loads_from_another_program(seed_repo, tmp_path):
     proc = run(seed_repo, "python", "package.py", "main.gitpack")
     assert proc.returncode == 0, proc.stderr
-    expected = eval([l for l in proc.stdout.splitlines() if l.startswith("{")][-1])
+    expected = eval([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
     manifest = json.loads(gitpack_cli(seed_repo, "inspect", "main.gitpack", "--json").stdout)
     assert manifest["object"]["type"] == "package:MyCompoundClass"  # __main__ mapped to the file's module
     # Another program, in another directory inside the repo, with no `package` importable from it.

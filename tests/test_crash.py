@@ -19,11 +19,10 @@ import sys
 import time
 from pathlib import Path
 
+from conftest import QUIET_ENV, git, init_repo, run, user_git_state
 
 import gitpack
 from gitpack.archive import ArchiveReader
-
-from conftest import QUIET_ENV, git, init_repo, run, user_git_state
 
 KILL_POINTS = int(os.environ.get("CRASH_KILL_POINTS") or 32)
 
@@ -165,7 +164,7 @@ def test_sigkill_at_any_point_of_a_save_leaves_old_or_new_state(tmp_path):
         else:
             outcomes["ref new"] += 1
             assert git(repo, "rev-parse", f"{tip}^1") == old_tip, f"kill point {point}"
-            missing = [l for l in git(repo, "rev-list", "--objects", "--no-walk", "--missing=print", tip).splitlines() if l.startswith("?")]
+            missing = [line for line in git(repo, "rev-list", "--objects", "--no-walk", "--missing=print", tip).splitlines() if line.startswith("?")]
             assert not missing, f"kill point {point}: the new commit is incomplete: {missing[:3]}"
         # The user's index, HEAD, worktree, stash and reflogs are exactly as they were.
         assert user_git_state(repo) == before, f"kill point {point}"

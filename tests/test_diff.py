@@ -10,7 +10,6 @@ import json
 import textwrap
 from pathlib import Path
 
-
 from conftest import git, gitpack_cli, run_python
 
 MODEL = '''\
@@ -72,7 +71,7 @@ def test_diff_shows_exactly_the_changed_parameter_and_the_changed_methods_hunk(r
     code = report["code"]["diff"]
     assert code.count("\n@@ ") == 1 and code.count("diff --git") == 1
     hunk = code[code.index("\n@@ "):]
-    changed = [l for l in hunk.splitlines()[1:] if l[:1] in "+-"]
+    changed = [line for line in hunk.splitlines()[1:] if line[:1] in "+-"]
     assert changed == ["-        return x * self.factor + self.offset", "+        return x * self.factor - 2 * self.offset"]
     assert "other.py" not in code
 
@@ -285,8 +284,10 @@ def test_diff_escapes_control_characters_from_manifests_and_code(repo, tmp_path)
 def test_diff_takes_any_manifest_shape(tmp_path):
     """Every hostile manifest shape that inspect must render, as either side of a diff: a report (text and JSON)
     or a GitpackError, nothing else (in-process, so the many shapes cost no process each)."""
-    from test_show import MODEL as SHOW_MODEL, SHAPES, RAW, rewrite_manifest
     from conftest import commit_files, init_repo
+    from test_show import MODEL as SHOW_MODEL
+    from test_show import RAW, SHAPES, rewrite_manifest
+
     from gitpack import api
     from gitpack.compare import format_text
     from gitpack.errors import GitpackError

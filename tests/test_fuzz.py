@@ -40,17 +40,17 @@ import sys
 import types
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from conftest import commit_files, git, gitpack_cli, init_repo, run
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from rich.console import Console
 
 import gitpack
 from gitpack import gitsetup as native
-from gitpack.cli import render as show
 from gitpack.archive import HEADER, TRAILER, ArchiveReader
+from gitpack.cli import render as show
 from gitpack.compare import format_text
 from gitpack.errors import GitpackError
-
-from conftest import commit_files, git, gitpack_cli, init_repo, run
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES") or (600 if os.environ.get("CI") == "true" else 300))
 FUZZ = settings(

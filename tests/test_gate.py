@@ -21,14 +21,13 @@ import sys
 import types
 from pathlib import Path
 
+import pickle_asm as asm
 import pytest
+from conftest import commit_files, git, init_repo, run, user_git_state
+from forging import forge, push_snapshot
 
 import gitpack
 from gitpack.archive import ArchiveReader
-
-import pickle_asm as asm
-from conftest import commit_files, git, init_repo, run, user_git_state
-from forging import forge, push_snapshot
 
 HELPERS = '''\
 import os

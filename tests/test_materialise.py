@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import QUIET_ENV, git, run_python
 
 MODEL = '''\
@@ -115,7 +114,7 @@ print("RESULT " + json.dumps(gitpack.load(sys.argv[1]).describe()))
 def load_in_new_process(repo: Path, archive: Path, cache: Path) -> dict:
     proc = run_python(repo, LOAD, str(archive), env={"GITPACK_CACHE": str(cache)})
     assert proc.returncode == 0, proc.stderr
-    return json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
+    return json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
 
 
 def cached_files(cache: Path) -> dict[str, tuple[int, int]]:
@@ -161,7 +160,7 @@ print("RESULT " + json.dumps(model.describe()))
 def _git_processes(trace: Path) -> list[str]:
     if not trace.exists():
         return []
-    return [json.loads(l)["argv"][1] for l in trace.read_text().splitlines() if '"event":"start"' in l]
+    return [json.loads(line)["argv"][1] for line in trace.read_text().splitlines() if '"event":"start"' in line]
 
 
 def test_a_cache_hit_runs_no_git_and_writes_nothing(big_repo, tmp_path):
@@ -193,7 +192,7 @@ def test_concurrent_first_loads_in_processes_and_threads(big_repo, tmp_path):
     for p in procs:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
-        assert json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[len("RESULT "):]) == EXPECTED
+        assert json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[len("RESULT "):]) == EXPECTED
 
     threads_code = """
 import json, sys, threading, gitpack
@@ -211,7 +210,7 @@ print("RESULT " + json.dumps({"results": results, "errors": errors}))
     thread_cache = tmp_path / "thread-cache"
     proc = run_python(repo, threads_code, str(archive), env={"GITPACK_CACHE": str(thread_cache)})
     assert proc.returncode == 0, proc.stderr
-    got = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
+    got = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
     assert got == {"results": [EXPECTED] * 4, "errors": []}
 
     for c in (cache, thread_cache):

@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import git, gitpack_cli
-from gitpack.gitsetup import textconv_command
 from test_show import SHAPES, assert_clean, rewrite_manifest, saved  # noqa: F401  (saved: the fixture)
+
+from gitpack.gitsetup import textconv_command
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))

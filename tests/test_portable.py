@@ -14,13 +14,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import git, gitpack_cli, run_python
+from test_store import make_project, ok, one_line_error, save
+
 from gitpack import api
 from gitpack.archive import ArchiveReader, ArchiveWriter
-from gitpack.errors import ArchiveError
 from gitpack.archive.portable import BLOB_PREFIX, COMMIT_MEMBER, TREE_PREFIX
-from test_store import make_project, ok, one_line_error, save
+from gitpack.errors import ArchiveError
 
 LOAD = """
 import sys, gitpack
@@ -32,7 +32,7 @@ print("RESULT", gitpack.load(sys.argv[1], trust=True).predict(1))
 def exported(tmp_path):
     """A project with clf@v1 and clf@v2 stored, clf@v1 exported portable into a repo-less directory."""
     repo = make_project(tmp_path / "proj")
-    snapshot = next(l.split()[1] for l in ok(save(repo, "clf", "v1")).stdout.splitlines() if l.startswith("snapshot "))
+    snapshot = next(line.split()[1] for line in ok(save(repo, "clf", "v1")).stdout.splitlines() if line.startswith("snapshot "))
     ok(save(repo, "clf", "v2"))
     outside = tmp_path / "deploy"
     outside.mkdir()

@@ -11,12 +11,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import git, gitpack_cli
 
 import gitpack
 from gitpack.errors import StaleCodeError
 from gitpack.pickling.modulemap import ModuleMap
 from gitpack.staleness import find_stale
-from conftest import git, gitpack_cli
 
 SOURCE = '''\
 SCALE = 3

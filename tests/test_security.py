@@ -25,14 +25,13 @@ from pathlib import Path
 
 import dill
 import pytest
+from conftest import commit_files, git, gitpack_cli, init_repo, run
+from forging import forge, rewrite_manifest
 
 import gitpack
 from gitpack.archive import ArchiveReader
 from gitpack.errors import ArchiveError, GitpackError, PolicyError
 from gitpack.pickling.policy import _ALLOW, Policy, parse_allow
-
-from conftest import commit_files, git, gitpack_cli, init_repo, run
-from forging import forge, rewrite_manifest
 
 MODEL = '''\
 import os  # so ('pkg.model', 'os.system') names something reachable from the snapshot module
@@ -318,7 +317,7 @@ def test_seed_model_with_its_lambda_loads_without_trust(seed_repo):
     )
     proc = run(seed_repo, sys.executable, "-c", code)
     assert proc.returncode == 0, proc.stderr
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][0]
+    line = [text for text in proc.stdout.splitlines() if text.startswith("RESULT")][0]
     assert json.loads(line.split(" ", 1)[1]) == [42, ["decision", "prediction"]]
 
 

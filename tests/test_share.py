@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import QUIET_ENV, git, gitpack_cli
-from gitpack.sync import merge_versions
 from test_store import listing, make_project, ok, one_line_error, predictions, save, write_model
+
+from gitpack.sync import merge_versions
 
 
 class GitServer:
@@ -98,7 +98,7 @@ def remote_refs(url: str) -> dict[str, str]:
 
 
 def snapshot_of(proc: subprocess.CompletedProcess) -> str:
-    return next(l.split()[1] for l in proc.stdout.splitlines() if l.startswith("snapshot "))
+    return next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("snapshot "))
 
 
 def is_ancestor(repo: Path, a: str, b: str) -> bool:
@@ -203,7 +203,7 @@ def test_concurrent_saves_and_pushes_lose_nothing(tmp_path, server):
     procs = [subprocess.Popen(["bash", "-c", script], cwd=d, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for d in (a, b)]
     outputs = [p.communicate(timeout=300) for p in procs]
-    for proc, (out, err) in zip(procs, outputs):
+    for proc, (_out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
     snaps = [snapshot_of(subprocess.CompletedProcess([], 0, out, err)) for out, err in outputs]
 
@@ -233,8 +233,8 @@ def test_refused_push_and_down_server_are_one_line_errors_and_lose_nothing(tmp_p
     local = git(a, "for-each-ref")
     one_line_error(gitpack_cli(a, "push"), "refused the push", "pushes are frozen by policy", "nothing was pushed")
     assert remote_refs(url) == before
-    assert [l for l in git(a, "for-each-ref").splitlines() if "gitpack-remotes" not in l] == \
-           [l for l in local.splitlines() if "gitpack-remotes" not in l]
+    assert [line for line in git(a, "for-each-ref").splitlines() if "gitpack-remotes" not in line] == \
+           [line for line in local.splitlines() if "gitpack-remotes" not in line]
     hook.unlink()
     ok(gitpack_cli(a, "push"))
     assert "refs/gitpack/artifacts/clf/v1" in remote_refs(url)

@@ -17,11 +17,11 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import commit_files, gitpack_cli, init_repo
 from rich.console import Console
 
-from conftest import commit_files, gitpack_cli, init_repo
-from gitpack.cli import render as show
 from gitpack.archive import TRAILER
+from gitpack.cli import render as show
 
 MODEL = "class M:\n    def __init__(self, n=1):\n        self.n = n\n\n\ndef build(n=1):\n    return M(n)\n"
 # Raw control characters and bidi overrides that must never be written as they are.

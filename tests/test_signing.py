@@ -12,11 +12,10 @@ import types
 from pathlib import Path
 
 import pytest
+from conftest import git, gitpack_cli, init_repo
 
 import gitpack
 from gitpack.errors import SignatureError
-
-from conftest import git, gitpack_cli, init_repo
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen is needed to make signing keys")
 

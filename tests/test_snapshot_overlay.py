@@ -15,16 +15,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import commit_files, git, init_repo
 
+from gitpack import snapshot
 from gitpack.archive import MAGIC
 from gitpack.git import Repo
 from gitpack.git.objects import NeedsIndex as _NeedsIndex
-from gitpack import snapshot
 from gitpack.snapshot import DEFAULT_SIZE_CAP
 from gitpack.snapshot.index import write_via_index
 from gitpack.snapshot.overlay import write_overlay
-
-from conftest import commit_files, git, init_repo
 
 
 def _index_digest(repo: Path) -> str | None:
@@ -253,7 +252,7 @@ def test_a_constant_handful_of_git_processes_however_many_files_changed(base, tm
             del os.environ["GIT_TRACE2_EVENT"]
         import json
 
-        return [json.loads(l)["argv"][1] for l in trace.read_text().splitlines() if '"event":"start"' in l]
+        return [json.loads(line)["argv"][1] for line in trace.read_text().splitlines() if '"event":"start"' in line]
 
     processes()  # the first save also creates the branch's root commit
     (base / "pkg" / "a.py").write_text("one change\n")

@@ -16,8 +16,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import QUIET_ENV, git, gitpack_cli, init_repo, run, run_python
+
 from gitpack import api
 from gitpack.errors import GitpackError, StoreError
 
@@ -86,7 +86,7 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     """The CLI failed with exactly one `gitpack: error:` line on stderr and no traceback."""
     assert proc.returncode == 1, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("gitpack: error: "), proc.stderr
     assert "Traceback" not in proc.stderr
     for needle in needles:
@@ -153,7 +153,7 @@ def test_layout_is_plain_git_objects_that_gc_keeps(tmp_path):
     user_state = [git(repo, *args) for args in (["status", "--porcelain"], ["rev-parse", "HEAD"], ["ls-files", "-s"],
                                                 ["stash", "list"], ["reflog", "--all"])]
     out = ok(save(repo, "clf", None, "-o", "model.gitpack")).stdout  # store and file at once
-    snapshot = next(l.split()[1] for l in out.splitlines() if l.startswith("snapshot "))
+    snapshot = next(line.split()[1] for line in out.splitlines() if line.startswith("snapshot "))
 
     version_commit = git(repo, "rev-parse", "refs/gitpack/artifacts/clf/v1")
     assert git(repo, "rev-parse", "refs/gitpack/aliases/clf/latest") == version_commit
@@ -247,7 +247,7 @@ def test_list_and_textconv_never_import_torch(tmp_path):
     ok(save(repo, "clf", "v1", "-o", "model.gitpack"))
     for args in (["list"], ["textconv", "model.gitpack"], ["inspect", "clf@v1"]):
         proc = ok(run(repo, sys.executable, "-X", "importtime", "-m", "gitpack", *args))
-        assert not [l for l in proc.stderr.splitlines() if l.startswith("import time:") and "torch" in l], args
+        assert not [line for line in proc.stderr.splitlines() if line.startswith("import time:") and "torch" in line], args
 
 
 def test_init_makes_git_diff_show_the_changed_parameter(tmp_path):
@@ -270,7 +270,7 @@ def test_init_makes_git_diff_show_the_changed_parameter(tmp_path):
     diff = git(repo, "diff", "model.gitpack")
     assert "Binary files" not in diff
     assert "-    threshold = 0.3" in diff.splitlines() and "+    threshold = 0.7" in diff.splitlines()
-    assert any(l.startswith("-commit ") for l in diff.splitlines()) and any(l.startswith("+commit ") for l in diff.splitlines())
+    assert any(line.startswith("-commit ") for line in diff.splitlines()) and any(line.startswith("+commit ") for line in diff.splitlines())
     git(repo, "commit", "-q", "-am", "model at 0.7")
     log = git(repo, "log", "-p", "--format=%s", "--", "model.gitpack")
     assert "+    threshold = 0.3" in log.splitlines() and "+    threshold = 0.7" in log.splitlines()

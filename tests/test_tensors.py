@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import git, gitpack_cli, run_python
 
 import gitpack
 from gitpack.archive import ArchiveReader
 from gitpack.errors import ArchiveError, GitpackError
-
-from conftest import git, gitpack_cli, run_python
 
 
 @pytest.fixture

@@ -24,8 +24,9 @@ import json
 import os
 import re
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 MAGIC = b"GITPACK\x00"
 TAIL_MAGIC = b"GPKTAIL\x00"

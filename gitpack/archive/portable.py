@@ -106,9 +106,11 @@ def export(repo: Repo, archive: Path, dest: Path) -> ExportInfo:
                         mapped.close()
                     except BufferError:
                         pass  # a view is still referenced somewhere; the mapping goes with it
-            for saved, member in zip(reader.members.values(), copied):
+            for saved, member in zip(reader.members.values(), copied, strict=True):
                 if (saved.name, saved.size, saved.sha256) != (member.name, member.size, member.sha256):
-                    raise ArchiveError(f"{archive}: member {saved.name!r} does not match its digest; the archive is corrupt")
+                    raise ArchiveError(
+                        f"{archive}: member {saved.name!r} does not match its digest; the archive is corrupt"
+                    )
             original = writer.payload_digest()
             if original != manifest.get("payload_digest"):
                 raise ArchiveError(f"{archive}: payload digest changed while exporting; the archive is corrupt")
@@ -163,7 +165,9 @@ def verified_source(reader: ArchiveReader) -> EmbeddedSourceTree:
     where = reader.path
 
     def refuse(what: str) -> ArchiveError:
-        return ArchiveError(f"{where}: {what}; the portable archive was tampered with or corrupted, refusing to load it")
+        return ArchiveError(
+            f"{where}: {what}; the portable archive was tampered with or corrupted, refusing to load it"
+        )
 
     commit, tree, digest = info.get("commit"), info.get("tree"), info.get("payload_digest")
     if not (isinstance(commit, str) and _SHA1.fullmatch(commit) and isinstance(tree, str) and _SHA1.fullmatch(tree)):

@@ -74,7 +74,9 @@ class ArchiveReader:
             raise self._fail("file too short to be a gitpack archive")
         magic, version, reserved = HEADER.unpack(self._pread(0, HEADER.size))
         if version != FORMAT_VERSION:
-            raise ArchiveError(f"{self.path}: archive format {version} is not supported by this gitpack; upgrade gitpack")
+            raise ArchiveError(
+                f"{self.path}: archive format {version} is not supported by this gitpack; upgrade gitpack"
+            )
         if reserved != 0:
             raise self._fail("header has a non-zero reserved field")
         offset, length, digest, tail = TRAILER.unpack(self._pread(self.size - TRAILER.size, TRAILER.size))
@@ -193,7 +195,9 @@ class ArchiveReader:
                 h.update(view[pos : pos + n])
             pos += n
         if h is not None and h.hexdigest() != m.sha256:
-            raise ArchiveError(f"{self.path}: member {m.name!r} does not match its digest; the archive was corrupted or tampered with")
+            raise ArchiveError(
+                f"{self.path}: member {m.name!r} does not match its digest; the archive was corrupted or tampered with"
+            )
 
     def verify_member(self, name: str) -> None:
         """Hash a member in place without keeping its bytes."""
@@ -207,7 +211,9 @@ class ArchiveReader:
             h.update(data)
             pos += len(data)
         if h.hexdigest() != m.sha256:
-            raise ArchiveError(f"{self.path}: member {name!r} does not match its digest; the archive was corrupted or tampered with")
+            raise ArchiveError(
+                f"{self.path}: member {name!r} does not match its digest; the archive was corrupted or tampered with"
+            )
 
     def close(self) -> None:
         """Close the file, after cancelling queued reads and waiting for running ones."""
@@ -218,7 +224,7 @@ class ArchiveReader:
             pool.shutdown(wait=True, cancel_futures=True)
         self._fh.close()
 
-    def __enter__(self) -> "ArchiveReader":
+    def __enter__(self) -> ArchiveReader:
         return self
 
     def __exit__(self, *exc) -> None:

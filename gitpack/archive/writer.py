@@ -13,9 +13,10 @@ import os
 import stat
 import tempfile
 import threading
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import ArchiveError
 from ..fsutil import TEMP_MARK, fsync_dir, owner_tag, remove_stale
@@ -124,7 +125,9 @@ class ArchiveWriter:
         if self.dest.is_dir():
             raise ArchiveError(f"{self.dest} is a directory; give a file path for the archive")
         if os.path.lexists(self.dest) and not self.dest.is_file():
-            raise ArchiveError(f"{self.dest} exists and is not a regular file (a device, socket or dangling link); give another path")
+            raise ArchiveError(
+                f"{self.dest} exists and is not a regular file (a device, socket or dangling link); give another path"
+            )
         if not self.dest.parent.is_dir():
             raise ArchiveError(f"directory {self.dest.parent} does not exist; create it first")
         remove_stale(self.dest.parent, ".*" + TEMP_MARK + "*")
@@ -145,7 +148,9 @@ class ArchiveWriter:
         except OSError as exc:
             os.close(fd)
             self.temp_path.unlink()
-            raise ArchiveError(f"cannot write in {self.dest.parent}: {exc.strerror}; free some space or check the disk") from None
+            raise ArchiveError(
+                f"cannot write in {self.dest.parent}: {exc.strerror}; free some space or check the disk"
+            ) from None
         self._pool = ThreadPoolExecutor(workers or io_workers(), thread_name_prefix="gitpack-write")
         self._flusher = _Flusher(fd)
 
@@ -165,6 +170,7 @@ class ArchiveWriter:
         self._queued.append((name, offset, size, self._pool.submit(self._hash_and_write, views, offset, size)))
 
     def _hash_and_write(self, views: list, offset: int, size: int) -> str:
+        fd = self._open_fd  # abort() and publish() close it only after the workers finish
         h = hashlib.sha256()
         for view in views:
             if isinstance(view, DeferredBuffer):
@@ -177,7 +183,7 @@ class ArchiveWriter:
                     return ""
                 chunk = view[i : i + CHUNK]
                 h.update(chunk)  # reads the chunk into the cache; the write below copies it from there
-                _pwrite_all(self._fd, chunk, offset)
+                _pwrite_all(fd, chunk, offset)
                 offset += len(chunk)
                 self._flusher.wrote(len(chunk))
             view = chunk = None  # a deferred copy is freed before the next one is made
@@ -190,7 +196,9 @@ class ArchiveWriter:
             try:
                 digest = future.result()
             except OSError as exc:
-                raise ArchiveError(f"cannot write {self.temp_path}: {exc.strerror}; free some space or check the disk") from None
+                raise ArchiveError(
+                    f"cannot write {self.temp_path}: {exc.strerror}; free some space or check the disk"
+                ) from None
             self._members.append(Member(name, offset, size, digest))
         self._queued.clear()
         return list(self._members)
@@ -202,18 +210,28 @@ class ArchiveWriter:
         """Write manifest and trailer after the members and fsync; may be called again to replace them."""
         manifest = sealed_manifest(manifest, self.members)
         blob = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+        fd = self._open_fd
         if self._sealed_at is None:
             self._sealed_at = align(self._end)
         try:
-            os.ftruncate(self._fd, self._sealed_at)
+            os.ftruncate(fd, self._sealed_at)
             tail = TRAILER.pack(self._sealed_at, len(blob), hashlib.sha256(blob).digest(), TAIL_MAGIC)
-            _pwrite_all(self._fd, memoryview(blob + tail), self._sealed_at)
+            _pwrite_all(fd, memoryview(blob + tail), self._sealed_at)
             self._flusher.stop()
             if self._flusher.error is not None:
                 raise self._flusher.error
-            os.fsync(self._fd)
+            os.fsync(fd)
         except OSError as exc:
-            raise ArchiveError(f"cannot write {self.temp_path}: {exc.strerror}; free some space or check the disk") from None
+            raise ArchiveError(
+                f"cannot write {self.temp_path}: {exc.strerror}; free some space or check the disk"
+            ) from None
+
+    @property
+    def _open_fd(self) -> int:
+        """The temp file's descriptor: set in __init__, None only once publish() or abort() closed it."""
+        if self._fd is None:
+            raise ValueError("archive is already published or aborted; nothing more can be written")
+        return self._fd
 
     def publish(self) -> Path:
         """Atomically rename the sealed temp file over the destination."""
@@ -253,7 +271,7 @@ class ArchiveWriter:
             except FileNotFoundError:
                 pass
 
-    def __enter__(self) -> "ArchiveWriter":
+    def __enter__(self) -> ArchiveWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -7,7 +7,8 @@ import math
 import reprlib
 import sys
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .records import ArgRef, is_candidate
 
@@ -23,7 +24,9 @@ _SHORT.maxother = REPR_LIMIT
 
 # --------------------------------------------------------------------------- describing values
 def qualified_name(obj: Any) -> str:
-    return f"{getattr(obj, '__module__', None) or '?'}:{getattr(obj, '__qualname__', None) or getattr(obj, '__name__', '?')}"
+    module = getattr(obj, "__module__", None) or "?"
+    qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", "?")
+    return f"{module}:{qualname}"
 
 
 def _short(value: Any) -> str:

@@ -32,8 +32,9 @@ import sys
 import threading
 import types
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .describe import capture_ref, describe
 from .records import MISSING, Record, is_candidate, records
@@ -135,7 +136,8 @@ def _record_call(frame: Any, code: types.CodeType, f_locals: dict, obj: Any) -> 
     if fn is not None:
         pos_defaults = getattr(fn, "__defaults__", None) or ()
         if pos_defaults:
-            for name, value in zip(names[:nargs][-len(pos_defaults):], pos_defaults):
+            # Not strict: __defaults__ can be reassigned to any tuple, and capturing must not fail the caller.
+            for name, value in zip(names[:nargs][-len(pos_defaults):], pos_defaults, strict=False):
                 defaults[name] = value
         defaults.update(getattr(fn, "__kwdefaults__", None) or {})
     passed = _passed_names(frame.f_back, positional, kwonly, varargs, varkw)
@@ -195,7 +197,8 @@ class _Chained:
 
 # Python 3.12+: sys.monitoring reports only function starts and returns, and each function that is not
 # an __init__ is switched off after its first call, so capture costs next to nothing once warmed up.
-_MONITORING = getattr(sys, "monitoring", None)
+# Any: mypy checks against Python 3.10, whose stubs have no sys.monitoring; None before 3.12.
+_MONITORING: Any = getattr(sys, "monitoring", None)
 _MONITORING_TOOLS = (4, 3, 5)  # 0, 1 and 2 are the ids reserved for debuggers, coverage and profilers
 _MONITORED = "sys.monitoring"
 
@@ -304,7 +307,7 @@ class Capture:
         self._active = True
         _start()
 
-    def __enter__(self) -> "Capture":
+    def __enter__(self) -> Capture:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -40,7 +40,7 @@ def _library_dirs() -> tuple[str, ...]:
 
 
 _library_dirs_cache: tuple[str, ...] | None = None  # computed on first use: sysconfig is slow to import
-_verdicts: "weakref.WeakKeyDictionary[type, bool]" = weakref.WeakKeyDictionary()
+_verdicts: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
 
 
 def library_dirs() -> tuple[str, ...]:
@@ -81,6 +81,7 @@ class ArgRef:
     def __init__(self, obj: Any):
         self.cls = type(obj)
         self.key = id(obj)  # for objects that cannot be weakly referenced (__slots__ without __weakref__)
+        self.ref: weakref.ref[Any] | None
         try:
             self.ref = weakref.ref(obj)
         except TypeError:
@@ -108,6 +109,7 @@ class Record:
             if current is not None and current.ref is ref:
                 records.pop(key, None)
 
+        self.ref: weakref.ref[Any] | None
         try:
             self.ref = weakref.ref(obj, forget)
         except TypeError:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import List, Optional
+from typing import Any, Optional, Protocol, cast
 
 import typer
 
@@ -39,16 +39,32 @@ def _note(text: str) -> None:
 
 @app.command()
 def save(
-    target: str = typer.Argument(..., help="module:attr or path/to/file.py:attr; a function or class is called with the -p values"),
+    target: str = typer.Argument(
+        ..., help="module:attr or path/to/file.py:attr; a function or class is called with the -p values"
+    ),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="archive file to write"),
-    name: Optional[str] = typer.Option(None, "--name", help="also (or, without -o, only) store it as the next version of artifact NAME"),
-    param: List[str] = typer.Option([], "-p", "--param", help="key=value (JSON where it parses, else a string); repeatable"),
+    name: Optional[str] = typer.Option(
+        None, "--name", help="also (or, without -o, only) store it as the next version of artifact NAME"
+    ),
+    param: list[str] = typer.Option(
+        [], "-p", "--param", help="key=value (JSON where it parses, else a string); repeatable"
+    ),
     message: Optional[str] = typer.Option(None, "-m", "--message", help="note recorded in the snapshot commit"),
-    branch: Optional[str] = typer.Option(None, "--branch", help="snapshot branch (default: gitpack, or git config gitpack.branch)"),
-    size_cap: Optional[int] = typer.Option(None, "--size-cap", help="leave files larger than this many bytes out of the snapshot"),
+    branch: Optional[str] = typer.Option(
+        None, "--branch", help="snapshot branch (default: gitpack, or git config gitpack.branch)"
+    ),
+    size_cap: Optional[int] = typer.Option(
+        None, "--size-cap", help="leave files larger than this many bytes out of the snapshot"
+    ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar"),
-    sign: bool = typer.Option(False, "--sign", help="sign the snapshot commit with your git signing key (also: git config commit.gpgsign)"),
-    allow_stale: bool = typer.Option(False, "--allow-stale", help="save even if code changed on disk after it was imported (recorded in the archive and commit)"),
+    sign: bool = typer.Option(
+        False, "--sign", help="sign the snapshot commit with your git signing key (also: git config commit.gpgsign)"
+    ),
+    allow_stale: bool = typer.Option(
+        False,
+        "--allow-stale",
+        help="save even if code changed on disk after it was imported (recorded in the archive and commit)",
+    ),
 ) -> None:
     """Snapshot the working tree and save TARGET's object with its code pinned to that commit.
 
@@ -77,13 +93,19 @@ def save(
 @app.command()
 def load(
     path: str = typer.Argument(..., help="archive file, or stored artifact NAME, NAME@v2, NAME@latest"),
-    apply: Optional[str] = typer.Option(None, "--apply", help="run preprocess -> forward (batch of one) -> postprocess on INPUT, print JSON"),
+    apply: Optional[str] = typer.Option(
+        None, "--apply", help="run preprocess -> forward (batch of one) -> postprocess on INPUT, print JSON"
+    ),
     map_location: Optional[str] = typer.Option(None, "--map-location", help="device for tensors, e.g. cpu or cuda:0"),
     mmap: bool = typer.Option(False, "--mmap", help="map tensor data from the archive instead of reading it"),
-    trust: bool = typer.Option(False, "--trust", help="allow any global and by-value code (only for archives you trust)"),
-    allow: List[str] = typer.Option([], "--allow", help="also allow global module:qualname; repeatable"),
+    trust: bool = typer.Option(
+        False, "--trust", help="allow any global and by-value code (only for archives you trust)"
+    ),
+    allow: list[str] = typer.Option([], "--allow", help="also allow global module:qualname; repeatable"),
     require_signed: bool = typer.Option(
-        False, "--require-signed", help="refuse unless the snapshot commit has a trusted signature (also: git config gitpack.requireSigned)"
+        False,
+        "--require-signed",
+        help="refuse unless the snapshot commit has a trusted signature (also: git config gitpack.requireSigned)",
     ),
     fetch: bool = typer.Option(False, "--fetch", help="`gitpack pull` first, then load"),
     remote: Optional[str] = typer.Option(None, "--remote", help="remote for --fetch (default: upstream, else origin)"),
@@ -106,7 +128,8 @@ def load(
     manifest = api.inspect(path)
     kind = manifest.get("object")
     _out(f"object  {textsafe.line(kind.get('type') if isinstance(kind, dict) else kind)}")
-    _out(f"class   {textsafe.line(type(obj).__qualname__)} from {textsafe.line(api.source_of(obj) or type(obj).__module__)}")
+    source = api.source_of(obj) or type(obj).__module__
+    _out(f"class   {textsafe.line(type(obj).__qualname__)} from {textsafe.line(source)}")
     _out(f"commit  {textsafe.line(manifest.get('commit'))}")
     _out(f"params  {textsafe.json_value(manifest.get('params') or {}, limit=None, max_depth=64)}")
 
@@ -114,7 +137,7 @@ def load(
 @app.command()
 def scan(
     path: str = typer.Argument(..., help="archive file, or stored artifact NAME[@VERSION]"),
-    allow: List[str] = typer.Option([], "--allow", help="count global module:qualname as allowed; repeatable"),
+    allow: list[str] = typer.Option([], "--allow", help="count global module:qualname as allowed; repeatable"),
     as_json: bool = typer.Option(False, "--json", help="everything found, as JSON"),
 ) -> None:
     """List every global, repo reference and by-value code the archive's pickle would use, without running it.
@@ -137,7 +160,9 @@ def scan(
 @app.command()
 def verify(
     path: str = typer.Argument(..., help="archive file, or stored artifact NAME[@VERSION]"),
-    require_signed: bool = typer.Option(False, "--require-signed", help="fail unless the snapshot commit has a trusted signature"),
+    require_signed: bool = typer.Option(
+        False, "--require-signed", help="fail unless the snapshot commit has a trusted signature"
+    ),
     as_json: bool = typer.Option(False, "--json", help="what was checked, as JSON"),
 ) -> None:
     """Check every byte of an archive, the snapshot commit that vouches for it, and its signature."""
@@ -195,7 +220,9 @@ def log(
 def diff(
     a: str = typer.Argument(..., help="archive file, or stored artifact NAME[@VERSION]"),
     b: Optional[str] = typer.Argument(None, help="second archive; without it, A is compared with the working tree"),
-    all_files: bool = typer.Option(False, "--all", help="code diff of every file, not only the repo modules the objects use"),
+    all_files: bool = typer.Option(
+        False, "--all", help="code diff of every file, not only the repo modules the objects use"
+    ),
     as_json: bool = typer.Option(False, "--json", help="everything, as JSON"),
 ) -> None:
     """Compare two saves: parameters, environment and code. Reads manifests and git only; never unpickles."""
@@ -259,7 +286,9 @@ def _incoming(report) -> None:
 
 @app.command()
 def push(
-    remote: Optional[str] = typer.Argument(None, help="remote name or URL (default: the branch's upstream, else origin)"),
+    remote: Optional[str] = typer.Argument(
+        None, help="remote name or URL (default: the branch's upstream, else origin)"
+    ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar"),
 ) -> None:
     """Push the snapshot branch and the artifacts (merging others' saves first; never force)."""
@@ -267,12 +296,17 @@ def push(
     report = api.push(remote)
     _report(report)
     _incoming(report)
-    _out(f"pushed {len(report.pushed)} ref(s) to {report.remote}" if report.pushed else f"{report.remote} is up to date")
+    if report.pushed:
+        _out(f"pushed {len(report.pushed)} ref(s) to {report.remote}")
+    else:
+        _out(f"{report.remote} is up to date")
 
 
 @app.command()
 def pull(
-    remote: Optional[str] = typer.Argument(None, help="remote name or URL (default: the branch's upstream, else origin)"),
+    remote: Optional[str] = typer.Argument(
+        None, help="remote name or URL (default: the branch's upstream, else origin)"
+    ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar"),
 ) -> None:
     """Fetch the snapshot branch and the artifacts and merge them into this clone's."""
@@ -280,14 +314,19 @@ def pull(
     report = api.pull(remote)
     _report(report)
     _incoming(report)
-    _out(f"pulled from {report.remote}" if report.notes or report.incoming else f"already up to date with {report.remote}")
+    if report.notes or report.incoming:
+        _out(f"pulled from {report.remote}")
+    else:
+        _out(f"already up to date with {report.remote}")
 
 
 @app.command()
 def export(
     ref: str = typer.Argument(..., help="stored artifact NAME[@VERSION], or an archive file"),
     output: str = typer.Option(..., "-o", "--output", help="file to write"),
-    portable: bool = typer.Option(False, "--portable", help="embed the snapshot's source: loads with no repository at all"),
+    portable: bool = typer.Option(
+        False, "--portable", help="embed the snapshot's source: loads with no repository at all"
+    ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar"),
 ) -> None:
     """Write a stored artifact to a file; --portable embeds its source, verified by git hashes at load."""
@@ -312,19 +351,36 @@ def textconv(path: str = typer.Argument(..., help="archive file (git passes a te
     sys.stdout.write(api.textconv(path))
 
 
-def _click_classes(name: str) -> tuple[type, ...]:
+def _click_classes(name: str) -> tuple[type[BaseException], ...]:
     """Click's exception classes, from typer's vendored copy and from click itself (typer versions differ)."""
     import importlib
 
-    found = []
+    found: list[type[BaseException]] = []
     for module_name in ("typer._click.exceptions", "click.exceptions"):
         try:
             cls = getattr(importlib.import_module(module_name), name, None)
         except ImportError:
             continue
-        if isinstance(cls, type) and cls not in found:
+        if isinstance(cls, type) and issubclass(cls, BaseException) and cls not in found:
             found.append(cls)
     return tuple(found)
+
+
+class _ClickProblem(Protocol):
+    """What main() reads of a click exception.
+
+    typer's vendored click and click itself are unrelated class hierarchies, so the except clauses below can only
+    name them as BaseException; this is the part of their interface main() relies on.
+    """
+
+    ctx: Any  # click.Context | None, on NoArgsIsHelpError and UsageError
+    exit_code: int  # on ClickException
+
+    def format_message(self) -> str: ...
+
+
+def _click_problem(exc: BaseException) -> _ClickProblem:
+    return cast(_ClickProblem, exc)
 
 
 _NO_ARGS = _click_classes("NoArgsIsHelpError")
@@ -345,16 +401,19 @@ def main(argv: list[str] | None = None) -> None:
         _note(f"error: {exc}")  # one line, whatever text of an archive or commit the message quotes
         sys.exit(1)
     except _NO_ARGS as exc:  # `gitpack` alone prints help
-        if exc.ctx is not None:
-            _out(exc.ctx.get_help())
+        problem = _click_problem(exc)
+        if problem.ctx is not None:
+            _out(problem.ctx.get_help())
         sys.exit(0)
     except _USAGE as exc:
-        command = exc.ctx.command_path if exc.ctx is not None else "gitpack"
-        _note(f"error: {exc.format_message()} (see `{command} --help`)")
+        problem = _click_problem(exc)
+        command = problem.ctx.command_path if problem.ctx is not None else "gitpack"
+        _note(f"error: {problem.format_message()} (see `{command} --help`)")
         sys.exit(2)
     except _CLICK_ERROR as exc:
-        _note(f"error: {exc.format_message()}")
-        sys.exit(exc.exit_code or 1)
+        problem = _click_problem(exc)
+        _note(f"error: {problem.format_message()}")
+        sys.exit(problem.exit_code or 1)
     except _ABORT:
         _note("aborted")
         sys.exit(130)

@@ -192,7 +192,8 @@ def _environment(node: Tree, env: dict[str, Any]) -> None:
     node.add(_text(f"python {_s(env.get('python'))} ({_s(env.get('implementation'))}) on {_s(env.get('platform'))}"))
     packages = env.get("packages")
     if isinstance(packages, dict) and packages:
-        node.add(_text(", ".join(f"{k} {_s(v)}" for k, v in list(packages.items())[:LIST_LIMIT] if v) or "no tracked packages"))
+        listed = ", ".join(f"{k} {_s(v)}" for k, v in list(packages.items())[:LIST_LIMIT] if v)
+        node.add(_text(listed or "no tracked packages"))
     elif packages:
         node.add(_text("packages ", _value(packages)))
     for key, value in env.items():
@@ -287,7 +288,9 @@ def incoming_lines(report) -> list[str]:
     for item in report.incoming:
         names = []
         for status, path, old in item.changes[:INCOMING_PATHS]:
-            where = f"{textsafe.line(old, 200)} -> {textsafe.line(path, 200)}" if old is not None else textsafe.line(path, 200)
+            where = textsafe.line(path, 200)
+            if old is not None:
+                where = f"{textsafe.line(old, 200)} -> {where}"
             names.append(f"{textsafe.line(status[:1], 2)} {where}")
         rest = len(item.changes) - INCOMING_PATHS
         if rest > 0:
@@ -301,12 +304,15 @@ def incoming_lines(report) -> list[str]:
 
 def artifact_table(versions) -> list[str]:
     """``gitpack list``: one aligned row per stored version."""
-    rows = [tuple(textsafe.line(cell, 200) for cell in (v.name, f"v{v.number}", ",".join(v.aliases), v.date, v.snapshot[:12],
-                                                     _size(v.size) if _int(v.size) is not None else "?", v.object_type))
-            for v in versions]
+    def cells(v) -> tuple[str, ...]:
+        size = _size(v.size) if _int(v.size) is not None else "?"
+        row = (v.name, f"v{v.number}", ",".join(v.aliases), v.date, v.snapshot[:12], size, v.object_type)
+        return tuple(textsafe.line(cell, 200) for cell in row)
+
+    rows = [cells(v) for v in versions]
     header = ("NAME", "VERSION", "ALIASES", "DATE", "SNAPSHOT", "SIZE", "OBJECT")
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + rows]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header] + rows]
 
 
 def scan_lines(report) -> list[str]:
@@ -319,7 +325,9 @@ def scan_lines(report) -> list[str]:
     for (dotted, refused, depth), count in seen.items():
         where = "  (in a nested pickle)" if depth else ""
         times = f" x{count}" if count > 1 else ""
-        lines.append(f"{'REFUSED' if refused else 'allowed'}  global    {dotted}{times}{f'  -- {refused}' if refused else ''}{where}")
+        verdict = "REFUSED" if refused else "allowed"
+        why = f"  -- {refused}" if refused else ""
+        lines.append(f"{verdict}  global    {dotted}{times}{why}{where}")
     for p in report.persistent_ids:
         if p.kind == "storage":
             continue

@@ -43,6 +43,8 @@ def _import_target_module(spec: str) -> Any:
         if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(file):
             return sys.modules[name]
         module_spec = importlib.util.spec_from_file_location(name, file)
+        if module_spec is None or module_spec.loader is None:  # a file Python has no loader for (not .py)
+            raise TargetError(f"{spec}: not a Python file; {_USAGE}")
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module
         try:
@@ -66,7 +68,9 @@ def resolve(target: str, params: dict[str, Any]) -> Any:
     except TargetError:
         raise
     except ModuleNotFoundError as exc:
-        raise TargetError(f"cannot import {module_part!r} ({exc}); {_USAGE}, run from the directory it is importable from") from None
+        raise TargetError(
+            f"cannot import {module_part!r} ({exc}); {_USAGE}, run from the directory it is importable from"
+        ) from None
     except Exception as exc:
         raise TargetError(f"importing {module_part!r} failed: {type(exc).__name__}: {exc}") from None
     obj: Any = module

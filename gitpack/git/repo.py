@@ -10,8 +10,9 @@ move together move in one ``update-ref --stdin`` transaction.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import GitError, NotARepoError
 from . import runner
@@ -32,12 +33,12 @@ class Repo:
         self.common_dir = common_dir
         self._trees: dict[str, list[TreeEntry]] = {}
         self._objects = ObjectReader(root)
-        self._config: dict[str, str] | None = None
+        self._config: dict[str, list[str]] | None = None  # every value of every key, read once
         self.head_branch_seen: tuple[str | None] | None = None  # HEAD's branch as the last snapshot saw it
 
     # ---------------------------------------------------------------- discovery
     @classmethod
-    def discover(cls, path: str | os.PathLike | None = None) -> "Repo":
+    def discover(cls, path: str | os.PathLike | None = None) -> Repo:
         """The repository containing *path* (default: the current directory), as git finds it."""
         try:
             start = Path(path) if path is not None else Path.cwd()
@@ -58,7 +59,9 @@ class Repo:
                 f"{start} is not inside a git working tree; run gitpack from a git repository (or `git init` one)"
             )
         if len(lines) < 3 or not lines[0]:
-            raise NotARepoError(f"{start} is not inside a git working tree (bare repository?); run gitpack from a checkout")
+            raise NotARepoError(
+                f"{start} is not inside a git working tree (bare repository?); run gitpack from a checkout"
+            )
         root = Path(lines[0])
         common = Path(lines[2])
         if not common.is_absolute():
@@ -103,7 +106,7 @@ class Repo:
     def read_objects(self, names: list[str]) -> list[tuple[str, bytes]]:
         """(type, bytes) of many objects, asked for at once: one round trip to git, not one per object."""
         found = self._objects.contents(names)
-        for name, item in zip(names, found):
+        for name, item in zip(names, found, strict=True):
             if item is None:
                 raise GitError(f"object {name} is missing from {self.root}; fetch it (`gitpack pull`)")
         return found
@@ -196,8 +199,8 @@ class Repo:
                 name, _, value = record.partition("\n")
                 if name:
                     values.setdefault(_config_key(name), []).append(value)
-            self._config = values  # type: ignore[assignment]
-        return self._config  # type: ignore[return-value]
+            self._config = values
+        return self._config
 
     def remote_url(self) -> str | None:
         remote = self.branch_remote() or "origin"
@@ -217,7 +220,7 @@ class Repo:
     def close(self) -> None:
         self._objects.close()
 
-    def __enter__(self) -> "Repo":
+    def __enter__(self) -> Repo:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO
 
 from ..errors import GitError
 
@@ -55,7 +56,8 @@ def failure_detail(stderr: str) -> str:
             head = lines[i].split(":", 1)[1].strip()
             rest = [line.removeprefix("hint:").strip() for line in lines[i + 1:]]
             if "safe.directory" in stderr and "safe.directory" not in head:
-                rest.append(next((line.strip() for line in lines if "git config --global --add safe.directory" in line), ""))
+                suggestion = "git config --global --add safe.directory"
+                rest.append(next((line.strip() for line in lines if suggestion in line), ""))
             return " ".join(part for part in [head, *rest] if part)
     return lines[-1] if lines else ""
 
@@ -83,8 +85,8 @@ def run(args: Sequence[str], *, cwd: str | os.PathLike, env: dict[str, str] | No
         stdin: IO | None = None, check: bool = True) -> Result:
     """Run ``git *args`` in *cwd* and wait; raise :class:`GitFailed` when it fails (unless not *check*)."""
     try:
-        proc = subprocess.run(["git", *args], cwd=cwd, env=_env(env), input=input, stdin=stdin if input is None else None,
-                              capture_output=True)
+        proc = subprocess.run(["git", *args], cwd=cwd, env=_env(env), input=input,
+                              stdin=stdin if input is None else None, capture_output=True)
     except FileNotFoundError as exc:
         if not Path(cwd).is_dir():
             raise GitError(f"{cwd} does not exist (was the directory deleted?); cd into a git working tree") from None

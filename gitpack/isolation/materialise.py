@@ -99,12 +99,14 @@ class Materializer:
         files, dirs = [], []
         for name in entries:
             if not _safe_name(name) or name in (LISTING, NAMES):
-                raise GitpackError(f"snapshot {self.source.key[:12]} has an unsafe path {rel}/{name!r}; refusing to materialise it")
+                raise GitpackError(
+                    f"snapshot {self.source.key[:12]} has an unsafe path {rel}/{name!r}; refusing to materialise it"
+                )
         # Ask for the whole directory at once (files and subtrees): one round trip to git, not one per entry.
         read_many = getattr(self.source, "read_many", None)
         if read_many is not None:
             refs = [ref for kind, ref in entries.values() if kind != "link"]
-            self._prefetched = dict(zip(refs, read_many(refs)))
+            self._prefetched = dict(zip(refs, read_many(refs), strict=True))
         for name, (kind, ref) in sorted(entries.items()):
             if kind == "tree":
                 dirs.append(name)

@@ -19,8 +19,8 @@ import os
 import sys
 import threading
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import GitpackError
 from .mangling import prefix_for
@@ -31,7 +31,9 @@ from .sources import SourceTree
 class SnapshotNamespace:
     """One snapshot's private import namespace."""
 
-    def __init__(self, source: SourceTree, roots: list[str], known: dict[str, str] | None = None, cache: Path | None = None):
+    def __init__(
+        self, source: SourceTree, roots: list[str], known: dict[str, str] | None = None, cache: Path | None = None
+    ):
         self.key = source.key
         self.prefix = prefix_for(source.key)
         self.roots = roots or [""]
@@ -73,7 +75,9 @@ class SnapshotNamespace:
     def import_module(self, name: str) -> types.ModuleType:
         """Import snapshot module *name* (its canonical, unprefixed name)."""
         if not self.owns(name):
-            raise GitpackError(f"module {name!r} is not in snapshot {self.key[:12]}; the archive and the commit disagree")
+            raise GitpackError(
+                f"module {name!r} is not in snapshot {self.key[:12]}; the archive and the commit disagree"
+            )
         import importlib
 
         return importlib.import_module(self.private_name(name))
@@ -197,7 +201,8 @@ def _root_of_top(names: Callable[[str], dict | None], roots: list[str], known: d
         if top in listing["dirs"]:
             sub = names(_join(root, top))
             namespace_known = any(n.partition(".")[0] == top for n in known)
-            if sub and ("__init__.py" in sub["files"] or namespace_known or any(f.endswith(".py") for f in sub["files"])):
+            if sub and ("__init__.py" in sub["files"] or namespace_known
+                        or any(f.endswith(".py") for f in sub["files"])):
                 found = root
                 break
     if tops is not None:
@@ -230,7 +235,8 @@ class _SnapshotLoader(importlib.machinery.SourceFileLoader):
         self.namespace = namespace
 
     def exec_module(self, module: types.ModuleType) -> None:
-        module.__builtins__ = self.namespace.builtins
+        # The module's globals are its __dict__: the builtins its code sees (typeshed has no ModuleType.__builtins__).
+        module.__dict__["__builtins__"] = self.namespace.builtins
         super().exec_module(module)
 
 

@@ -63,7 +63,7 @@ class GitSourceTree:
         """Blobs' bytes, and subtrees remembered for :meth:`list_dir`, all in one request to git."""
         wanted = [r for r in refs if not self.repo.knows_tree(r)]
         out: dict[str, bytes] = {}
-        for ref, (kind, data) in zip(wanted, self.repo.read_objects(wanted)):
+        for ref, (kind, data) in zip(wanted, self.repo.read_objects(wanted), strict=True):
             if kind == "tree":
                 self.repo.remember_tree(ref, data)
             out[ref] = data

@@ -15,7 +15,8 @@ manifest records.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import columns
 from .policy import CLASS, RECONSTRUCTOR, TORCH_DTYPE_SIZES, TRUSTED, VALUE, VALUE_TYPE
@@ -23,14 +24,13 @@ from .standins import Buffer, Deferred, Made, Ref, made_of, ref_of
 from .verdicts import (
     CONTAINERS,
     DOTTED,
+    LOCATION,
     QUALNAME,
     SAFE_DTYPE,
     TENSOR_RECONSTRUCTORS,
     Verdict,
-    LOCATION,
     callable_value,
     dtype_itemsize,
-    tensor_fits,
     is_dunder,
     is_shape,
     is_storage_ref,
@@ -40,6 +40,7 @@ from .verdicts import (
     safe_dtype,
     short,
     state_items,
+    tensor_fits,
 )
 
 
@@ -105,7 +106,7 @@ def check_call(trace: Any, made: Made) -> Verdict:
             return Verdict()  # refused by the policy: already reported
         if category == TRUSTED:
             return Verdict()
-        key = (callee.module, callee.name)
+        key = callee.module_and_name()
         if category == RECONSTRUCTOR:
             return _RECONSTRUCTORS[key](trace, made)
         if category == VALUE_TYPE:
@@ -136,8 +137,8 @@ def check_call(trace: Any, made: Made) -> Verdict:
     if callee.kind == "result":  # a class a reconstructor returned: a namedtuple, or a builtin type from dill
         if callee.name == "namedtuple":
             return Verdict() if not kwargs else refuse("a namedtuple built with keyword arguments")
-        rule = _VALUE_TYPES.get((callee.module, callee.name))
-        return rule(made) if rule is not None and not kwargs else _never_called(made)
+        result_rule = _VALUE_TYPES.get(callee.module_and_name())
+        return result_rule(made) if result_rule is not None and not kwargs else _never_called(made)
     return refuse(f"calls {short(callee.dotted)}")
 
 
@@ -322,9 +323,12 @@ def _rebuild_tensor(trace: Any, made: Made) -> Verdict:
     if not (type(a[1]) is int and a[1] >= 0 and type(a[2]) is tuple and type(a[3]) is tuple and is_shape(a[2])
             and is_shape(a[3]) and len(a[2]) == len(a[3])):
         return refuse(f"torch._utils.{name} with a malformed offset, size or stride")
-    storage = ref_of(a[0]).parts  # ('storage', dtype, key, location, numel)
-    tensor_dtype = ref_of(a[6]).name if wanted == 7 and ref_of(a[6]) is not None else storage[1]
-    if not tensor_fits(storage[4], storage[1], a[1], a[2], a[3], tensor_dtype):
+    storage_ref = ref_of(a[0])
+    assert storage_ref is not None  # is_storage_ref(a[0]) above
+    storage = storage_ref.parts  # ('storage', dtype, key, location, numel)
+    dtype_ref = ref_of(a[6]) if wanted == 7 else None
+    tensor_dtype = dtype_ref.name if dtype_ref is not None else storage[1]
+    if tensor_dtype is None or not tensor_fits(storage[4], storage[1], a[1], a[2], a[3], tensor_dtype):
         return refuse(f"torch._utils.{name} with a view beyond its storage (torch would grow the storage)")
     if wanted >= 6:
         if type(a[4]) is not bool or not _empty_hooks(a[5]):
@@ -409,7 +413,9 @@ def _np_reconstruct(trace: Any, made: Made) -> Verdict:
     subtype = ref_of(a[0]) if a else None
     if made.kwargs or len(a) != 3 or subtype is None or subtype.dotted != "numpy.ndarray" or a[1] != (0,) \
             or type(a[2]) is not bytes or len(a[2]) > 8:
-        return refuse("numpy's _reconstruct with anything but an empty ndarray (a shape there would size an allocation)")
+        return refuse(
+            "numpy's _reconstruct with anything but an empty ndarray (a shape there would size an allocation)"
+        )
     return Verdict(kind="ndarray", cls=subtype)
 
 
@@ -485,6 +491,7 @@ def _rebuild(trace: Any, made: Made) -> Verdict:
         and (a[6] is None or (type(a[6]) is dict and all(isinstance(k, str) and not is_dunder(k) for k in a[6])))
     if not ok:
         return refuse("gitpack's function rebuilder with malformed arguments")
+    assert module is not None  # part of ok
     trace.functions.append((module.module, a[1], a[2]))
     return Verdict(kind="function")
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import inspect
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .standins import Deferred
 from .verdicts import short
@@ -58,7 +59,8 @@ def state_problem(cls: type, name: str, items: tuple[tuple[str, str], ...]) -> s
             return (f"state key {short(key)!r} of {name} would put a callable where the library declares a value "
                     "(the library may call it)")
     if _is_rnn(cls) and ("_all_weights", "str-lists") not in items:
-        return f"state of {name} without its weight names (_all_weights as lists of str): torch would rebuild them in a loop"
+        return (f"state of {name} without its weight names (_all_weights as lists of str): "
+                "torch would rebuild them in a loop")
     return None
 
 
@@ -115,7 +117,8 @@ def check_deferred_source(item: Deferred, found: Any, library: Callable[[str], A
     if item.what == "new":
         if found.declares("__getnewargs__", "__getnewargs_ex__", "__new__") or found.is_tuple:
             return None
-        return f"constructs the snapshot class {name} with arguments (only classes that define __getnewargs__ take them)"
+        return (f"constructs the snapshot class {name} with arguments "
+                "(only classes that define __getnewargs__ take them)")
     if item.what == "custom-state":
         return None if found.declares("__setstate__") else f"state of {name} that is not plain attribute data"
     if item.what == "state":
@@ -123,9 +126,10 @@ def check_deferred_source(item: Deferred, found: Any, library: Callable[[str], A
             if found.declares(key):
                 return f"state key {short(key)!r} of {name} would replace its method or property {short(key)!r}"
         bases = [library(b) for b in found.all_imported_bases()] if library is not None else [None]
-        if any(not isinstance(b, type) for b in bases):
+        classes = [b for b in bases if isinstance(b, type)]
+        if len(classes) != len(bases):
             return "pending"  # a base only the imported class can show: load checks it
-        for base in bases:
+        for base in classes:
             problem = state_problem(base, name, item.detail or ())
             if problem:
                 return problem

@@ -25,7 +25,7 @@ class Facts:
     kind: str  # "class", "function", or "assigned" (a module-level name bound by an assignment: a namedtuple...)
     methods: frozenset[str] = frozenset()  # functions, properties and other decorated defs in the class body
     bases: tuple[str, ...] = ()  # base classes as written (dotted names; calls such as namedtuple(...) by name)
-    local_bases: tuple["Facts", ...] = field(default=())  # bases defined in the same module
+    local_bases: tuple[Facts, ...] = field(default=())  # bases defined in the same module
     imported_bases: tuple[str, ...] = ()  # bases imported from elsewhere, as full dotted names (torch.nn.Module)
 
     def all_imported_bases(self) -> tuple[str, ...]:
@@ -40,7 +40,8 @@ class Facts:
 
     @property
     def is_tuple(self) -> bool:
-        return any(b.rpartition(".")[2] in _TUPLE_BASES for b in self.bases) or any(b.is_tuple for b in self.local_bases)
+        tuple_base = any(b.rpartition(".")[2] in _TUPLE_BASES for b in self.bases)
+        return tuple_base or any(b.is_tuple for b in self.local_bases)
 
 
 def facts(source: bytes, qualname: str) -> Facts | None:

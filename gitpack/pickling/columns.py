@@ -82,7 +82,7 @@ def decode(pid: tuple) -> list | dict:
     keys, values = _decode(pid[2]), _decode(pid[3])
     if len(keys) != len(values):
         raise ValueError("a columns dict whose keys and values differ in number")
-    return dict(zip(keys, values))
+    return dict(zip(keys, values, strict=True))
 
 
 def _decode(column: tuple) -> list:

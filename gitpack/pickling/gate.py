@@ -4,9 +4,10 @@
 the globals it gets (calls them with arguments, sets state on them with BUILD,
 fills them with SETITEM) is where attacks live.  So before the real unpickling,
 the pickle runs once through CPython's own C unpickler with every global and
-persistent id replaced by an inert stand-in (:mod:`gitpack.pickling.standins`).  The stand-ins record each REDUCE, NEWOBJ, BUILD,
-APPEND, SETITEM and ADD in the order the real run will perform them, and
-:mod:`gitpack.pickling.calls` judges each one.  Because it is the same C unpickler over
+persistent id replaced by an inert stand-in (:mod:`gitpack.pickling.standins`).
+The stand-ins record each REDUCE, NEWOBJ, BUILD, APPEND, SETITEM and ADD in the
+order the real run will perform them, and :mod:`gitpack.pickling.calls` judges
+each one.  Because it is the same C unpickler over
 the same bytes, the record is exact (no re-implementation of the pickle machine
 that could disagree with the real one) and runs at C speed for data; nothing is
 imported or executed.  :mod:`gitpack.pickling.opcodes` first bounds the one thing the C
@@ -22,8 +23,9 @@ from __future__ import annotations
 
 import io
 import pickle
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from ..errors import PolicyError
 from . import calls, classchecks, opcodes, states
@@ -33,6 +35,7 @@ from .standins import (
     Deferred,
     Made,
     Ref,
+    StandInType,
     ValueStandIn,
     is_stand_in,
     made_object,
@@ -49,6 +52,15 @@ _BY_VALUE_CODE = ("dill._dill", "_create_code")  # bytecode carried in the pickl
 
 # ----------------------------------------------------------------------------- the trace
 @dataclass
+class _NestedBudget:
+    """What is left for scanning nested pickles: one budget shared by a trace and every trace nested in it."""
+
+    bytes_left: int = NESTED_BUDGET
+    pickles_left: int = MAX_NESTED
+    seen: set[int] = field(default_factory=set)  # id() of every bytes object already scanned
+
+
+@dataclass
 class Trace:
     """Everything one pickle (and, for the report, pickles nested in it) would do, and what is refused."""
 
@@ -59,14 +71,15 @@ class Trace:
     made: list[Made] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     deferred: list[Deferred] = field(default_factory=list)
-    functions: list[tuple[str, str, int]] = field(default_factory=list)  # repo lambdas rebuilt: (module, qualname, line)
+    # repo lambdas rebuilt: (module, qualname, line)
+    functions: list[tuple[str, str, int]] = field(default_factory=list)
     code: list[tuple] = field(default_factory=list)  # by-value code objects: dill _create_code arguments
-    nested: list["Trace"] = field(default_factory=list)
+    nested: list[Trace] = field(default_factory=list)
     error: str | None = None
     opcodes: int = 0
     _seq: int = 0
     _stand_ins: dict = field(default_factory=dict)
-    _budget: list | None = None  # what is left for nested pickles: [bytes, count, ids seen], shared by all depths
+    _budget: _NestedBudget | None = None  # what is left for nested pickles, shared by all depths
 
     # ---------------------------------------------------------------- results
     @property
@@ -102,7 +115,7 @@ class Trace:
             raise PolicyError(f"{where}: the load policy refuses {text}{_hint(self)}")
 
     # ---------------------------------------------------------------- dry run
-    def run(self, data: bytes, *, buffers: int = 0) -> "Trace":
+    def run(self, data: bytes, *, buffers: int = 0) -> Trace:
         try:
             self.opcodes, unwanted = opcodes.check(data)
         except opcodes.OpcodeError as exc:
@@ -131,7 +144,7 @@ class Trace:
         self._seq += 1
         return self._seq
 
-    def _stand_in(self, ref: Ref) -> type:
+    def _stand_in(self, ref: Ref) -> StandInType:
         key = (ref.kind, ref.module, ref.name, ref.parts if ref.kind in ("storage", "result") else ())
         found = self._stand_ins.get(key)
         if found is None:
@@ -140,7 +153,7 @@ class Trace:
             self.refs.append(ref)
         return found
 
-    def _global(self, module: Any, name: Any) -> type:
+    def _global(self, module: Any, name: Any) -> StandInType:
         module, name = str(module), str(name)
         why = self.policy.refusal(module, name)
         ref = Ref("global", module, name, None if why else self.policy.category(module, name), why)
@@ -157,8 +170,8 @@ class Trace:
             return ValueStandIn(ref)
         return self._stand_in(ref)
 
-    def _called(self, stand_in: type, args: tuple, kwargs: dict, how: str) -> Any:
-        callee: Ref = stand_in._gate_ref
+    def _called(self, stand_in: StandInType, args: tuple, kwargs: dict, how: str) -> Any:
+        callee = stand_in._gate_ref
         made = Made(self, self._event(), callee, how, args, kwargs, cls=callee)
         for value in _direct(args, kwargs):
             record = made_of(value)
@@ -218,16 +231,16 @@ class Trace:
     def _scan_nested(self, args: tuple) -> None:
         """Dry-run pickles passed as bytes to a refused call (the payload of a ``pickle.loads`` gadget), for the
         report: each distinct object once, within a budget shared by all depths (the gate must not be the DoS)."""
-        budget = self._budget if self._budget is not None else [NESTED_BUDGET, MAX_NESTED, set()]
+        budget = self._budget if self._budget is not None else _NestedBudget()
         for value in args:
-            if not (isinstance(value, (bytes, bytearray)) and _looks_like_pickle(value)) or id(value) in budget[2]:
+            if not (isinstance(value, (bytes, bytearray)) and _looks_like_pickle(value)) or id(value) in budget.seen:
                 continue
-            budget[2].add(id(value))
-            if len(value) > budget[0] or budget[1] <= 0:
+            budget.seen.add(id(value))
+            if len(value) > budget.bytes_left or budget.pickles_left <= 0:
                 self.violations.append("nested pickles beyond what the gate scans (refused unscanned)")
                 return
-            budget[0] -= len(value)
-            budget[1] -= 1
+            budget.bytes_left -= len(value)
+            budget.pickles_left -= 1
             inner = Trace(self.policy, self.modules, depth=self.depth + 1, _budget=budget)
             self.nested.append(inner.run(bytes(value)))
         self._budget = budget
@@ -258,8 +271,8 @@ class Trace:
             code = source(ref.module)
             found = facts(code, ref.name) if code is not None else None
             if found is None:
-                self.violations.append(f"{_short(ref.dotted)}, which the snapshot's source of {_short(ref.module)} does "
-                                       "not define (refusing to import it)")
+                self.violations.append(f"{_short(ref.dotted)}, which the snapshot's source of {_short(ref.module)} "
+                                       "does not define (refusing to import it)")
             elif {"class": "function", "function": "class"}.get(ref.kind) == found.kind:
                 self.violations.append(f"{_short(ref.dotted)} named as a {ref.kind} but defined as a {found.kind}")
             else:
@@ -285,7 +298,9 @@ class Trace:
                 self.violations.append(problem)
 
 
-def trace(data: bytes, policy: Policy | None = None, *, modules: Iterable[str] | None = None, buffers: int = 0) -> Trace:
+def trace(
+    data: bytes, policy: Policy | None = None, *, modules: Iterable[str] | None = None, buffers: int = 0
+) -> Trace:
     """Dry-run *data* and judge every construct; nothing is imported or executed.
 
     Args:

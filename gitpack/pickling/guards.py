@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import functools
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..errors import PolicyError, UnpicklingError
 from ..isolation import canonical_module_name
@@ -72,7 +73,9 @@ def _check_state_keys(cls: type, state: Any, where: str) -> None:
             raise _refuse(f"{where} with state that is not attribute data")
         for key in part:
             if not isinstance(key, str) or key.startswith("__") or shadows_method(cls, key):
-                raise _refuse(f"{where} with state key {str(key)[:60]!r}, which would replace behaviour of {cls.__name__}")
+                raise _refuse(
+                    f"{where} with state key {str(key)[:60]!r}, which would replace behaviour of {cls.__name__}"
+                )
 
 
 def _numpy_dtype_ok(dtype: Any, depth: int = 0) -> bool:
@@ -112,7 +115,9 @@ def _from_type(real: Callable, name: str) -> Callable:
     def guarded(func, new_type, args, state):
         if getattr(func, "__gitpack_guarded__", None) not in _TENSOR_NAMES or not (
                 isinstance(new_type, type) and issubclass(new_type, torch.Tensor)):
-            raise _refuse("torch._tensor._rebuild_from_type_v2 with something other than a tensor reconstructor and type")
+            raise _refuse(
+                "torch._tensor._rebuild_from_type_v2 with something other than a tensor reconstructor and type"
+            )
         if state is not None:
             _check_state_keys(new_type, state, name)
         return real(func, new_type, args, state)
@@ -122,7 +127,8 @@ def _from_type(real: Callable, name: str) -> Callable:
 
 def view_fits(nbytes: int, offset: int, size, stride, itemsize: int) -> bool:
     """Whether a strided view lies inside *nbytes* of storage (else torch's ``set_`` grows the storage)."""
-    extent = 0 if any(d == 0 for d in size) else 1 + sum((d - 1) * s for d, s in zip(size, stride))
+    # Not strict: the gate compares the lengths first; a trusted load (no gate) leaves a mismatch for torch to report.
+    extent = 0 if any(d == 0 for d in size) else 1 + sum((d - 1) * s for d, s in zip(size, stride, strict=False))
     return (offset + extent) * itemsize <= nbytes
 
 
@@ -164,7 +170,8 @@ def wrap(module: str, name: str, obj: Any) -> Any:
     if make is None:
         return obj
     guarded = functools.wraps(obj)(make(obj, name))
-    guarded.__gitpack_guarded__ = name
+    # A marker in the function's attribute dict (typeshed's functools._Wrapped declares no attributes).
+    guarded.__dict__["__gitpack_guarded__"] = name
     return guarded
 
 
@@ -207,10 +214,12 @@ class Rebuilder:
             codes = list(_iter_code(compile(source, filename, "exec", dont_inherit=True)))
             self._codes[blob] = codes
         name = qualname.rpartition(".")[2]
-        matches = [c for c in codes if getattr(c, "co_qualname", c.co_name) in (qualname, name) and c.co_firstlineno == lineno]
+        matches = [c for c in codes
+                   if getattr(c, "co_qualname", c.co_name) in (qualname, name) and c.co_firstlineno == lineno]
         if not matches:
             raise UnpicklingError(
-                f"function {qualname} (line {lineno}) is not in {canonical_module_name(module.__name__)} of the snapshot"
+                f"function {qualname} (line {lineno}) is not in {canonical_module_name(module.__name__)} "
+                "of the snapshot"
             )
         code = matches[0]
         cells = None
@@ -218,7 +227,8 @@ class Rebuilder:
             values = closure or ()
             if len(values) != len(code.co_freevars):
                 raise UnpicklingError(f"closure of {qualname} does not match its code in the snapshot")
-            cells = tuple(types.CellType() if type(v) is tuple and v == _EMPTY_CELL else types.CellType(v) for v in values)
+            cells = tuple(types.CellType() if type(v) is tuple and v == _EMPTY_CELL else types.CellType(v)
+                          for v in values)
         elif closure:
             raise UnpicklingError(f"closure of {qualname} does not match its code in the snapshot")
         fn = types.FunctionType(code, module.__dict__, name, defaults, cells)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import PicklingError
 from ..isolation import cache_root, canonical_module_name

@@ -88,7 +88,7 @@ class _References:
         cached = self._pids.get(id(obj))
         if cached is not None:
             return cached
-        pid = None
+        pid: tuple | None = None  # persistent ids differ in length by kind
         if obj is _REBUILDER:
             return REBUILD_ID
         if isinstance(obj, type) or t in _FUNCTION_TYPES:
@@ -171,19 +171,20 @@ _REBUILDER = _RebuildToken()
 
 def _function_reduce(fn: types.FunctionType, module: types.ModuleType):
     """A repo function that is not reachable by name: a reference to its code plus its data."""
-    closure = None
+    closure: tuple[Any, ...] | None = None
     if fn.__closure__ is not None:
-        closure = []
+        contents = []
         for cell in fn.__closure__:
             try:
-                closure.append(cell.cell_contents)
+                contents.append(cell.cell_contents)
             except ValueError:
-                closure.append(_EMPTY_CELL)
-        closure = tuple(closure)
+                contents.append(_EMPTY_CELL)
+        closure = tuple(contents)
     code = fn.__code__
+    attributes = fn.__dict__ or None
     return (
         _REBUILDER,
-        (module, fn.__qualname__, code.co_firstlineno, fn.__defaults__, fn.__kwdefaults__, closure, fn.__dict__ or None),
+        (module, fn.__qualname__, code.co_firstlineno, fn.__defaults__, fn.__kwdefaults__, closure, attributes),
     )
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ..errors import PolicyError
 
@@ -182,7 +183,9 @@ class Policy:
                 hint = "it builds code, so only --trust (trust=True) can load it, for an archive whose author you trust"
             else:
                 hint = f"if you trust the archive, allow it explicitly (--allow {module}:{name})"
-            raise PolicyError(f"the archive's pickle asks for global {shown} ({why}), which the load policy refuses; {hint}")
+            raise PolicyError(
+                f"the archive's pickle asks for global {shown} ({why}), which the load policy refuses; {hint}"
+            )
         if module == "dill._dill" and name == "_load_type":
             return _dill_load_type
         if module == "dill._dill" and name == "_create_namedtuple":
@@ -192,7 +195,9 @@ class Policy:
             for part in name.split("."):
                 obj = getattr(obj, part)
         except (ImportError, AttributeError):
-            raise PolicyError(f"{module}.{name} named by the archive does not exist here; is a package version different?") from None
+            raise PolicyError(
+                f"{module}.{name} named by the archive does not exist here; is a package version different?"
+            ) from None
         if _in_class_family(module) and (module, name) not in _ALLOW and (module, name) not in self.extra:
             if not isinstance(obj, type):
                 raise PolicyError(f"{module}.{name} is not a class; refusing it")
@@ -201,14 +206,19 @@ class Policy:
                 raise PolicyError(f"{module}.{name} is not a function defined in {module}; refusing it")
         declared = getattr(obj, "__module__", None) if isinstance(obj, type) or callable(obj) else None
         if isinstance(declared, str) and declared != module and not _same_module(declared, module):
-            raise PolicyError(f"{module}.{name} says it lives in {declared}; refusing a global whose module does not agree")
+            raise PolicyError(
+                f"{module}.{name} says it lives in {declared}; refusing a global whose module does not agree"
+            )
         return obj
 
 
 def _same_module(declared: str, claimed: str) -> bool:
     # numpy.core is an alias of numpy._core; io re-exports _io.
     aliases = {"numpy.core": "numpy._core", "io": "_io"}
-    norm = lambda m: next((m.replace(a, b, 1) for a, b in aliases.items() if m == a or m.startswith(a + ".")), m)
+
+    def norm(m: str) -> str:
+        return next((m.replace(a, b, 1) for a, b in aliases.items() if m == a or m.startswith(a + ".")), m)
+
     return norm(declared) == norm(claimed) or claimed in ("numpy", "torch") and declared.startswith(claimed + ".")
 
 
@@ -230,9 +240,13 @@ def _safe_namedtuple(name: Any, fieldnames: Any, modulename: Any, defaults: Any 
     import collections
 
     if not (isinstance(name, str) and _IDENT.match(name) and isinstance(modulename, str) and _DOTTED.match(modulename)):
-        raise PolicyError("the archive asks dill for a namedtuple with an invalid name; the archive is malicious or corrupt")
+        raise PolicyError(
+            "the archive asks dill for a namedtuple with an invalid name; the archive is malicious or corrupt"
+        )
     if not (isinstance(fieldnames, (list, tuple)) and all(isinstance(f, str) and _IDENT.match(f) for f in fieldnames)):
-        raise PolicyError(f"namedtuple {name} in the archive has invalid field names; the archive is malicious or corrupt")
+        raise PolicyError(
+            f"namedtuple {name} in the archive has invalid field names; the archive is malicious or corrupt"
+        )
     if defaults is not None and not isinstance(defaults, (list, tuple)):
         raise PolicyError(f"namedtuple {name} in the archive has invalid defaults; the archive is malicious or corrupt")
     return collections.namedtuple(name, fieldnames, defaults=defaults, module=modulename)

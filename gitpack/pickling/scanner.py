@@ -14,9 +14,10 @@ classes (see :class:`~gitpack.pickling.standins.Deferred`) are counted as pendin
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..archive import ArchiveReader
 from ..errors import ArchiveError, PolicyError
@@ -135,7 +136,9 @@ class ScanReport:
             "refused": self.violations,
             "pending_class_checks": self.pending,
             "globals": [{**asdict(g), "allowed": g.allowed} for g in self.globals],
-            "persistent_ids": [{"kind": p.kind, "parts": clean(p.parts), "depth": p.depth} for p in self.persistent_ids],
+            "persistent_ids": [
+                {"kind": p.kind, "parts": clean(p.parts), "depth": p.depth} for p in self.persistent_ids
+            ],
             "functions": [asdict(f) for f in self.functions],
             "by_value_code": [asdict(c) for c in self.code],
         }
@@ -195,7 +198,9 @@ def _class_checks(trace: gate.Trace, policy: Policy, manifest: dict[str, Any], r
     from ..git import Repo
     from . import classchecks, classfacts
 
-    modules = manifest.get("modules") if isinstance(manifest.get("modules"), dict) else {}
+    modules = manifest.get("modules")
+    if not isinstance(modules, dict):
+        modules = {}
     tree = manifest.get("tree")
     git_repo = None
     try:
@@ -208,14 +213,15 @@ def _class_checks(trace: gate.Trace, policy: Policy, manifest: dict[str, Any], r
     pending = 0
     try:
         source_for = None
-        if git_repo is not None:
+        if git_repo is not None and isinstance(tree, str):  # (a repository is kept only when tree names a tree)
             from ..isolation import GitSourceTree, shadowing
             from ..isolation.namespace import locate, tree_names
 
             source = GitSourceTree(git_repo, tree)
             roots = [r for r in manifest.get("roots") or [""] if isinstance(r, str)] or [""]
             known = {n: i.get("root", "") for n, i in modules.items() if isinstance(i, dict) and isinstance(n, str)}
-            names, tops = tree_names(source), {}
+            names = tree_names(source)
+            tops: dict[str, str | None] = {}
 
             def read_module(module: str) -> bytes | None:
                 found = locate(names, roots, known, module, tops)
@@ -232,7 +238,7 @@ def _class_checks(trace: gate.Trace, policy: Policy, manifest: dict[str, Any], r
             problem: str | None = "pending"
             if item.ref.kind == "global":
                 try:
-                    problem = classchecks.check_deferred(item, policy.find_class(item.ref.module, item.ref.name))
+                    problem = classchecks.check_deferred(item, policy.find_class(*item.ref.module_and_name()))
                 except GitpackError as exc:
                     problem = str(exc)
             elif source_for is not None and item.ref.kind in ("class", "legacy") and item.what != "tensor-type":

@@ -12,10 +12,12 @@ module is ever reached.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
+
+from ..errors import PolicyError
 
 # The recording side (:class:`gitpack.pickling.gate.Trace`) provides _called, _built and _mutated; duck-typed here so
-# this module imports nothing of gitpack's.
+# this module imports nothing else of gitpack's.
 
 @dataclass(frozen=True)
 class Ref:
@@ -44,8 +46,17 @@ class Ref:
     def snapshot(self) -> bool:
         return self.kind in ("class", "function", "legacy")
 
+    def module_and_name(self) -> tuple[str, str]:
+        """``(module, name)`` of a global or of a class a reconstructor returned, which always carry both.
 
-class _StandInType(type):
+        A None here is a bug in the gate, never something a pickle can cause (in the dry run it refuses the load).
+        """
+        if self.module is None or self.name is None:
+            raise PolicyError(f"the gate lost the module or name of {self.dotted}")
+        return self.module, self.name
+
+
+class StandInType(type):
     """Metaclass of every stand-in for a global or persistent id: REDUCE and BUILD on one are recorded."""
 
     _gate_ref: Ref
@@ -69,6 +80,7 @@ class _Made:
     """Stand-in for an object the pickle builds (by calling a stand-in); records what is done to it."""
 
     __slots__ = ("_gate_record",)
+    _gate_record: Made  # set by made_object() right after construction
 
     def __setstate__(self, state):  # BUILD
         self._gate_record.trace._built(self, state)
@@ -133,24 +145,24 @@ class ValueStandIn:
         return f"<{self.ref.kind} {self.ref.name}>"
 
 
-def stand_in(ref: Ref, recorder: Any) -> type:
+def stand_in(ref: Ref, recorder: Any) -> StandInType:
     """A new stand-in class for *ref*, whose calls and state go to *recorder*."""
-    return _StandInType(f"stand-in {ref.dotted}", (), {"__new__": _new, "_gate_ref": ref, "_gate_trace": recorder})
+    return StandInType(f"stand-in {ref.dotted}", (), {"__new__": _new, "_gate_ref": ref, "_gate_trace": recorder})
 
 
-def made_object(record: Made) -> "_Made":
+def made_object(record: Made) -> _Made:
     obj = _Made()
     obj._gate_record = record
     return obj
 
 
-def is_stand_in(value: Any) -> bool:
-    return isinstance(value, _StandInType)
+def is_stand_in(value: Any) -> TypeGuard[StandInType]:
+    return isinstance(value, StandInType)
 
 
 def ref_of(value: Any) -> Ref | None:
     """The :class:`Ref` a dry-run value stands for, when it is a global or persistent id (else None)."""
-    if isinstance(value, _StandInType):
+    if isinstance(value, StandInType):
         return value._gate_ref
     if type(value) is ValueStandIn:
         return value.ref

@@ -11,7 +11,8 @@ classes may be filled with items.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .policy import CLASS, TRUSTED
 from .standins import Buffer, Deferred, Made, made_object, ref_of
@@ -66,19 +67,27 @@ def _dtype_state(made: Made, state: Any) -> Verdict:
         if ok and sub is not None:
             base = dtype_itemsize(sub[0]) if type(sub) is tuple and len(sub) == 2 and safe_dtype(sub[0]) else None
             count = _product(sub[1]) if type(sub) is tuple and len(sub) == 2 and is_shape(sub[1]) else None
-            ok = bool(base) and count is not None and base * count == size
+            ok = base is not None and base != 0 and count is not None and base * count == size
         ok = ok and (names is None) == (fields is None)
         if ok and names is not None:
-            ok = type(names) is tuple and type(fields) is dict and set(names) == set(fields) and bool(size) and all(
-                type(f) is tuple and 2 <= len(f) <= 3 and safe_dtype(f[0]) and type(f[1]) is int and f[1] >= 0
-                and bool(dtype_itemsize(f[0])) and f[1] + dtype_itemsize(f[0]) <= size
-                and (len(f) == 2 or f[2] is None or type(f[2]) is str) for f in fields.values())
+            ok = (type(names) is tuple and type(fields) is dict and set(names) == set(fields)
+                  and size is not None and size != 0 and all(_field_fits(f, size) for f in fields.values()))
     if ok and len(state) == 9:
         meta = state[8]
         ok = meta is None or (type(meta) is tuple and len(meta) == 2 and (meta[0] is None or type(meta[0]) is dict)
                               and type(meta[1]) is tuple and all(plain(x) for x in meta[1]))
     return Verdict() if ok else refuse("numpy dtype state with object items, or fields and sub-arrays that are not "
                                        "plain dtypes or do not fit its item size")
+
+
+def _field_fits(field: Any, size: int) -> bool:
+    """A dtype field ``(dtype, offset[, title])``: a plain dtype built before, inside an item of *size* bytes."""
+    if not (type(field) is tuple and 2 <= len(field) <= 3 and safe_dtype(field[0]) and type(field[1]) is int
+            and field[1] >= 0):
+        return False
+    itemsize = dtype_itemsize(field[0])
+    return (itemsize is not None and itemsize != 0 and field[1] + itemsize <= size
+            and (len(field) == 2 or field[2] is None or type(field[2]) is str))
 
 
 def _product(shape: tuple) -> int:
@@ -113,7 +122,8 @@ _SPM_OPTIONS = frozenset({"_return_type", "_add_bos", "_add_eos", "_reverse", "_
 def _builtin_type(value: Any) -> bool:
     """``int``, ``str`` and the like, named as a global or returned by dill's ``_load_type``."""
     ref = ref_of(value)
-    return ref is not None and ref.kind in ("global", "result") and ref.module == "builtins" and ref.category is not None
+    return (ref is not None and ref.kind in ("global", "result") and ref.module == "builtins"
+            and ref.category is not None)
 
 
 def _sentencepiece_state(made: Made, state: Any) -> Verdict:

@@ -65,7 +65,9 @@ class StorageCollector:
         if storage.device.type != "meta" and storage.data_ptr() != 0:
             seen = self._dtypes.setdefault(storage.data_ptr(), dtype)
             if seen != dtype:
-                raise GitpackError("two tensors view the same storage as different dtypes; save a .clone() of one of them")
+                raise GitpackError(
+                    "two tensors view the same storage as different dtypes; save a .clone() of one of them"
+                )
         key = self._keys.setdefault(storage._cdata, str(len(self._keys)))
         self.storages[key] = storage
         return ("storage", str(dtype).removeprefix("torch."), key, _location(storage), numel)
@@ -150,7 +152,7 @@ class StorageLoader:
         self.mmap = mmap
         self.readahead = readahead
         self._loaded: dict[str, Any] = {}
-        self._whole_file = None
+        self._whole_file: Any = None  # with mmap: one torch storage mapping the whole archive, made on first use
         self._order = [m for name, m in reader.members.items() if name.startswith(STORAGE_PREFIX)]
         self._next = 0  # index in _order of the next member to schedule
         self._scheduled: dict[str, tuple[Any, Any, int]] = {}  # member name -> (storage, future, size)
@@ -191,7 +193,8 @@ class StorageLoader:
         try:
             tensor = torch.empty((0,), dtype=typed.dtype, device=storage.device).set_(storage, offset, size, stride)
         except RuntimeError as exc:
-            raise ArchiveError(f"{self.reader.path}: a tensor does not fit its storage ({str(exc).splitlines()[0][:120]}); "
+            first_line = str(exc).splitlines()[0][:120]
+            raise ArchiveError(f"{self.reader.path}: a tensor does not fit its storage ({first_line}); "
                                "the archive is corrupt") from None
         if kind == "parameter":
             return torch.nn.Parameter(tensor, requires_grad=requires_grad)
@@ -204,10 +207,13 @@ class StorageLoader:
 
         member = self.reader.member(STORAGE_PREFIX + key)
         if member.size != nbytes:
-            raise ArchiveError(f"{self.reader.path}: storage {key} holds {member.size} bytes, its tensors need {nbytes}; the archive is corrupt")
+            raise ArchiveError(f"{self.reader.path}: storage {key} holds {member.size} bytes, "
+                               f"its tensors need {nbytes}; the archive is corrupt")
         if self.mmap:
             if self._whole_file is None:
-                self._whole_file = torch.UntypedStorage.from_file(str(self.reader.path), shared=False, nbytes=self.reader.size)
+                self._whole_file = torch.UntypedStorage.from_file(
+                    str(self.reader.path), shared=False, nbytes=self.reader.size
+                )
             return self._whole_file[member.offset : member.offset + member.size]
         self._schedule_through(member.name)
         storage, future, size = self._scheduled.pop(member.name)
@@ -246,7 +252,9 @@ class StorageLoader:
             if result is not None:
                 return result
             return move_storage(storage, location, location)
-        return move_storage(storage, self._target(location), location)
+        target = self._target(location)
+        assert target is not None  # None only for a callable map_location, handled above
+        return move_storage(storage, target, location)
 
 
 def move_storage(storage, target: str, saved_at: str):
@@ -268,5 +276,7 @@ def move_storage(storage, target: str, saved_at: str):
     try:
         return storage.to(device=device)
     except (RuntimeError, AssertionError) as exc:
-        raise GitpackError(f"cannot move a tensor saved on {saved_at} to {target}: {exc}; load with map_location='cpu'") from None
+        raise GitpackError(
+            f"cannot move a tensor saved on {saved_at} to {target}: {exc}; load with map_location='cpu'"
+        ) from None
 

@@ -66,14 +66,17 @@ class Resolver:
         ``('pkg.model', 'os.system')`` would reach whatever ``pkg.model`` imported.
         """
         if not (_DOTTED.match(module_name) and _QUALNAME.match(qualname)):
-            raise UnpicklingError(f"malformed snapshot reference {module_name[:60]!r}:{qualname[:60]!r} in archive; the archive is corrupt")
+            raise UnpicklingError(f"malformed snapshot reference {module_name[:60]!r}:{qualname[:60]!r} in archive; "
+                                  "the archive is corrupt")
         self._check_recorded(module_name)
         module = self.namespace.import_module(module_name)
         obj: Any = module
         for part in qualname.split("."):
             obj = vars(obj).get(part) if isinstance(obj, (type, types.ModuleType)) else None
             if obj is None:
-                raise UnpicklingError(f"{module_name}.{qualname} does not exist in the snapshot; the archive and commit disagree")
+                raise UnpicklingError(
+                    f"{module_name}.{qualname} does not exist in the snapshot; the archive and commit disagree"
+                )
         defined_here = (isinstance(obj, type) or type(obj) in _FUNCTION_TYPES) and obj.__module__ == module.__name__ \
             and obj.__qualname__ == qualname
         if not defined_here or (kind == "class" and not isinstance(obj, type)) or \
@@ -87,7 +90,9 @@ class Resolver:
 
     def module(self, module_name: str) -> types.ModuleType:
         if not _DOTTED.match(module_name):
-            raise UnpicklingError(f"malformed snapshot module name {module_name[:60]!r} in archive; the archive is corrupt")
+            raise UnpicklingError(
+                f"malformed snapshot module name {module_name[:60]!r} in archive; the archive is corrupt"
+            )
         self._check_recorded(module_name)
         return self.namespace.import_module(module_name)
 
@@ -131,7 +136,9 @@ class _Loading:
             return self._shared(pid)
         if pid == REBUILD_ID:
             return self.resolver.rebuild
-        raise UnpicklingError(f"unknown reference {str(pid)[:80]} in archive; the archive is corrupt or from a newer gitpack")
+        raise UnpicklingError(
+            f"unknown reference {str(pid)[:80]} in archive; the archive is corrupt or from a newer gitpack"
+        )
 
     def _shared(self, pid: tuple) -> Any:
         """Tensors and columns: one object per pid object, so what was shared at save is shared again."""
@@ -185,7 +192,8 @@ def load(data: bytes, *, resolver: Resolver, storage_loader, buffers=None) -> An
         raise
     except RecursionError:
         raise UnpicklingError("the pickle is nested too deeply to load") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, ImportError) as exc:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            ImportError) as exc:
         raise UnpicklingError(f"cannot unpickle the archive's payload: {exc}") from None
     except Exception as exc:  # torch, numpy and the snapshot's own __setstate__ raise their own types
         raise UnpicklingError(f"cannot unpickle the archive's payload: {type(exc).__name__}: {exc}") from exc

@@ -40,7 +40,7 @@ def refuse(problem: str) -> Verdict:
     return Verdict(problem)
 
 
-def short(text: str) -> str:
+def short(text: Any) -> str:
     text = str(text).encode("ascii", "backslashreplace").decode()
     return text if len(text) <= SHORT else text[: SHORT - 3] + "..."
 
@@ -114,7 +114,7 @@ def tensor_fits(numel: int, storage_dtype: str, offset: int, size: tuple, stride
     item, storage_item = TORCH_DTYPE_SIZES.get(tensor_dtype), TORCH_DTYPE_SIZES.get(storage_dtype)
     if item is None or storage_item is None:
         return False
-    extent = 0 if any(d == 0 for d in size) else 1 + sum((d - 1) * s for d, s in zip(size, stride))
+    extent = 0 if any(d == 0 for d in size) else 1 + sum((d - 1) * s for d, s in zip(size, stride, strict=True))
     return (offset + extent) * item <= numel * storage_item
 
 

@@ -9,6 +9,8 @@ to get it right.  Both leave out what :mod:`.exclude` says and report it.
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
+
 from ..fsutil import remove_stale
 from ..git import Repo
 from ..git.objects import NeedsIndex
@@ -21,7 +23,9 @@ from .tree import GIT_DIR_TEMP_PREFIX, SnapshotTree
 __all__ = ["DEFAULT_SIZE_CAP", "SnapshotTree", "branch", "write_tree"]
 
 
-def write_tree(repo: Repo, *, size_cap: int = DEFAULT_SIZE_CAP, exclude: set[str] = frozenset()) -> SnapshotTree:  # type: ignore[assignment]
+def write_tree(
+    repo: Repo, *, size_cap: int = DEFAULT_SIZE_CAP, exclude: AbstractSet[str] = frozenset()
+) -> SnapshotTree:
     """Write the working tree (tracked, modified and untracked-not-ignored) as a tree object.
 
     The user's index is only read; temp files that crashed saves left in ``.git`` are removed first.

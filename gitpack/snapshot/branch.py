@@ -14,7 +14,7 @@ import os
 import random
 import tempfile
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import GitError
 from ..git import DEFAULT_BRANCH, START_MESSAGE, Repo, branch_ref

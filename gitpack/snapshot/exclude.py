@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 from ..archive.format import MAGIC as ARCHIVE_MAGIC
@@ -9,7 +10,7 @@ from ..archive.format import MAGIC as ARCHIVE_MAGIC
 DEFAULT_SIZE_CAP = 10 * 1000 * 1000
 
 
-def exclusion_reason(root: Path, path: str, size_cap: int, exclude: set[str]) -> str | None:
+def exclusion_reason(root: Path, path: str, size_cap: int, exclude: AbstractSet[str]) -> str | None:
     """Why *path* stays out of the snapshot (another archive, over the size cap), or None to take it."""
     full = root / path
     if path in exclude:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Set as AbstractSet
 
 from ..fsutil import TEMP_MARK
 from ..git import Repo
@@ -19,7 +20,7 @@ from .status import STATUS_ARGS, changed_paths, staged_only
 from .tree import SnapshotTree, temp_prefix
 
 
-def write_via_index(repo: Repo, size_cap: int, exclude: set[str]) -> SnapshotTree:
+def write_via_index(repo: Repo, size_cap: int, exclude: AbstractSet[str]) -> SnapshotTree:
     """The general way: ``git add`` the changed paths in a private copy of the user's index."""
     user_index = repo.git_dir / "index"
     fd, temp_index = tempfile.mkstemp(prefix=temp_prefix("index"), dir=str(repo.git_dir))

@@ -15,6 +15,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 from ..errors import GitError
@@ -26,7 +27,12 @@ from .status import READ_ONLY, STATUS_ARGS, branch_headers
 from .tree import SnapshotTree, temp_prefix
 
 
-def write_overlay(repo: Repo, size_cap: int, exclude: set[str]) -> SnapshotTree:
+def _index_entry(mode: str, sha: str | None) -> tuple[str, str] | None:
+    """A path's staged entry, ``(mode, sha)``; None when the index does not have it (mode 000000: untracked)."""
+    return None if mode == "000000" or sha is None else (mode, sha)
+
+
+def write_overlay(repo: Repo, size_cap: int, exclude: AbstractSet[str]) -> SnapshotTree:
     """The working tree as a tree: HEAD's tree with only the paths ``git status`` reports rewritten.
 
     Raises :class:`NeedsIndex` where that could differ from ``git add -A`` (a changed submodule, a
@@ -57,7 +63,10 @@ def write_overlay(repo: Repo, size_cap: int, exclude: set[str]) -> SnapshotTree:
     elif early_head is not None and early_head[0] == head:
         base_tree = early_head[1]
     else:
-        base_tree = repo.commit_and_tree(head)[1]  # HEAD moved while status ran
+        moved = repo.commit_and_tree(head)  # HEAD moved while status ran
+        if moved is None:  # status just named this commit: only a broken repository loses it
+            raise GitError(f"commit {head}, HEAD according to git status, is missing from {repo.root}")
+        base_tree = moved[1]
 
     filemode = (repo.config("core.filemode") or "true").lower() not in ("false", "no", "off", "0")
     changed: list[str] = []
@@ -88,7 +97,7 @@ def write_overlay(repo: Repo, size_cap: int, exclude: set[str]) -> SnapshotTree:
             attribute_files.append(path)
         if TEMP_MARK in os.path.basename(path):
             # Another save's archive, still being written: never snapshot, nothing to report.
-            changes[path] = None if mode_index == "000000" else (mode_index, sha_index)
+            changes[path] = _index_entry(mode_index, sha_index)
             continue
         reason = exclusion_reason(repo.root, path, size_cap, exclude)
         if reason:
@@ -97,7 +106,7 @@ def write_overlay(repo: Repo, size_cap: int, exclude: set[str]) -> SnapshotTree:
             continue
         worktree_state = xy[1]
         if worktree_state == ".":  # the worktree matches the index: take the staged entry
-            changes[path] = None if mode_index == "000000" else (mode_index, sha_index)
+            changes[path] = _index_entry(mode_index, sha_index)
         elif worktree_state == "D":
             changes[path] = None
         else:
@@ -128,7 +137,7 @@ def write_overlay(repo: Repo, size_cap: int, exclude: set[str]) -> SnapshotTree:
                 if b"\r" in fh.read():
                     raise NeedsIndex("line endings that git add may keep or convert")
     shas = hash_files(repo, regular, filters=True) + hash_links(repo, links)
-    for path, sha in zip(regular + links, shas):
+    for path, sha in zip(regular + links, shas, strict=True):
         changes[path] = (from_worktree[path], sha)
     tree = apply_changes(repo, base_tree, changes)
     repo.head_branch_seen = (head_branch,)
@@ -227,7 +236,7 @@ def _rewrite(repo: Repo, directory, base_sha, files, subdirs, writer) -> str | N
             entries[name] = (mode, "commit" if mode == "160000" else "blob", sha)
     for child in sorted(subdirs.get(directory, ())):
         before = original.get(child)
-        sub = _rewrite(repo, 
+        sub = _rewrite(repo,
             f"{directory}/{child}" if directory else child,
             before[2] if before is not None and before[1] == "tree" else None,
             files, subdirs, writer,
