@@ -12,14 +12,13 @@ import sys
 import types
 
 import pytest
+from conftest import commit_files, git, init_repo, run
+from forging import forge, rewrite_manifest
 
 import gitpack
 from gitpack import api
 from gitpack.archive import ArchiveReader
 from gitpack.errors import GitpackError
-
-from conftest import commit_files, git, init_repo, run
-from forging import forge, push_snapshot, rewrite_manifest
 
 MODEL = "class Thing:\n    def __init__(self, n):\n        self.n = n\n"
 SAVE = "import sys, gitpack\nfrom thing import Thing\ngitpack.save(Thing(3), sys.argv[1])\n"
