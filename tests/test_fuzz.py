@@ -1,4 +1,4 @@
-"""Issues 5 and 9: corrupt real archives and commits every way we can think of; gitpack's own errors only.
+"""Corrupt real archives and commits every way we can think of; gitpack's own errors only.
 
 One real archive (a repo class instance with a torch tensor, a numpy array and
 a lambda) is saved in a subprocess, then hypothesis truncates it, flips bytes,

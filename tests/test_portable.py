@@ -1,4 +1,4 @@
-"""Issue 6: portable archives load with no repository, and refuse tampered source before importing it.
+"""Portable archives load with no repository, and refuse tampered source before importing it.
 
 The "deploy server" is a temp directory with no ``.git`` anywhere above it (the
 test checks ``git rev-parse`` fails there), the source repository is deleted
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import git, gitpack_cli, run_python
-from test_store import make_project, ok, one_line_error, save
+from test_artifacts import make_project, ok, one_line_error, save
 
 from gitpack import api
 from gitpack.archive import ArchiveReader, ArchiveWriter

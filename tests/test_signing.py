@@ -1,4 +1,4 @@
-"""Issue 5: signed snapshots with the user's own git signing setup (ssh keys made here with ssh-keygen).
+"""Signed snapshots with the user's own git signing setup (ssh keys made here with ssh-keygen).
 
 The snapshot commit's message vouches for the archive's payload and manifest
 digests, so a trusted signature on the commit vouches for the whole archive.

@@ -1,4 +1,4 @@
-"""Issue 4: tensors out of band, bit-exact and shared; mmap loading that really maps; integrity without a tax.
+"""Tensors out of band, bit-exact and shared; mmap loading that really maps; integrity without a tax.
 
 Real torch tensors, real archives in real git repositories, real subprocesses for
 the start-up checks.  Nothing here measures time (the benchmark does that:

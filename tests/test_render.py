@@ -1,11 +1,11 @@
-"""Issue 9, part 8: `gitpack inspect` renders any manifest -- every field is untrusted JSON of any type.
+"""`gitpack inspect` renders any manifest -- every field is untrusted JSON of any type.
 
 A tampered archive's manifest is attacker-controlled in every field and its
 digests are simply recomputed, so ``inspect`` (which never verifies the commit:
 it must work on any archive) sees whatever JSON anyone wrote.  It must show
 what it can, one line of error at most, and never let control characters or
 rich markup in a key or value reach the terminal.  Real archives, real CLI
-processes; :func:`rewrite_manifest` is shared with test_native, test_diff and
+processes; :func:`rewrite_manifest` is shared with test_gitsetup, test_compare and
 test_fuzz.
 """
 

@@ -1,4 +1,4 @@
-"""Issue 3: constructor arguments captured (or inferred) and the structure summary, readable without unpickling.
+"""Constructor arguments captured (or inferred) and the structure summary, readable without unpickling.
 
 The seed model is built for real (sentencepiece + torch) in subprocesses, through
 both routes: ``gitpack save package:build -p vocab_size=100`` and ``with

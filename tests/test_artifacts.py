@@ -1,8 +1,8 @@
-"""Issue 6: named, versioned artifacts in the repository's object database (no remote involved).
+"""Named, versioned artifacts in the repository's object database (no remote involved).
 
 Real git repos, real subprocesses for every "other program"; the model is a
 small pure-Python classifier so that each process starts in well under a
-second.  The helpers here are shared with test_share.py and test_portable.py.
+second.  The helpers here are shared with test_sync.py and test_portable.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 4: materialisation costs what the model uses, a cache hit costs a stat, concurrent loads are safe.
+"""Materialisation costs what the model uses, a cache hit costs a stat, concurrent loads are safe.
 
 A real repository with many files, of which the model uses a few modules in a
 few directories; real subprocesses for every load (each a first load or a cache

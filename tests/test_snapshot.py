@@ -1,4 +1,4 @@
-"""Issue 4: the fast snapshot (HEAD's tree + what ``git status`` reports) equals ``git add -A`` in an index.
+"""The fast snapshot (HEAD's tree + what ``git status`` reports) equals ``git add -A`` in an index.
 
 Each scenario is a real repository in a real state; the tree written by the
 overlay must be the very tree that ``git add`` in a private copy of the index

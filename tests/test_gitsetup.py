@@ -1,4 +1,4 @@
-"""Issue 9, part 8: `gitpack textconv` (what `git diff` shows of an archive) takes any manifest.
+"""`gitpack textconv` (what `git diff` shows of an archive) takes any manifest.
 
 git runs textconv on every committed archive a diff or log touches, including
 archives someone else committed: the manifest is untrusted JSON in every
@@ -13,7 +13,7 @@ import json
 
 import pytest
 from conftest import git, gitpack_cli
-from test_show import SHAPES, assert_clean, rewrite_manifest, saved  # noqa: F401  (saved: the fixture)
+from test_render import SHAPES, assert_clean, rewrite_manifest, saved  # noqa: F401  (saved: the fixture)
 
 from gitpack.gitsetup import textconv_command
 

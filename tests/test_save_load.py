@@ -1,4 +1,4 @@
-"""Issue 2: save and load a model with its code pinned to a git snapshot.
+"""Save and load a model with its code pinned to a git snapshot.
 
 Every "other program" is a real subprocess, every "other checkout" a real clone.
 """

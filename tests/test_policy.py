@@ -1,4 +1,4 @@
-"""Issue 5: nothing runs before it is verified, and no code comes from outside the commit.
+"""Nothing runs before it is verified, and no code comes from outside the commit.
 
 The malicious archives are built honestly: a real archive written by
 ``gitpack.save`` has its pickle member replaced, every digest recomputed and

@@ -1,4 +1,4 @@
-"""Issue 5: no crash loses data.
+"""No crash loses data.
 
 Saves run in real subprocesses that are SIGKILLed at many points of a save,
 from its first instruction to its last; a write failure is a real

@@ -1,4 +1,4 @@
-"""Issue 9, part 8: the audit log and commit trailers read hostile commit messages safely.
+"""The audit log and commit trailers read hostile commit messages safely.
 
 Someone who can push to the shared remote's snapshot branch writes the commit
 messages ``gitpack log`` reads.  One commit must always be one entry (a \\x1e in

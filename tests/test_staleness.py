@@ -1,4 +1,4 @@
-"""Issue 3: a save refuses when the code in memory is not the code on disk, unless told to allow it.
+"""A save refuses when the code in memory is not the code on disk, unless told to allow it.
 
 Real modules are imported, then their files are really edited.  About 5 s on a 2-core machine.
 """
@@ -64,7 +64,7 @@ def module(repo):
 
 
 def _edit(path: Path, old: str, new: str) -> None:
-    """Every edit here changes the file's size (see the note on racy-clean snapshots in test_diff.py)."""
+    """Every edit here changes the file's size (see the note on racy-clean snapshots in test_compare.py)."""
     text = path.read_text()
     assert len(old) != len(new)
     assert old in text

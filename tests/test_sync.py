@@ -1,4 +1,4 @@
-"""Issue 6: sharing artifacts through a real git server (``git daemon`` on 127.0.0.1).
+"""Sharing artifacts through a real git server (``git daemon`` on 127.0.0.1).
 
 Every clone is a real ``git clone`` of a bare repository that a real
 ``git daemon --enable=receive-pack`` serves; every gitpack call is a separate
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import QUIET_ENV, git, gitpack_cli
-from test_store import listing, make_project, ok, one_line_error, predictions, save, write_model
+from test_artifacts import listing, make_project, ok, one_line_error, predictions, save, write_model
 
 from gitpack.sync import merge_versions
 
