@@ -43,7 +43,7 @@ from typing import Any
 
 from . import progress, trailers
 from .archive import read_manifest
-from .errors import GitError, NotARepoError, StoreError
+from .errors import NotARepoError, StoreError
 from .git import Repo, parse_commit_object, runner
 from .history import iso_date
 from .isolation import cache_root
@@ -261,16 +261,20 @@ class Store:
         )
 
     # -------------------------------------------------------------- writing
-    def add(
+    def version_updates(
         self, name: str, archive: Path, *, snapshot: str, digest: str, object_type: str, params: dict
-    ) -> ArtifactVersion:
-        """Store the archive file as the next version of *name* and move ``latest`` to it.
+    ) -> tuple[int, list[tuple[str, str | None, str | None]]]:
+        """The next version number of *name* and the ref updates that store *archive* as it.
+
+        The updates create ``vN`` (compare-and-swap: it must not exist yet) and move ``latest`` from where it
+        is now; the save moves them in the same transaction as the snapshot branch
+        (:func:`gitpack.snapshot.branch.commit`), so a save that fails or is killed leaves neither a log entry
+        without its version nor a ``latest`` one version behind.  Another save of *name* that wins the race
+        makes the transaction fail, and the save retries with the next number.
 
         The bytes go in with ``hash-object -w`` from the file (git streams files
         above ``core.bigFileThreshold`` straight into a pack), deflated at
-        ``gitpack.compression`` (default 0); the version number is claimed with a
-        compare-and-swap ref creation, so concurrent saves in one clone each get
-        their own number.
+        ``gitpack.compression`` (default 0).
         """
         validate_name(name)
         size = archive.stat().st_size
@@ -288,35 +292,12 @@ class Store:
             f"{trailers.TRAILER_PREFIX}Params: {params_json}",
         ]) + "\n"
         commit = self.repo.commit_tree([tree, "-p", snapshot, "-m", message])
-        number = self._claim_number(name, commit)
-        self._advance_latest(name, number, commit)
-        return self.resolve(Reference(name, f"v{number}"))
-
-    def _claim_number(self, name: str, commit: str) -> int:
-        for _ in range(1000):
-            taken = [v.number for v in self.versions(name)]
-            number = max(taken, default=0) + 1
-            try:
-                self._update_ref(version_ref(name, number), commit, zero_sha(commit))
-                return number
-            except GitError:
-                continue  # another save in this clone took that number first
-        raise StoreError(f"could not claim a version number for {name}: other saves kept winning; try again")
-
-    def _advance_latest(self, name: str, number: int, commit: str) -> None:
-        """``latest`` moves to the new version unless a newer one already holds it."""
-        ref = alias_ref(name, LATEST)
-        for _ in range(1000):
-            current = self.repo.rev_parse(ref)
-            if current is not None:
-                held = [v.number for v in self.versions(name) if v.commit == current]
-                if held and max(held) > number:
-                    return
-            try:
-                self._update_ref(ref, commit, current or zero_sha(commit))
-                return
-            except GitError:
-                continue
+        # Only names and targets: a damaged version ref still holds its number.
+        taken = [version_number(parts[2]) for parts in map(split_store_ref, self.refs(ARTIFACTS + name))
+                 if parts is not None and parts[0] == "artifacts"]
+        number = max((n for n in taken if n is not None), default=0) + 1
+        latest = self.refs(alias_ref(name, LATEST)).get(alias_ref(name, LATEST))
+        return number, [(version_ref(name, number), commit, None), (alias_ref(name, LATEST), commit, latest)]
 
     def set_alias(self, ref: Reference | str, alias: str) -> ArtifactVersion:
         """Point ``NAME@ALIAS`` at the version *ref* names (e.g. ``clf@v2`` -> ``prod``)."""

@@ -54,3 +54,15 @@ class SignatureError(GitpackError):
 
 class StoreError(GitpackError):
     """A named artifact or version is unknown, or the store cannot be updated."""
+
+
+class BranchNotOursError(GitpackError):
+    """The snapshot branch is someone else's, or checked out in a worktree: gitpack will not move it."""
+
+
+class DamagedRefError(GitpackError):
+    """A snapshot or artifact ref points at a missing or broken object (`gitpack repair` mends it)."""
+
+
+class DiskError(GitpackError):
+    """A file could not be written or read: no space, a read-only filesystem, no permission."""

@@ -180,17 +180,25 @@ def save(
             def seal(commit: str) -> None:
                 writer.seal({**manifest, "commit": commit})
 
+            stored: list[int] = []  # the version number the last attempt claimed
+
+            def store_version(commit: str) -> list:
+                """The stored version's refs, moved in one transaction with the branch (see artifacts)."""
+                assert name is not None
+                number, updates = store.version_updates(name, writer.temp_path, snapshot=commit, digest=digest,
+                                                        object_type=type_name, params=params)
+                stored[:] = [number]
+                return updates
+
+            store = artifacts.Store(git_repo)
             try:
                 commit = snapshot.branch.commit(git_repo, snap.tree, text, branch=branch, head=snap.head, sign=sign,
-                                                before_update=seal)
+                                                before_update=seal, more_refs=store_version if name else None)
             except GitError as exc:
                 if sign and "commit-tree" in str(exc):
                     raise signing.explain_signing_failure(exc) from None
                 raise
-            version = None
-            if name is not None:
-                version = artifacts.Store(git_repo).add(name, writer.temp_path, snapshot=commit, digest=digest,
-                                                    object_type=type_name, params=params)
+            version = store.resolve(artifacts.Reference(name, f"v{stored[0]}")) if name is not None else None
             if path is not None:
                 writer.publish()
             else:

@@ -10,7 +10,7 @@ move together move in one ``update-ref --stdin`` transaction.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,10 @@ DEFAULT_BRANCH = "gitpack"
 START_MESSAGE = "gitpack: start of the snapshot branch"  # the root commit of every snapshot branch gitpack starts
 ZERO_SHA = "0" * 40
 _CONFIG_READS = frozenset({"--get", "--get-all", "--get-regexp", "--get-urlmatch", "--list", "-l"})
+
+
+class RefUpdateFailed(runner.GitFailed):
+    """git refused a ref transaction: nothing moved (a lost race, a locked ref, a full or read-only disk)."""
 
 
 class Repo:
@@ -158,12 +162,16 @@ class Repo:
             raise
 
     # ---------------------------------------------------------------- refs
-    def update_refs(self, updates: Sequence[tuple[str, str | None, str | None]]) -> None:
+    def update_refs(self, updates: Sequence[tuple[str, str | None, str | None]],
+                    decide: Callable[[], None] | None = None) -> None:
         """Move several refs in one transaction: each ``(ref, new or None to delete, expected old or None)``.
 
-        ``git update-ref --stdin`` with start/prepare/commit: either every ref moves or none does.  gitpack
-        writes ``commit`` only once it has decided, so a gitpack killed before that leaves every ref as it
-        was (git aborts a transaction whose input ends early).  No reflog is written.
+        ``git update-ref --stdin`` with start/prepare/commit: either every ref moves or none does.  The
+        ``prepare`` (every ref locked, every old value checked) is read back before ``commit`` is written,
+        and ``commit`` is written only once gitpack has decided (*decide*, if given, runs in between and
+        may raise to abort).  A gitpack killed before that closes git's stdin by dying, and git aborts a
+        transaction whose input ends early: no child outlives the decision to move a ref.  No reflog is
+        written.  Raises :class:`RefUpdateFailed` when git refuses (a lost race, a locked ref, a full disk).
         """
         lines = ["start"]
         for ref, new, old in updates:
@@ -171,9 +179,27 @@ class Repo:
                 lines.append(f"delete {ref} {old or ''}".rstrip())
             else:
                 lines.append(f"update {ref} {new} {old or ZERO_SHA}")
-        lines += ["prepare", "commit"]
-        self.git("-c", "core.logAllRefUpdates=false", "update-ref", "--stdin",
-                 input=("\n".join(lines) + "\n").encode())
+        lines.append("prepare")
+        args = ["-c", "core.logAllRefUpdates=false", "update-ref", "--stdin"]
+        proc = runner.start(args, cwd=self.root, stdin=True)
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                proc.stdin.write(("\n".join(lines) + "\n").encode())
+                proc.stdin.flush()
+                prepared = [proc.stdout.readline() for _ in range(2)] == [b"start: ok\n", b"prepare: ok\n"]
+            except OSError:
+                prepared = False
+            if not prepared:
+                proc.finish()  # stdin closes, so git aborts; it said why on stderr
+                raise RefUpdateFailed(args, 1, "fatal: the ref transaction was not prepared")
+            if decide is not None:
+                decide()
+            proc.finish(b"commit\n")
+        except runner.GitFailed as exc:
+            raise RefUpdateFailed(args, exc.returncode, exc.stderr) from None
+        finally:
+            proc.close()  # on an error before `commit`: stdin closes, git aborts and exits
 
     def refs(self, prefix: str) -> dict[str, str]:
         """``{refname: sha}`` under *prefix* (a ref path, matched up to a slash)."""

@@ -106,9 +106,10 @@ class Process:
         self.stdout = popen.stdout
         self.stderr = popen.stderr
 
-    def finish(self) -> bytes:
-        """Read the rest of stdout, wait, and raise :class:`GitFailed` if it failed; returns stdout."""
-        out, err = self.popen.communicate()
+    def finish(self, input: bytes | None = None) -> bytes:
+        """Write *input* (if any), close stdin, read the rest of stdout, wait, and raise :class:`GitFailed` if it
+        failed; returns stdout."""
+        out, err = self.popen.communicate(input)
         if self.popen.returncode != 0:
             raise GitFailed(self.args, self.popen.returncode, err or b"")
         return out or b""
