@@ -43,10 +43,11 @@ from typing import Any
 
 from . import progress, trailers
 from .archive import read_manifest
-from .errors import NotARepoError, StoreError
+from .errors import GitError, NotARepoError, StoreError
 from .git import Repo, parse_commit_object, runner
 from .history import iso_date
 from .isolation import cache_root
+from .snapshot.branch import damaged
 
 ARTIFACTS = "refs/gitpack/artifacts/"
 ALIASES = "refs/gitpack/aliases/"
@@ -189,8 +190,12 @@ class Store:
         # NUL-separated fields (a commit message cannot hold NUL, so a pushed message cannot forge a row), and
         # the raw date read here: git aborts the whole listing on a date before the epoch in iso-strict.
         fields = ("%(refname)", "%(objectname)", "%(committerdate:raw)", "%(parent)", "%(contents)")
-        raw = self.repo.git("for-each-ref", "--format=" + "%00".join(fields) + "%00",
-                            ARTIFACTS + name if name else ARTIFACTS.rstrip("/"), strip=False)
+        prefix = ARTIFACTS + name if name else ARTIFACTS.rstrip("/")
+        try:
+            raw = self.repo.git("for-each-ref", "--format=" + "%00".join(fields) + "%00", prefix, strip=False)
+        except GitError:
+            self.check_refs(prefix)  # a ref pointing at a missing object: name it, and how to mend it
+            raise
         aliases = self.aliases(name)
         found = []
         tokens = raw.split("\0")
@@ -214,6 +219,13 @@ class Store:
                                          t.get("digest", ""), t.get("object", ""), params, names))
         found.sort(key=lambda v: (v.name, -v.number))
         return found
+
+    def check_refs(self, prefix: str = "refs/gitpack") -> None:
+        """:class:`DamagedRefError` naming the first ref under *prefix* whose commit is missing (`gitpack repair`)."""
+        for ref, sha in sorted(self.refs(prefix).items()):
+            kind = self.repo.object_type(sha)
+            if kind != "commit":
+                raise damaged(ref, sha, kind)
 
     def has(self, name: str) -> bool:
         return bool(self.repo.git("for-each-ref", "--count=1", "--format=%(refname)", ARTIFACTS + name))

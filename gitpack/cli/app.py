@@ -346,6 +346,22 @@ def init() -> None:
 
 
 @app.command()
+def repair(
+    branch: Optional[str] = typer.Option(None, "--branch", help="snapshot branch (default: gitpack.branch or gitpack)"),
+) -> None:
+    """Mend snapshot and artifact refs that point at missing objects (e.g. after `git gc --prune=now` raced a save).
+
+    A damaged snapshot branch moves back to its newest intact snapshot (or is removed); a damaged stored
+    version is removed and `latest` moves back.  Each change is one line saying what was lost.
+    """
+    done = api.repair(branch=branch)
+    for item in done:
+        _out(item.note)
+    if not done:
+        _out("nothing to repair: every snapshot and artifact ref points at intact objects")
+
+
+@app.command()
 def textconv(path: str = typer.Argument(..., help="archive file (git passes a temp file)")) -> None:
     """Print an archive's manifest as text, for git diff (never unpickles, never imports torch)."""
     sys.stdout.write(api.textconv(path))

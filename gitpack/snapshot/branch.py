@@ -127,10 +127,11 @@ def tip_of(repo: Repo, ref: str) -> str | None:
 
 
 def damaged(ref: str, target: str, kind: str | None) -> DamagedRefError:
+    """The one line that says *ref* is damaged and how to mend it."""
     what = "a missing object" if kind is None else f"a {kind}, not a commit"
     return DamagedRefError(
-        f"{ref} points at {what} ({target[:12]}; was `git gc --prune=now` run during a save?); "
-        "run `gitpack repair` to move it back to the newest intact snapshot"
+        f"{ref} points at {what} ({target[:12]}; was `git gc --prune=now` run while gitpack saved?); "
+        "run `gitpack repair` to move it back to the newest intact state (it says what was lost)"
     )
 
 
