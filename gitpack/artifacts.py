@@ -44,6 +44,7 @@ from typing import Any
 from . import progress, trailers
 from .archive import read_manifest
 from .errors import GitError, NotARepoError, StoreError
+from .fsutil import TEMP_MARK, owner_tag, remove_stale, writing
 from .git import Repo, parse_commit_object, runner
 from .history import iso_date
 from .isolation import cache_root
@@ -58,6 +59,8 @@ CHUNK = 8 << 20
 # them dominates a store save (256 MiB: 7.3 s at git's default level, 1.4 s
 # stored); `git config gitpack.compression 6` trades that back for space.
 DEFAULT_COMPRESSION = "0"
+TEMP_GLOB = "*" + TEMP_MARK + "*"
+CACHE_HINT = " (gitpack's cache: set GITPACK_CACHE to a writable directory with room)"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
 _VERSION = re.compile(r"v([1-9][0-9]{0,8})")
@@ -351,8 +354,10 @@ class Store:
         except FileNotFoundError:
             cached = False
         if not cached:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            self.copy_blob(blob, size, dest, f"reading {version.label}")
+            with writing(dest.parent, CACHE_HINT):
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                remove_stale(dest.parent, "." + TEMP_GLOB)  # copies that killed loads left
+                self.copy_blob(blob, size, dest, f"reading {version.label}")
         if read_manifest(dest).get("commit") != version.snapshot:
             raise StoreError(
                 f"{version.label} ({version.commit[:12]}) holds an archive of another snapshot than its parent "
@@ -364,7 +369,7 @@ class Store:
         """Stream a blob into *dest* (atomically), verifying its git object id on the way."""
         h = hashlib.sha1() if len(blob) == 40 else hashlib.sha256()
         h.update(b"blob %d\0" % size)
-        fd, tmp = tempfile.mkstemp(prefix="." + dest.name + ".gitpack-tmp-", dir=str(dest.parent))
+        fd, tmp = tempfile.mkstemp(prefix="." + dest.name + TEMP_MARK + owner_tag(), dir=str(dest.parent))
         try:
             proc = runner.start(["cat-file", "blob", blob], cwd=self.repo.root, stderr=False)
             with os.fdopen(fd, "wb") as out, progress.Bar(description, size) as bar:

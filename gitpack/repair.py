@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import artifacts
-from .fsutil import STALE_SECONDS, remove_stale
+from .fsutil import remove_stale
 from .git import DEFAULT_BRANCH, START_MESSAGE, Repo, branch_ref, parse_commit_object, runner
 from .snapshot.branch import ref_targets
 from .snapshot.tree import GIT_DIR_TEMP_PREFIX
@@ -127,16 +127,7 @@ def clean_leftovers(repo: Repo) -> None:
     for directory in dict.fromkeys([repo.git_dir, repo.common_dir]):
         remove_stale(directory, GIT_DIR_TEMP_PREFIX + "*")
         remove_stale(directory, ".*.gitpack-tmp-*")
-    clean_git_temp_objects(repo)
-
-
-def clean_git_temp_objects(repo: Repo, older_than: float = STALE_SECONDS) -> None:
-    """git's ``tmp_obj_*`` (a loose object being written) and ``tmp_pack_*``/``tmp_idx_*`` files left by a git
-    that was killed; only old ones, as a running git may be writing a young one right now."""
-    objects = repo.common_dir / "objects"
-    remove_stale(objects, "tmp_obj_*", older_than)
-    remove_stale(objects, "??/tmp_obj_*", older_than)
-    remove_stale(objects / "pack", "tmp_*", older_than)
+    repo.remove_stale_temp_objects()
 
 
 class _Checker:

@@ -27,6 +27,7 @@ from ._version import __version__
 from .archive import ArchiveWriter, manifest_digest, sealed_manifest
 from .capturing import build_tree, paused, summary_lines
 from .errors import GitError, GitpackError
+from .fsutil import writing
 from .git import DEFAULT_BRANCH, Repo, branch_ref
 from .manifest import BUFFER_PREFIX, PICKLE_MEMBER, STORAGE_PREFIX, Manifest, ModuleInfo
 from .pickling.modulemap import ModuleMap
@@ -104,13 +105,16 @@ def save(
         # Store-only saves build the archive beside the object database and never publish the file.
         dest = Path(os.path.abspath(path)) if path is not None else git_repo.common_dir / f"{name}.gitpack"
         exclude = set()
+        temp_dir = None
         try:
             exclude.add(dest.resolve().relative_to(git_repo.root.resolve()).as_posix())
+            temp_dir = _hidden_temp_dir(git_repo, dest)
         except ValueError:
             pass
-        writer = ArchiveWriter(dest)
+        writer = ArchiveWriter(dest, temp_dir=temp_dir)
         try:
-            snap = snapshot.write_tree(git_repo, size_cap=cap, exclude=exclude)
+            with writing(git_repo.git_dir):  # a full or read-only .git: one line naming it
+                snap = snapshot.write_tree(git_repo, size_cap=cap, exclude=exclude)
             if not branch_ref(branch).startswith("refs/heads/") or branch_ref(branch) == snap.head_branch:
                 checked_out = branch_ref(branch) == snap.head_branch
                 what = "your checked-out branch" if checked_out else "a ref outside refs/heads"
@@ -192,8 +196,10 @@ def save(
 
             store = artifacts.Store(git_repo)
             try:
-                commit = snapshot.branch.commit(git_repo, snap.tree, text, branch=branch, head=snap.head, sign=sign,
-                                                before_update=seal, more_refs=store_version if name else None)
+                with writing(git_repo.git_dir):
+                    commit = snapshot.branch.commit(git_repo, snap.tree, text, branch=branch, head=snap.head,
+                                                    sign=sign, before_update=seal,
+                                                    more_refs=store_version if name else None)
             except GitError as exc:
                 if sign and "commit-tree" in str(exc):
                     raise signing.explain_signing_failure(exc) from None
@@ -211,6 +217,17 @@ def save(
 
 
 CAPTURE_TRAILER_LIMIT = 16_000
+
+
+def _hidden_temp_dir(repo: Repo, dest: Path) -> Path | None:
+    """Where an archive bound for *dest* inside the working tree is written until it is complete: the
+    repository's .git (out of ``git status``, ``git add -A`` and any snapshot, even if a crash leaves it), when
+    that is on the same filesystem, so the final rename stays atomic."""
+    try:
+        same = os.stat(repo.git_dir).st_dev == os.stat(dest.resolve().parent).st_dev
+    except OSError:
+        return None
+    return repo.git_dir if same else None
 
 
 def _policy_warnings(data: bytes, modules: dict, buffers: int) -> list[str]:

@@ -440,5 +440,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except OSError as exc:  # one gitpack did not foresee: still one line, naming the path and what to do
+        if debug:
+            raise
+        from ..errors import disk_advice
+
+        where = f"{exc.filename}: " if exc.filename else ""
+        reason = exc.strerror or str(exc)
+        _note(f"error: {where}{reason}; {disk_advice(reason) or 'check the path and try again'}")
+        sys.exit(1)
     if isinstance(result, int):
         sys.exit(result)

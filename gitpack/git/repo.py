@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import GitError, NotARepoError
+from ..errors import GitError, NotARepoError, RepoRefusedError
+from ..fsutil import STALE_SECONDS, remove_stale
 from . import runner
 from .objects import ObjectReader, TreeEntry, parse_tree
 
@@ -56,9 +57,10 @@ class Repo:
         if result.returncode != 0:
             detail = runner.failure_detail(result.stderr.decode("utf-8", "replace"))
             if "safe.directory" in detail or "dubious ownership" in detail:
-                raise NotARepoError(f"git refuses {start}: {detail}")
+                raise RepoRefusedError(f"git refuses {start}: {detail}")
             if "bare repository" in detail or "must be run in a work tree" in detail:
-                raise NotARepoError(f"{start} is inside a bare repository; gitpack needs a working tree to save from")
+                raise NotARepoError(f"{start} is inside a bare repository and gitpack needs a working tree; "
+                                    "run it in a clone with one (`git clone`)")
             raise NotARepoError(
                 f"{start} is not inside a git working tree; run gitpack from a git repository (or `git init` one)"
             )
@@ -192,12 +194,12 @@ class Repo:
                 prepared = False
             if not prepared:
                 proc.finish()  # stdin closes, so git aborts; it said why on stderr
-                raise RefUpdateFailed(args, 1, "fatal: the ref transaction was not prepared")
+                raise RefUpdateFailed(args, 1, "fatal: the ref transaction was not prepared", self.root)
             if decide is not None:
                 decide()
             proc.finish(b"commit\n")
         except runner.GitFailed as exc:
-            raise RefUpdateFailed(args, exc.returncode, exc.stderr) from None
+            raise RefUpdateFailed(args, exc.returncode, exc.stderr, self.root) from None
         finally:
             proc.close()  # on an error before `commit`: stdin closes, git aborts and exits
 
@@ -241,6 +243,14 @@ class Repo:
             result = runner.run(["symbolic-ref", "-q", "--short", "HEAD"], cwd=self.root, check=False)
             branch = result.text.strip() or None
         return self.config(f"branch.{branch}.remote") if branch else None
+
+    def remove_stale_temp_objects(self, older_than: float = STALE_SECONDS) -> None:
+        """git's ``tmp_obj_*`` (a loose object being written) and ``tmp_pack_*``/``tmp_idx_*`` files that a killed
+        git left; only old ones, as a running git may be writing a young one right now."""
+        objects = self.common_dir / "objects"
+        remove_stale(objects, "tmp_obj_*", older_than)
+        remove_stale(objects, "??/tmp_obj_*", older_than)
+        remove_stale(objects / "pack", "tmp_*", older_than)
 
     # ---------------------------------------------------------------- lifetime
     def close(self) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from ..errors import GitError
+from ..errors import GitError, disk_advice
 
 PIPE = subprocess.PIPE
 DEVNULL = subprocess.DEVNULL
@@ -27,12 +27,17 @@ DEVNULL = subprocess.DEVNULL
 class GitFailed(GitError):
     """A git command exited non-zero; ``str()`` is one line naming the subcommand and git's reason."""
 
-    def __init__(self, args: Sequence[str], returncode: int, stderr: bytes | str):
+    def __init__(self, args: Sequence[str], returncode: int, stderr: bytes | str, cwd: str | os.PathLike | None = None):
         self.argv = list(args)
         self.returncode = returncode
         self.stderr = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
         self.detail = failure_detail(self.stderr) or f"exit status {returncode}"
-        super().__init__(f"git {subcommand(self.argv)} failed: {self.detail}")
+        advice = disk_advice(self.stderr)
+        if advice is None:
+            super().__init__(f"git {subcommand(self.argv)} failed: {self.detail}")
+        else:  # a full disk, a read-only .git, no permission: say where, and what to do
+            where = f" in {cwd}" if cwd is not None else ""
+            super().__init__(f"git {subcommand(self.argv)} could not write{where}: {self.detail}; {advice}")
 
 
 def subcommand(args: Sequence[str]) -> str:
@@ -55,8 +60,11 @@ def failure_detail(stderr: str) -> str:
         if lines[i].startswith(("fatal:", "error:")):
             head = lines[i].split(":", 1)[1].strip()
             rest = [line.removeprefix("hint:").strip() for line in lines[i + 1:]]
-            if "safe.directory" in stderr and "safe.directory" not in head:
-                suggestion = "git config --global --add safe.directory"
+            cause = next((line.split(":", 1)[1].strip() for line in lines[:i] if disk_advice(line)), None)
+            if cause and not disk_advice(head):
+                head = f"{head} ({cause})"  # git's last line says what failed, an earlier one why
+            suggestion = "git config --global --add safe.directory"
+            if "safe.directory" in stderr and not any(suggestion in part for part in [head, *rest]):
                 rest.append(next((line.strip() for line in lines if suggestion in line), ""))
             return " ".join(part for part in [head, *rest] if part)
     return lines[-1] if lines else ""
@@ -92,15 +100,16 @@ def run(args: Sequence[str], *, cwd: str | os.PathLike, env: dict[str, str] | No
             raise GitError(f"{cwd} does not exist (was the directory deleted?); cd into a git working tree") from None
         raise GitError(f"git is not installed or not on PATH ({exc.strerror}); install git") from None
     if check and proc.returncode != 0:
-        raise GitFailed(args, proc.returncode, proc.stderr)
+        raise GitFailed(args, proc.returncode, proc.stderr, cwd)
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
 class Process:
     """A running git command with pipes (see :func:`start`)."""
 
-    def __init__(self, args: Sequence[str], popen: subprocess.Popen):
+    def __init__(self, args: Sequence[str], popen: subprocess.Popen, cwd: str | os.PathLike | None = None):
         self.args = list(args)
+        self.cwd = cwd
         self.popen = popen
         self.stdin = popen.stdin
         self.stdout = popen.stdout
@@ -111,7 +120,7 @@ class Process:
         failed; returns stdout."""
         out, err = self.popen.communicate(input)
         if self.popen.returncode != 0:
-            raise GitFailed(self.args, self.popen.returncode, err or b"")
+            raise GitFailed(self.args, self.popen.returncode, err or b"", self.cwd)
         return out or b""
 
     def close(self) -> None:
@@ -147,4 +156,4 @@ def start(args: Sequence[str], *, cwd: str | os.PathLike, env: dict[str, str] | 
         if not Path(cwd).is_dir():
             raise GitError(f"{cwd} does not exist (was the directory deleted?); cd into a git working tree") from None
         raise GitError(f"git is not installed or not on PATH ({exc.strerror}); install git") from None
-    return Process(args, popen)
+    return Process(args, popen, cwd)
