@@ -44,7 +44,7 @@ from .errors import (
     PolicyError,
     SignatureError,
 )
-from .git import DEFAULT_BRANCH, Repo, branch_ref, parse_commit_object
+from .git import DEFAULT_BRANCH, Repo, branch_ref, parse_commit_object, runner
 from .history import require_snapshot_commit
 from .isolation import GitSourceTree, SourceTree
 from .manifest import Manifest
@@ -224,6 +224,11 @@ def _signature(repo: Repo, commit: str, require: bool | None, report: bool) -> s
 def _objects_present(repo: Repo, commit: str) -> None:
     listed = repo.git("rev-list", "--objects", "--no-walk", "--missing=print", commit).splitlines()
     missing = [line[1:] for line in listed if line.startswith("?")]
+    if missing and repo.is_partial_clone():
+        # A partial clone lacks blobs on purpose: its promisor remote hands them over when asked, as a load asks.
+        promised = runner.run(["rev-list", "--objects", "--no-walk", "--missing=allow-promisor", commit],
+                              cwd=repo.root, check=False)
+        missing = [] if promised.returncode == 0 else missing
     if missing:
         raise MissingCommitError(
             f"snapshot commit {commit[:12]} is here but {len(missing)} of its objects are missing "

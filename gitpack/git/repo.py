@@ -230,6 +230,13 @@ class Repo:
             self._config = values
         return self._config
 
+    def is_partial_clone(self) -> bool:
+        """Whether objects may be missing on purpose, promised by a remote (``git clone --filter``)."""
+        return bool(self.config("extensions.partialclone")) or any(
+            key.startswith("remote.") and key.endswith(".promisor") and values[-1].lower() in ("true", "1", "yes", "on")
+            for key, values in self._config_values().items() if values
+        )
+
     def remote_url(self) -> str | None:
         remote = self.branch_remote() or "origin"
         return self.config(f"remote.{remote}.url")
