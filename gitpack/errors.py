@@ -88,3 +88,7 @@ def disk_advice(text: str) -> str | None:
         if any(needle in text for needle in needles):
             return advice
     return None
+
+
+class FilterError(GitpackError):
+    """A snapshot file behind a clean/smudge filter whose real content cannot be produced here."""
