@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,19 +90,48 @@ def _env(extra: dict[str, str] | None) -> dict[str, str] | None:
     return env
 
 
+# A concurrent `git gc` is safe for writers (only `--prune=now` is not), yet it has windows: its prune-packed
+# may remove an empty objects/xx/ directory between git creating it and creating a temp file there, and a
+# repack may retire the pack an object was just found in before the new pack is seen.  Writing an object
+# again is harmless (same content, same id), so a command failing that way is run again after a pause.
+GC_RACES = ("unable to create temporary file: No such file or directory", "is unavailable", "is not a valid object",
+            "nonexistent object")
+GC_RACE_RETRIES = 8
+
+
+def gc_race(stderr: str | bytes) -> bool:
+    """Whether git failed in one of the windows a concurrent ``git gc`` opens (see :data:`GC_RACES`)."""
+    text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
+    return any(race in text for race in GC_RACES)
+
+
+def gc_pause(attempt: int) -> None:
+    time.sleep(0.02 * (attempt + 1))
+
+
 def run(args: Sequence[str], *, cwd: str | os.PathLike, env: dict[str, str] | None = None, input: bytes | None = None,
         stdin: IO | None = None, check: bool = True) -> Result:
     """Run ``git *args`` in *cwd* and wait; raise :class:`GitFailed` when it fails (unless not *check*)."""
-    try:
-        proc = subprocess.run(["git", *args], cwd=cwd, env=_env(env), input=input,
-                              stdin=stdin if input is None else None, capture_output=True)
-    except FileNotFoundError as exc:
-        if not Path(cwd).is_dir():
-            raise GitError(f"{cwd} does not exist (was the directory deleted?); cd into a git working tree") from None
-        raise GitError(f"git is not installed or not on PATH ({exc.strerror}); install git") from None
+    for attempt in range(GC_RACE_RETRIES):
+        try:
+            proc = subprocess.run(["git", *args], cwd=cwd, env=_env(env), input=input,
+                                  stdin=stdin if input is None else None, capture_output=True)
+        except FileNotFoundError as exc:
+            raise _not_started(cwd, exc) from None
+        if proc.returncode == 0 or not gc_race(proc.stderr) or (stdin is not None and not stdin.seekable()):
+            break
+        gc_pause(attempt)
+        if stdin is not None:
+            stdin.seek(0)
     if check and proc.returncode != 0:
         raise GitFailed(args, proc.returncode, proc.stderr, cwd)
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def _not_started(cwd: str | os.PathLike, exc: FileNotFoundError) -> GitError:
+    if not Path(cwd).is_dir():
+        return GitError(f"{cwd} does not exist (was the directory deleted?); cd into a git working tree")
+    return GitError(f"git is not installed or not on PATH ({exc.strerror}); install git")
 
 
 class Process:

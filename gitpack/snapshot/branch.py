@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import BranchNotOursError, DamagedRefError, GitError
-from ..git import DEFAULT_BRANCH, START_MESSAGE, Repo, branch_ref
+from ..git import DEFAULT_BRANCH, START_MESSAGE, Repo, branch_ref, runner
 from ..git.objects import parse_commit_object
 from ..trailers import parse_trailers
 from .tree import temp_prefix
@@ -62,6 +62,7 @@ def commit(
         fh.write(message)
     try:
         checked: set[str] = set()  # tips already known to be gitpack's
+        races = 0
         for attempt in range(max_attempts):
             # First try: the tip through the long-lived cat-file (a save has it running
             # already); retries ask a fresh rev-parse.  update-ref's compare-and-swap
@@ -78,17 +79,20 @@ def commit(
             if sign:
                 args.append("-S")
             args += ["-F", msg_file]
-            commit = repo.commit_tree(args)
-            if before_update is not None:
-                before_update(commit)
-            updates: list[RefUpdate] = [(ref, commit, tip)] + (more_refs(commit) if more_refs else [])
+            updates: list[RefUpdate] = []
             try:
+                commit = repo.commit_tree(args)
+                if before_update is not None:
+                    before_update(commit)
+                updates = [(ref, commit, tip)] + (more_refs(commit) if more_refs else [])
                 # No reflog for gitpack's own branch: the branch itself is the log,
                 # and the user's reflogs must stay exactly as they were.
                 repo.update_refs(updates)
                 return commit
-            except GitError:
-                if not lost_race(repo, updates):
+            except runner.GitFailed as exc:
+                races += runner.gc_race(exc.stderr)  # a concurrent gc's window: the objects are written again
+                raced = runner.gc_race(exc.stderr) and races < runner.GC_RACE_RETRIES
+                if not raced and not (updates and lost_race(repo, updates)):
                     raise  # not a lost race: a real failure to report
                 time.sleep(min(0.2, 0.002 * (attempt + 1)) * random.random())
         raise GitError(f"could not move {ref}: other saves kept winning the race; try again")
