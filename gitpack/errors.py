@@ -16,6 +16,10 @@ class NotARepoError(GitpackError):
     """The current directory is not inside a git working tree."""
 
 
+class CwdGoneError(GitpackError):
+    """The current directory was deleted: there is nowhere to look for a repository or a file."""
+
+
 class RepoRefusedError(GitpackError):
     """git refuses to work in the repository (another user owns it: ``safe.directory``), so gitpack cannot either."""
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import GitError, NotARepoError, RepoRefusedError
+from ..errors import CwdGoneError, GitError, NotARepoError, RepoRefusedError
 from ..fsutil import STALE_SECONDS, remove_stale
 from . import runner
 from .objects import ObjectReader, TreeEntry, parse_tree
@@ -48,7 +48,8 @@ class Repo:
         try:
             start = Path(path) if path is not None else Path.cwd()
         except FileNotFoundError:
-            raise NotARepoError("the current directory no longer exists; cd into a git working tree") from None
+            raise CwdGoneError("the current directory no longer exists (was it deleted?); cd into a git working tree"
+                               ) from None
         if not start.is_dir():
             raise NotARepoError(f"{start} does not exist; run gitpack from a git repository")
         result = runner.run(["rev-parse", "--show-toplevel", "--absolute-git-dir", "--git-common-dir"], cwd=start,
