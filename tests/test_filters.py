@@ -14,8 +14,6 @@ from pathlib import Path
 import pytest
 from conftest import commit_files, git, gitpack_cli, init_repo, run
 
-import gitpack
-
 MODEL = '''\
 from pathlib import Path
 
