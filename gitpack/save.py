@@ -7,10 +7,11 @@
    the capture tree and structure summary are built, and the trust gate says what a default load
    would refuse (a warning now rather than a surprise at load).
 4. The manifest (:mod:`gitpack.manifest`) and the commit message with its trailers are written;
-   :mod:`gitpack.snapshot.branch` commits and moves the branch by compare-and-swap, sealing the archive
-   with the commit before the branch moves.
-5. With a name, :mod:`gitpack.artifacts` stores the sealed archive as the next version; with a path,
-   the archive is renamed into place.  On any error nothing is published and no ref moves.
+   :mod:`gitpack.snapshot.branch` commits, seals the archive with the commit, and moves the branch by
+   compare-and-swap, in one ref transaction with (given a name) the next stored version and ``latest``
+   (:meth:`gitpack.artifacts.Store.version_updates`): the save's commit point.
+5. With a path, the archive is then renamed into place.  On any error before the commit point nothing
+   is published and no ref moves.
 """
 
 from __future__ import annotations
