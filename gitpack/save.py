@@ -7,10 +7,11 @@
    the capture tree and structure summary are built, and the trust gate says what a default load
    would refuse (a warning now rather than a surprise at load).
 4. The manifest (:mod:`gitpack.manifest`) and the commit message with its trailers are written;
-   :mod:`gitpack.snapshot.branch` commits and moves the branch by compare-and-swap, sealing the archive
-   with the commit before the branch moves.
-5. With a name, :mod:`gitpack.artifacts` stores the sealed archive as the next version; with a path,
-   the archive is renamed into place.  On any error nothing is published and no ref moves.
+   :mod:`gitpack.snapshot.branch` commits, seals the archive with the commit, and moves the branch by
+   compare-and-swap, in one ref transaction with (given a name) the next stored version and ``latest``
+   (:meth:`gitpack.artifacts.Store.version_updates`): the save's commit point.
+5. With a path, the archive is then renamed into place.  On any error before the commit point nothing
+   is published and no ref moves.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ._version import __version__
 from .archive import ArchiveWriter, manifest_digest, sealed_manifest
 from .capturing import build_tree, paused, sources, summary_lines
 from .errors import GitError, GitpackError, GitpackWarning
+from .fsutil import writing
 from .git import DEFAULT_BRANCH, Repo, branch_ref
 from .manifest import BUFFER_PREFIX, PICKLE_MEMBER, STORAGE_PREFIX, Manifest, ModuleInfo
 from .pickling.modulemap import ModuleMap
@@ -105,13 +107,16 @@ def save(
         # Store-only saves build the archive beside the object database and never publish the file.
         dest = Path(os.path.abspath(path)) if path is not None else git_repo.common_dir / f"{name}.gitpack"
         exclude = set()
+        temp_dir = None
         try:
             exclude.add(dest.resolve().relative_to(git_repo.root.resolve()).as_posix())
+            temp_dir = _hidden_temp_dir(git_repo, dest)
         except ValueError:
             pass
-        writer = ArchiveWriter(dest)
+        writer = ArchiveWriter(dest, temp_dir=temp_dir)
         try:
-            snap = snapshot.write_tree(git_repo, size_cap=cap, exclude=exclude)
+            with writing(git_repo.git_dir):  # a full or read-only .git: one line naming it
+                snap = snapshot.write_tree(git_repo, size_cap=cap, exclude=exclude)
             if not branch_ref(branch).startswith("refs/heads/") or branch_ref(branch) == snap.head_branch:
                 checked_out = branch_ref(branch) == snap.head_branch
                 what = "your checked-out branch" if checked_out else "a ref outside refs/heads"
@@ -197,17 +202,27 @@ def save(
             def seal(commit: str) -> None:
                 writer.seal({**manifest, "commit": commit})
 
+            stored: list[int] = []  # the version number the last attempt claimed
+
+            def store_version(commit: str) -> list:
+                """The stored version's refs, moved in one transaction with the branch (see artifacts)."""
+                assert name is not None
+                number, updates = store.version_updates(name, writer.temp_path, snapshot=commit, digest=digest,
+                                                        object_type=type_name, params=params)
+                stored[:] = [number]
+                return updates
+
+            store = artifacts.Store(git_repo)
             try:
-                commit = snapshot.branch.commit(git_repo, tree, text, branch=branch, head=snap.head, sign=sign,
-                                                before_update=seal)
+                with writing(git_repo.git_dir):
+                    commit = snapshot.branch.commit(git_repo, tree, text, branch=branch, head=snap.head,
+                                                    sign=sign, before_update=seal,
+                                                    more_refs=store_version if name else None)
             except GitError as exc:
                 if sign and "commit-tree" in str(exc):
                     raise signing.explain_signing_failure(exc) from None
                 raise
-            version = None
-            if name is not None:
-                version = artifacts.Store(git_repo).add(name, writer.temp_path, snapshot=commit, digest=digest,
-                                                    object_type=type_name, params=params)
+            version = store.resolve(artifacts.Reference(name, f"v{stored[0]}")) if name is not None else None
             if path is not None:
                 writer.publish()
             else:
@@ -222,6 +237,17 @@ def save(
 
 
 CAPTURE_TRAILER_LIMIT = 16_000
+
+
+def _hidden_temp_dir(repo: Repo, dest: Path) -> Path | None:
+    """Where an archive bound for *dest* inside the working tree is written until it is complete: the
+    repository's .git (out of ``git status``, ``git add -A`` and any snapshot, even if a crash leaves it), when
+    that is on the same filesystem, so the final rename stays atomic."""
+    try:
+        same = os.stat(repo.git_dir).st_dev == os.stat(dest.resolve().parent).st_dev
+    except OSError:
+        return None
+    return repo.git_dir if same else None
 
 
 def _policy_warnings(data: bytes, modules: dict, buffers: int) -> list[str]:

@@ -28,9 +28,11 @@ def write_tree(
 ) -> SnapshotTree:
     """Write the working tree (tracked, modified and untracked-not-ignored) as a tree object.
 
-    The user's index is only read; temp files that crashed saves left in ``.git`` are removed first.
+    The user's index is only read; temp files that crashed saves left in ``.git`` are removed first (with
+    git's own temp object files, once they are an hour old).
     """
-    remove_stale(repo.git_dir, GIT_DIR_TEMP_PREFIX + "*")
+    if remove_stale(repo.git_dir, GIT_DIR_TEMP_PREFIX + "*"):
+        repo.remove_stale_temp_objects()  # a save died here: its git children may have left temp objects too
     try:
         return write_overlay(repo, size_cap, exclude)
     except NeedsIndex:

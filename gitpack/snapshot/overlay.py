@@ -214,12 +214,18 @@ def apply_changes(repo: Repo, base_tree: str | None, changes: dict[str, tuple[st
             directory = parent
     if not changes and base_tree is not None:
         return base_tree
-    writer = TreeWriter(repo.root)
-    try:
-        tree = _rewrite(repo, "", base_tree, files, subdirs, writer)
-        return tree if tree is not None else writer.write({})
-    finally:
-        writer.close()
+    for attempt in range(runner.GC_RACE_RETRIES):
+        writer = TreeWriter(repo.root)
+        try:
+            tree = _rewrite(repo, "", base_tree, files, subdirs, writer)
+            return tree if tree is not None else writer.write({})
+        except runner.GitFailed as exc:
+            if not runner.gc_race(exc.stderr) or attempt == runner.GC_RACE_RETRIES - 1:
+                raise  # not a race with a concurrent gc (see runner.GC_RACES): a real failure
+            runner.gc_pause(attempt)
+        finally:
+            writer.close()
+    raise AssertionError("unreachable")
 
 
 def _rewrite(repo: Repo, directory, base_sha, files, subdirs, writer) -> str | None:
