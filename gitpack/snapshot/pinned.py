@@ -12,13 +12,10 @@ exactly what Python compiled.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 
 from ..git import Repo, runner
-from .overlay import apply_changes, hash_files
-from .tree import temp_prefix
+from .overlay import apply_changes, hash_bytes
 
 
 def pin_files(repo: Repo, tree: str, files: dict[str, bytes]) -> str:
@@ -27,20 +24,11 @@ def pin_files(repo: Repo, tree: str, files: dict[str, bytes]) -> str:
     if not files:
         return tree
     paths = sorted(files)
-    temp = tempfile.mkdtemp(prefix=temp_prefix("pinned"), dir=str(repo.git_dir))
-    try:
-        written = []
-        for i, rel in enumerate(paths):
-            target = os.path.join(temp, str(i))
-            with open(target, "wb") as fh:
-                fh.write(files[rel])
-            written.append(target)
-        shas = hash_files(repo, written, filters=False)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
+    shas = hash_bytes(repo, [files[rel] for rel in paths])
     modes = _modes(repo, tree, paths)
-    changes = {rel: (modes.get(rel, "100644"), sha) for rel, sha in zip(paths, shas, strict=True)}
-    return apply_changes(repo, tree, dict(changes))
+    changes: dict[str, tuple[str, str] | None] = {
+        rel: (modes.get(rel, "100644"), sha) for rel, sha in zip(paths, shas, strict=True)}
+    return apply_changes(repo, tree, changes)
 
 
 def _modes(repo: Repo, tree: str, paths: Iterable[str]) -> dict[str, str]:
