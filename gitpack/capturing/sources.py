@@ -77,6 +77,7 @@ def _path_stats(self: Any, path: str) -> dict[str, Any]:
                 _stats[path] = (st.st_mtime, st.st_size)
             _last_put = time.monotonic()
             _queue.put(path)
+            _pending.set()
             _start_reader()
     except Exception:  # recording must never break an import
         pass
@@ -104,13 +105,25 @@ def _start_reader() -> None:
 
 _QUIET_S = 0.05  # the reader starts once imports have paused this long: it never competes with an import burst
 _last_put = 0.0
+_pending = threading.Event()
 
 
 def _read_queued() -> None:
     while True:
-        path = _queue.get()
+        _pending.wait()
         while time.monotonic() - _last_put < _QUIET_S:
             time.sleep(_QUIET_S)
+        _pending.clear()
+        _drain()
+
+
+def _drain() -> None:
+    """Read every queued file (in whichever thread asks: the reader, or a save that cannot wait for it)."""
+    while True:
+        try:
+            path = _queue.get_nowait()
+        except queue.Empty:
+            return
         try:
             with _lock:
                 wanted = None if path in _sources else _stats.get(path)
@@ -129,18 +142,21 @@ def _read_queued() -> None:
 
 def _after_fork() -> None:
     """A forked child (a DataLoader worker) has no reader thread: start afresh with what is still unread."""
-    global _queue, _reader, _lock
+    global _queue, _reader, _lock, _pending
     _lock = threading.Lock()
     _reader = None
     _queue = queue.Queue()
+    _pending = threading.Event()
     for path in [p for p in _stats if p not in _sources]:
         _queue.put(path)
     if not _queue.empty():
+        _pending.set()
         _start_reader()
 
 
 def wait() -> None:
-    """Wait until every file recorded so far has been read."""
+    """Until every file recorded so far has been read: what is still queued is read here and now."""
+    _drain()
     _queue.join()
 
 
