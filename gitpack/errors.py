@@ -12,6 +12,11 @@ class GitpackError(Exception):
     """Base class of every error gitpack raises on purpose."""
 
 
+class GitpackWarning(UserWarning):
+    """Something a save or load did that its caller should know (code that is not pinned, say); the CLI prints
+    the same text as a ``warning:`` line."""
+
+
 class NotARepoError(GitpackError):
     """The current directory is not inside a git working tree."""
 

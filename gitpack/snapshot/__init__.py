@@ -14,13 +14,13 @@ from collections.abc import Set as AbstractSet
 from ..fsutil import remove_stale
 from ..git import Repo
 from ..git.objects import NeedsIndex
-from . import branch
+from . import branch, pinned
 from .exclude import DEFAULT_SIZE_CAP
 from .index import write_via_index
 from .overlay import write_overlay
 from .tree import GIT_DIR_TEMP_PREFIX, SnapshotTree
 
-__all__ = ["DEFAULT_SIZE_CAP", "SnapshotTree", "branch", "write_tree"]
+__all__ = ["DEFAULT_SIZE_CAP", "SnapshotTree", "branch", "pinned", "write_tree"]
 
 
 def write_tree(

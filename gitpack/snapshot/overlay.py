@@ -186,15 +186,20 @@ def hash_files(repo: Repo, paths: list[str], *, filters: bool) -> list[str]:
 
 def hash_links(repo: Repo, links: list[str]) -> list[str]:
     """Symlinks are blobs of their target's text, never of what they point to."""
-    if not links:
+    return hash_bytes(repo, [os.fsencode(os.readlink(repo.root / link)) for link in links])
+
+
+def hash_bytes(repo: Repo, contents: list[bytes]) -> list[str]:
+    """Write each of *contents* as a blob, unfiltered, with one ``git hash-object`` (through temp files in .git)."""
+    if not contents:
         return []
-    temp = tempfile.mkdtemp(prefix=temp_prefix("links"), dir=str(repo.git_dir))
+    temp = tempfile.mkdtemp(prefix=temp_prefix("blobs"), dir=str(repo.git_dir))
     try:
         files = []
-        for i, link in enumerate(links):
+        for i, data in enumerate(contents):
             target = os.path.join(temp, str(i))
             with open(target, "wb") as fh:
-                fh.write(os.fsencode(os.readlink(repo.root / link)))
+                fh.write(data)
             files.append(target)
         return hash_files(repo, files, filters=False)
     finally:
