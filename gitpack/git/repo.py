@@ -102,6 +102,11 @@ class Repo:
         found = self._objects.info([name])[0]
         return found[1] if found else None
 
+    def fresh_object_type(self, name: str) -> str | None:
+        """Like :meth:`object_type`, from a new ``git cat-file -t``: for the rare check that must not trust a cache."""
+        result = runner.run(["cat-file", "-t", name], cwd=self.root, check=False)
+        return result.text.strip() or None if result.returncode == 0 else None
+
     def object_size(self, name: str) -> int | None:
         found = self._objects.info([name])[0]
         return found[2] if found else None

@@ -124,10 +124,15 @@ def tip_of(repo: Repo, ref: str) -> str | None:
     found = repo.resolve_commit(ref)
     if found is not None:
         return found
+    # The long-lived reader can answer from a moment when another save was moving the ref;
+    # before calling a ref damaged, ask again with fresh processes (this path is rare).
     target = ref_targets(repo, [ref]).get(ref)
     if target is None:
         return None
-    raise damaged(ref, target, repo.object_type(target))
+    kind = repo.fresh_object_type(target)
+    if kind == "commit":
+        return target  # the ref moved under the reader: not damage, the newest tip
+    raise damaged(ref, target, kind)
 
 
 def damaged(ref: str, target: str, kind: str | None) -> DamagedRefError:
