@@ -120,9 +120,11 @@ def test_a_storage_shared_by_many_tensors_is_written_once_and_shared_after_load(
     }
     path = save(obj, code_repo)
     manifest = gitpack.inspect(path)
-    # base (+ its views) and the Linear weights/biases: 1 + 3 storages, each written once.
+    # base (+ its views) and the Linear weights/biases: 1 + 3 storages, each written once: small storages
+    # share one pack member, each at a 64-byte aligned offset (400 + 256 + 32 + 32 bytes -> 448 + 256 + 64 + 32).
     assert manifest["tensors"]["storages"] == 4
-    assert sum(m["name"].startswith("storages/") for m in manifest["members"]) == 4
+    storage_members = [m for m in manifest["members"] if m["name"].startswith("storages/")]
+    assert [(m["name"], m["size"]) for m in storage_members] == [("storages/pack-0", 800)]
 
     loaded = load(path, code_repo)
     ptr = loaded["base"].untyped_storage().data_ptr()
@@ -224,7 +226,7 @@ def test_mmap_load_maps_the_archive_instead_of_reading_it(code_repo):
 
     # And it is that file's page: a change written to the file shows through the tensor.
     member = gitpack.inspect(path)["members"]
-    w_member = next(m for m in member if m["name"].startswith("storages/") and m["size"] == 256 * 256 * 4)
+    w_member = next(m for m in member if m["name"] == "storages/pack-0")  # w is packed first, at offset 0
     with open(path, "r+b") as fh:
         fh.seek(w_member["offset"])
         fh.write(np.float32(1234.5).tobytes())
