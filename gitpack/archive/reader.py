@@ -34,7 +34,6 @@ from .format import (
     payload_digest,
 )
 
-
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 

@@ -14,16 +14,19 @@ dill's by-value pickling; the manifest says so, and loading it needs trust.
 
 from __future__ import annotations
 
+import copyreg
 import io
 import pickle
 import sys
 import types
+from collections import OrderedDict
 from typing import Any
 
 import dill
 
 from ..errors import GitpackError, PicklingError
 from . import columns
+from .gcpause import gc_paused
 from .modulemap import ModuleMap
 from .tensors import StorageCollector, is_storage, is_tensor
 
@@ -121,6 +124,11 @@ class _References:
 
     def reducer_override(self, obj: Any):
         t = type(obj)
+        trim = _TRIMMED_MODULES.get(t)
+        if trim is None:
+            trim = _TRIMMED_MODULES[t] = _pickles_like_a_plain_module(t)
+        if trim:
+            return _module_reduce(obj)
         if t in _FUNCTION_TYPES:
             module = self.module_map.canonical(getattr(obj, "__module__", None))
             if module is not None:
@@ -149,6 +157,40 @@ class DillPickler(_References, dill.Pickler):
     def __init__(self, file, module_map: ModuleMap, storages: StorageCollector, buffers: list):
         dill.Pickler.__init__(self, file, protocol=PROTOCOL, byref=False, recurse=False, buffer_callback=buffers.append)
         self._setup(module_map, storages)
+
+
+# What ``torch.nn.Module.__setstate__`` recreates when missing (every torch gitpack supports, 2.2 on, does):
+# attribute -> the empty value it recreates.  A module of the default pickling writes these only when not
+# empty, so a model of 10,000 small layers is 90,000 fewer objects to pickle, gate and unpickle.
+_RECREATED = {"_forward_pre_hooks": dict, "_forward_pre_hooks_with_kwargs": dict, "_forward_hooks_with_kwargs": dict,
+              "_forward_hooks_always_called": dict, "_state_dict_hooks": dict, "_state_dict_pre_hooks": dict,
+              "_load_state_dict_pre_hooks": dict, "_load_state_dict_post_hooks": dict,
+              "_non_persistent_buffers_set": set, "_is_full_backward_hook": None, "_backward_pre_hooks": dict}
+_TRIMMED_MODULES: dict[type, bool] = {}
+
+
+def _pickles_like_a_plain_module(t: type) -> bool:
+    """Whether instances of *t* are an ``nn.Module`` that pickles and unpickles exactly as ``Module`` does."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(t, type) or not issubclass(t, torch.nn.Module):
+        return False
+    module = torch.nn.Module
+    return (t.__reduce_ex__ is object.__reduce_ex__ and t.__reduce__ is object.__reduce__
+            and getattr(t, "__getstate__", None) is module.__getstate__
+            and getattr(t, "__setstate__", None) is module.__setstate__
+            and not hasattr(t, "__getnewargs_ex__") and not hasattr(t, "__getnewargs__")
+            and t not in copyreg.dispatch_table)
+
+
+def _module_reduce(obj: Any) -> tuple:
+    """What ``object.__reduce_ex__(5)`` gives for a plain module, less the empty hook registries its
+    ``__setstate__`` recreates."""
+    state = obj.__getstate__()
+    for name, empty in _RECREATED.items():
+        value = state.get(name, state)
+        if value is None if empty is None else (type(value) is (OrderedDict if empty is dict else set) and not value):
+            del state[name]
+    return copyreg.__newobj__, (type(obj),), state
 
 
 _EMPTY_CELL = ("gitpack-empty-cell",)
@@ -204,7 +246,8 @@ def _dump(obj: Any, module_map: ModuleMap, pickler_class: type) -> tuple[bytes, 
     out = io.BytesIO()
     pickler = pickler_class(out, module_map, storages, buffers)
     try:
-        pickler.dump(obj)
+        with gc_paused():
+            pickler.dump(obj)
     except (GitpackError, _NeedsDill):
         raise
     except RecursionError:

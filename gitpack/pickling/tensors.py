@@ -236,10 +236,10 @@ class StorageLoader:
 
     A normal load reads each member straight into the memory of its final CPU
     storage (no intermediate copy; a packed storage is a slice of its pack's)
-    and checks its digest before the storage is handed to the unpickler.  The unpickler asks for storages in file order, so
-    the members after the one it waits for are already being read and hashed
-    on the archive's worker threads (up to *readahead* bytes ahead), one core
-    each.  With ``mmap=True`` the whole archive is mapped once (copy-on-write)
+    and checks its digest before the storage is handed to the unpickler.  The
+    unpickler asks for storages in file order, so the members after the one it
+    waits for are already being read and hashed on the archive's worker threads
+    (up to *readahead* bytes ahead), one core each.  With ``mmap=True`` the whole archive is mapped once (copy-on-write)
     and every storage is a slice of that mapping: nothing is read or hashed.
     """
 

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .policy import CLASS, TRUSTED, VALUE, VALUE_TYPE
+from .policy import CLASS, TORCH_DTYPE_SIZES, TRUSTED, VALUE, VALUE_TYPE
 from .standins import Deferred, Ref, made_of, ref_of
 
 DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -109,18 +109,23 @@ def dtype_itemsize(value: Any) -> int | None:
 def tensor_fits(numel: int, storage_dtype: str, offset: int, size: tuple, stride: tuple, tensor_dtype: str) -> bool:
     """Whether a view (offset, size, stride in items of *tensor_dtype*) lies inside a storage of *numel* items of
     *storage_dtype*: else torch's ``set_`` would grow the storage (bytes nobody wrote, memory the pickle sizes)."""
-    from .policy import TORCH_DTYPE_SIZES
-
     item, storage_item = TORCH_DTYPE_SIZES.get(tensor_dtype), TORCH_DTYPE_SIZES.get(storage_dtype)
     if item is None or storage_item is None:
         return False
-    extent = 0 if any(d == 0 for d in size) else 1 + sum((d - 1) * s for d, s in zip(size, stride, strict=True))
+    if len(size) != len(stride):
+        return False
+    extent = 0 if 0 in size else 1 + sum([(d - 1) * s for d, s in zip(size, stride, strict=True)])
     return (offset + extent) * item <= numel * storage_item
+
+
+_NEVER_CALLABLE = frozenset(PLAIN + (dict, tuple, set, frozenset))
 
 
 def value_kind(value: Any) -> str:
     """What a state value is, as far as the class checks care: ``callable`` (a function, class, partial or
     method the pickle names or builds), ``str-lists`` (a list of lists of str), or ``data``."""
+    if type(value) in _NEVER_CALLABLE:  # most attribute values: no stand-in is ever of these exact types
+        return "data"
     if callable_value(value):
         return "callable"
     if type(value) is list and value and all(type(v) is list and v and all(type(x) is str for x in v) for v in value):
