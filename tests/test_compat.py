@@ -77,3 +77,17 @@ def test_a_format1_archive_of_the_c_pickler_era_loads_and_verifies(tmp_path):
     assert report.manifest_vouched and report.members == 13
     scan = gitpack.api.scan(clone / "vocab.gitpack", repo=clone)
     assert scan.safe, scan.violations
+
+    # Exported portable, it stays format 1: its sha256 member digests are what its commit vouches for.
+    gitpack.api.export(clone / "vocab.gitpack", tmp_path / "portable.gitpack", portable=True, repo=clone)
+    exported = gitpack.inspect(tmp_path / "portable.gitpack")
+    assert exported["format"] == 1 and all("sha256" in m for m in exported["members"])
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    code = ("import json, torch, gitpack\n"
+            "m = gitpack.load(%r, trust=True)\n"
+            "print('RESULT', json.dumps(m('W1 w2 w4099 unknown').tolist()))\n" % str(tmp_path / "portable.gitpack"))
+    proc = run(outside, sys.executable, "-c", code)
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("RESULT")] \
+        == [CPICKLE_EXPECTED]
