@@ -84,10 +84,10 @@ def test_a_format1_archive_of_the_c_pickler_era_loads_and_verifies(tmp_path):
     assert exported["format"] == 1 and all("sha256" in m for m in exported["members"])
     outside = tmp_path / "outside"
     outside.mkdir()
-    code = ("import json, torch, gitpack\n"
-            "m = gitpack.load(%r, trust=True)\n"
-            "print('RESULT', json.dumps(m('W1 w2 w4099 unknown').tolist()))\n" % str(tmp_path / "portable.gitpack"))
-    proc = run(outside, sys.executable, "-c", code)
+    code = ("import json, sys, torch, gitpack\n"
+            "m = gitpack.load(sys.argv[1], trust=True)\n"
+            "print('RESULT', json.dumps(m('W1 w2 w4099 unknown').tolist()))\n")
+    proc = run(outside, sys.executable, "-c", code, str(tmp_path / "portable.gitpack"))
     assert proc.returncode == 0, proc.stderr
     assert [json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("RESULT")] \
         == [CPICKLE_EXPECTED]
