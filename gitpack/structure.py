@@ -277,7 +277,7 @@ def summarize(paths: dict[int, tuple[str, Any]], module_map: Any = None) -> dict
         all_buffers.update(buffers)
         tensors = _own_tensors(module, "_parameters", "parameter")
         tensors.update(_own_tensors(module, "_buffers", "buffer"))
-        entry = {"path": path, "class": _class_name(type(module), module_map), "extra_repr": extra}
+        entry: dict[str, Any] = {"path": path, "class": _class_name(type(module), module_map), "extra_repr": extra}
         entry.update(_totals(params, buffers))
         entry["tensors"] = tensors
         entries.append(entry)

@@ -106,7 +106,8 @@ def check(data: bytes | bytearray | memoryview) -> tuple[int, list[str]]:
     unwanted: list[str] = []
     run, token = _RUN, _TOKEN
     while pos < end:
-        stop = run.match(data, pos).end()
+        skipped = run.match(data, pos)  # a run of zero opcodes matches too
+        stop = skipped.end() if skipped is not None else pos
         if stop > pos:
             tokens = token.findall(data, pos, stop)
             count += len(tokens)

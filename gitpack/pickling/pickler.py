@@ -167,6 +167,7 @@ _RECREATED = {"_forward_pre_hooks": dict, "_forward_pre_hooks_with_kwargs": dict
               "_load_state_dict_pre_hooks": dict, "_load_state_dict_post_hooks": dict,
               "_non_persistent_buffers_set": set, "_is_full_backward_hook": None, "_backward_pre_hooks": dict}
 _TRIMMED_MODULES: dict[type, bool] = {}
+_NEWOBJ = copyreg.__newobj__  # type: ignore[attr-defined]  # pickle writes a call of it as NEWOBJ
 
 
 def _pickles_like_a_plain_module(t: type) -> bool:
@@ -190,7 +191,7 @@ def _module_reduce(obj: Any) -> tuple:
         value = state.get(name, state)
         if value is None if empty is None else (type(value) is (OrderedDict if empty is dict else set) and not value):
             del state[name]
-    return copyreg.__newobj__, (type(obj),), state
+    return _NEWOBJ, (type(obj),), state
 
 
 _EMPTY_CELL = ("gitpack-empty-cell",)
