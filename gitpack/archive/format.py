@@ -133,7 +133,7 @@ def align(pos: int) -> int:
 
 
 def io_workers() -> int:
-    """Threads for hashing and I/O: one per usable core, at most four (sha256 is the bottleneck)."""
+    """Threads for hashing and I/O: one per usable core, at most four (hashing and copying are the work)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
