@@ -422,3 +422,17 @@ def test_a_forged_storage_key_is_refused_before_anything_is_unpickled(code_repo,
         load(forged, code_repo)
     # The well-formed key of the same forged archive loads: the refusal is the key's.
     assert torch.equal(load(_forge_tensor_key(code_repo, tmp_path, "pack-0:0"), code_repo)["t"], torch.ones(16))
+
+
+def test_a_host_copy_stays_alive_while_the_writer_uses_its_bytes():
+    """A device tensor's host copy is referenced only by the view the writer hashes and writes: the view must keep
+    it alive (a GPU save once wrote bytes that no longer matched their digest)."""
+    import gc
+
+    from gitpack.pickling.tensors import _bytes_of
+
+    view = _bytes_of(torch.full((1024,), 3, dtype=torch.int32).untyped_storage())  # nothing else holds it
+    gc.collect()
+    others = [torch.full((1024,), 7, dtype=torch.int32) for _ in range(64)]  # would reuse freed memory
+    assert bytes(view) == bytes(torch.full((1024,), 3, dtype=torch.int32).untyped_storage())
+    assert len(others) == 64

@@ -214,16 +214,19 @@ class _HostCopy(DeferredBuffer):
 def _bytes_of(storage) -> memoryview:
     """The memory of a CPU storage as a writable byte view, with no copy and no numpy.
 
-    The view does not own the memory: callers keep *storage* alive while they use it
-    (the collector holds every storage it hands out; the loader holds the storage it
-    reads into).
+    The view keeps *storage* alive (the ctypes array it is taken from holds it): a device tensor's host
+    copy, made by :meth:`_HostCopy.materialise` and referenced by nothing else, would otherwise be freed
+    while the archive writer still hashes and writes it (found on a GPU: a member's digest that did not
+    match its bytes).
     """
     import ctypes
 
     size = storage.nbytes()
     if size == 0:
         return memoryview(bytearray())
-    return memoryview((ctypes.c_ubyte * size).from_address(storage.data_ptr())).cast("B")
+    array = (ctypes.c_ubyte * size).from_address(storage.data_ptr())
+    array._gitpack_owner = storage  # type: ignore[attr-defined]
+    return memoryview(array).cast("B")
 
 
 def _location(storage) -> str:
