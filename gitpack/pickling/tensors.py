@@ -225,7 +225,7 @@ def _bytes_of(storage) -> memoryview:
     if size == 0:
         return memoryview(bytearray())
     array = (ctypes.c_ubyte * size).from_address(storage.data_ptr())
-    array._gitpack_owner = storage  # type: ignore[attr-defined]
+    array._gitpack_owner = storage
     return memoryview(array).cast("B")
 
 
