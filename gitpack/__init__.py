@@ -13,9 +13,12 @@ Importing gitpack never imports torch; the layers are described in ARCHITECTURE.
 
 from ._version import __version__
 from .api import SaveInfo, diff, inspect, load, log, save, scan, verify
-from .capturing import capture
-from .errors import GitpackError
+from .capturing import capture, sources
+from .errors import GitpackError, GitpackWarning
+
+sources.install()  # from here on, each of the user's modules is recorded as imported (pinned if edited later)
 
 __all__ = [
-    "GitpackError", "SaveInfo", "__version__", "capture", "diff", "inspect", "load", "log", "save", "scan", "verify",
+    "GitpackError", "GitpackWarning", "SaveInfo", "__version__", "capture", "diff", "inspect", "load", "log", "save",
+    "scan", "verify",
 ]

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import artifacts, gitsetup, history, sync
+from . import repair as _repair
 from ._version import __version__
 from .archive import read_manifest
 from .capturing import capture
@@ -22,11 +23,12 @@ from .errors import ArchiveError, GitpackError
 from .git import DEFAULT_BRANCH, Repo, branch_ref
 from .load import load
 from .save import SaveInfo, save
+from .snapshot.branch import tip_of
 from .verify import VerifyReport, open_verified, verify
 
 __all__ = ["DiffReport", "SaveInfo", "VerifyReport", "__version__", "alias", "apply", "capture", "diff", "export",
-           "init", "inspect", "list_artifacts", "load", "log", "pull", "push", "save", "scan", "source_of", "textconv",
-           "verify"]
+           "init", "inspect", "list_artifacts", "load", "log", "pull", "push", "repair", "save", "scan", "source_of",
+           "textconv", "verify"]
 
 
 def inspect(path: str | os.PathLike) -> dict[str, Any]:
@@ -82,7 +84,18 @@ def log(*, branch: str | None = None, repo: str | os.PathLike | None = None,
     """The saves recorded on the snapshot branch, newest first (with those ``gitpack pull`` merged in)."""
     with Repo.discover(repo) as git_repo:
         branch = branch or git_repo.config("gitpack.branch") or DEFAULT_BRANCH
+        tip_of(git_repo, branch_ref(branch))  # a damaged branch is reported, not shown as an empty log
         return history.saves(git_repo, branch_ref(branch), limit)
+
+
+def repair(*, branch: str | None = None, repo: str | os.PathLike | None = None) -> list[_repair.Repaired]:
+    """Mend snapshot and artifact refs that point at missing or broken objects (after a racing
+    ``git gc --prune=now``): each moves back to its newest intact snapshot or version, or is removed.
+
+    Returns one :class:`~gitpack.repair.Repaired` per ref changed, saying what was lost; empty when all is well.
+    """
+    with Repo.discover(repo) as git_repo:
+        return _repair.repair(git_repo, branch)
 
 
 # ---------------------------------------------------------------------- the artifact store and sharing

@@ -44,9 +44,11 @@ from typing import Any
 from . import progress, trailers
 from .archive import read_manifest
 from .errors import GitError, NotARepoError, StoreError
+from .fsutil import TEMP_MARK, owner_tag, remove_stale, writing
 from .git import Repo, parse_commit_object, runner
 from .history import iso_date
 from .isolation import cache_root
+from .snapshot.branch import damaged
 
 ARTIFACTS = "refs/gitpack/artifacts/"
 ALIASES = "refs/gitpack/aliases/"
@@ -57,6 +59,8 @@ CHUNK = 8 << 20
 # them dominates a store save (256 MiB: 7.3 s at git's default level, 1.4 s
 # stored); `git config gitpack.compression 6` trades that back for space.
 DEFAULT_COMPRESSION = "0"
+TEMP_GLOB = "*" + TEMP_MARK + "*"
+CACHE_HINT = " (gitpack's cache: set GITPACK_CACHE to a writable directory with room)"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
 _VERSION = re.compile(r"v([1-9][0-9]{0,8})")
@@ -189,8 +193,12 @@ class Store:
         # NUL-separated fields (a commit message cannot hold NUL, so a pushed message cannot forge a row), and
         # the raw date read here: git aborts the whole listing on a date before the epoch in iso-strict.
         fields = ("%(refname)", "%(objectname)", "%(committerdate:raw)", "%(parent)", "%(contents)")
-        raw = self.repo.git("for-each-ref", "--format=" + "%00".join(fields) + "%00",
-                            ARTIFACTS + name if name else ARTIFACTS.rstrip("/"), strip=False)
+        prefix = ARTIFACTS + name if name else ARTIFACTS.rstrip("/")
+        try:
+            raw = self.repo.git("for-each-ref", "--format=" + "%00".join(fields) + "%00", prefix, strip=False)
+        except GitError:
+            self.check_refs(prefix)  # a ref pointing at a missing object: name it, and how to mend it
+            raise
         aliases = self.aliases(name)
         found = []
         tokens = raw.split("\0")
@@ -214,6 +222,13 @@ class Store:
                                          t.get("digest", ""), t.get("object", ""), params, names))
         found.sort(key=lambda v: (v.name, -v.number))
         return found
+
+    def check_refs(self, prefix: str = "refs/gitpack") -> None:
+        """:class:`DamagedRefError` naming the first ref under *prefix* whose commit is missing (`gitpack repair`)."""
+        for ref, sha in sorted(self.refs(prefix).items()):
+            kind = self.repo.object_type(sha)
+            if kind != "commit":
+                raise damaged(ref, sha, kind)
 
     def has(self, name: str) -> bool:
         return bool(self.repo.git("for-each-ref", "--count=1", "--format=%(refname)", ARTIFACTS + name))
@@ -261,16 +276,20 @@ class Store:
         )
 
     # -------------------------------------------------------------- writing
-    def add(
+    def version_updates(
         self, name: str, archive: Path, *, snapshot: str, digest: str, object_type: str, params: dict
-    ) -> ArtifactVersion:
-        """Store the archive file as the next version of *name* and move ``latest`` to it.
+    ) -> tuple[int, list[tuple[str, str | None, str | None]]]:
+        """The next version number of *name* and the ref updates that store *archive* as it.
+
+        The updates create ``vN`` (compare-and-swap: it must not exist yet) and move ``latest`` from where it
+        is now; the save moves them in the same transaction as the snapshot branch
+        (:func:`gitpack.snapshot.branch.commit`), so a save that fails or is killed leaves neither a log entry
+        without its version nor a ``latest`` one version behind.  Another save of *name* that wins the race
+        makes the transaction fail, and the save retries with the next number.
 
         The bytes go in with ``hash-object -w`` from the file (git streams files
         above ``core.bigFileThreshold`` straight into a pack), deflated at
-        ``gitpack.compression`` (default 0); the version number is claimed with a
-        compare-and-swap ref creation, so concurrent saves in one clone each get
-        their own number.
+        ``gitpack.compression`` (default 0).
         """
         validate_name(name)
         size = archive.stat().st_size
@@ -288,35 +307,12 @@ class Store:
             f"{trailers.TRAILER_PREFIX}Params: {params_json}",
         ]) + "\n"
         commit = self.repo.commit_tree([tree, "-p", snapshot, "-m", message])
-        number = self._claim_number(name, commit)
-        self._advance_latest(name, number, commit)
-        return self.resolve(Reference(name, f"v{number}"))
-
-    def _claim_number(self, name: str, commit: str) -> int:
-        for _ in range(1000):
-            taken = [v.number for v in self.versions(name)]
-            number = max(taken, default=0) + 1
-            try:
-                self._update_ref(version_ref(name, number), commit, zero_sha(commit))
-                return number
-            except GitError:
-                continue  # another save in this clone took that number first
-        raise StoreError(f"could not claim a version number for {name}: other saves kept winning; try again")
-
-    def _advance_latest(self, name: str, number: int, commit: str) -> None:
-        """``latest`` moves to the new version unless a newer one already holds it."""
-        ref = alias_ref(name, LATEST)
-        for _ in range(1000):
-            current = self.repo.rev_parse(ref)
-            if current is not None:
-                held = [v.number for v in self.versions(name) if v.commit == current]
-                if held and max(held) > number:
-                    return
-            try:
-                self._update_ref(ref, commit, current or zero_sha(commit))
-                return
-            except GitError:
-                continue
+        # Only names and targets: a damaged version ref still holds its number.
+        taken = [version_number(parts[2]) for parts in map(split_store_ref, self.refs(ARTIFACTS + name))
+                 if parts is not None and parts[0] == "artifacts"]
+        number = max((n for n in taken if n is not None), default=0) + 1
+        latest = self.refs(alias_ref(name, LATEST)).get(alias_ref(name, LATEST))
+        return number, [(version_ref(name, number), commit, None), (alias_ref(name, LATEST), commit, latest)]
 
     def set_alias(self, ref: Reference | str, alias: str) -> ArtifactVersion:
         """Point ``NAME@ALIAS`` at the version *ref* names (e.g. ``clf@v2`` -> ``prod``)."""
@@ -358,8 +354,10 @@ class Store:
         except FileNotFoundError:
             cached = False
         if not cached:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            self.copy_blob(blob, size, dest, f"reading {version.label}")
+            with writing(dest.parent, CACHE_HINT):
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                remove_stale(dest.parent, "." + TEMP_GLOB)  # copies that killed loads left
+                self.copy_blob(blob, size, dest, f"reading {version.label}")
         if read_manifest(dest).get("commit") != version.snapshot:
             raise StoreError(
                 f"{version.label} ({version.commit[:12]}) holds an archive of another snapshot than its parent "
@@ -371,7 +369,7 @@ class Store:
         """Stream a blob into *dest* (atomically), verifying its git object id on the way."""
         h = hashlib.sha1() if len(blob) == 40 else hashlib.sha256()
         h.update(b"blob %d\0" % size)
-        fd, tmp = tempfile.mkstemp(prefix="." + dest.name + ".gitpack-tmp-", dir=str(dest.parent))
+        fd, tmp = tempfile.mkstemp(prefix="." + dest.name + TEMP_MARK + owner_tag(), dir=str(dest.parent))
         try:
             proc = runner.start(["cat-file", "blob", blob], cwd=self.repo.root, stderr=False)
             with os.fdopen(fd, "wb") as out, progress.Bar(description, size) as bar:

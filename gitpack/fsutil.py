@@ -9,12 +9,17 @@ no owner) only after an hour without writes.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import DiskError, disk_advice
 
 TEMP_MARK = ".gitpack-tmp-"  # in the name of every archive temp file
 _HOST = re.sub(r"[^A-Za-z0-9.\-]", "_", socket.gethostname())[:64] or "host"
@@ -50,14 +55,16 @@ def is_stale(path: Path, older_than: float = STALE_SECONDS) -> bool:
         return False
 
 
-def remove_stale(directory: Path, pattern: str, older_than: float = STALE_SECONDS) -> None:
-    """Remove the stale temp files (and directories) in *directory* whose names match the glob *pattern*."""
+def remove_stale(directory: Path, pattern: str, older_than: float = STALE_SECONDS) -> int:
+    """Remove the stale temp files (and directories) in *directory* whose names match the glob *pattern*;
+    returns how many were removed."""
     import shutil
 
     try:
         entries = list(directory.glob(pattern))
     except OSError:
-        return
+        return 0
+    removed = 0
     for entry in entries:
         try:
             if is_stale(entry, older_than):
@@ -65,8 +72,55 @@ def remove_stale(directory: Path, pattern: str, older_than: float = STALE_SECOND
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
                     entry.unlink()
+                removed += 1
         except OSError:
             pass
+    return removed
+
+
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
+def disk_error(exc: OSError, path: str | os.PathLike, hint: str = "") -> DiskError:
+    """One line for a failed write: the path, what the OS said, and what to do."""
+    reason = exc.strerror or str(exc)
+    advice = disk_advice(reason) or "check the disk and try again"
+    return DiskError(f"cannot write {path}: {reason}; {advice}{hint}")
+
+
+@contextmanager
+def writing(path: str | os.PathLike, hint: str = "") -> Iterator[None]:
+    """Turn a full disk, a read-only filesystem or a missing permission while writing under *path* into one
+    :class:`~gitpack.errors.DiskError` line naming it (other errors pass through)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        named = exc.filename if exc.filename and TEMP_MARK.strip(".") not in str(exc.filename) else path
+        raise disk_error(exc, named, hint) from None
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (os.umask sets it, racing other threads' file creation)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode(dest: Path) -> int:
+    """The mode a file written to *dest* should get: the replaced file's, else 0666 less the umask (as open())."""
+    try:
+        return dest.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~current_umask()
 
 
 def atomic_write(dest: Path, data: bytes) -> None:

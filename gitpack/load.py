@@ -88,7 +88,7 @@ def load(
         if not mmap:
             _read_storages_first(storage_loader, verdict.storages)  # every byte verified before any import
         known = {name: info.root for name, info in plan.modules.items()}
-        namespace = namespace_for(checked.source, plan.roots, known, trusted=trust)
+        namespace = namespace_for(checked.source, plan.roots, known, trusted=trust, scripts=plan.scripts)
         resolver = Resolver(namespace, policy, trust=trust, modules=None if trust else modules)
         if not trust:
             verdict.check_sources(namespace.source_for)  # from the git tree: nothing imported yet

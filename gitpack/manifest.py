@@ -65,6 +65,11 @@ class Manifest:
     buffers: int
     gitpack: str
     created: str
+    scripts: list[str] = field(default_factory=list)  # modules made of a script or notebook: definitions only
+    pinned: list[str] = field(default_factory=list)  # files pinned as imported (they differed on disk at save)
+    unpinned: list[dict[str, str]] = field(default_factory=list)  # repo modules imported from elsewhere, not pinned
+    compiled: list[dict[str, Any]] = field(default_factory=list)  # torch.compile'd modules saved as the original
+    notebook: dict[str, Any] | None = None  # the interactive session the object's code came from
     commit: str | None = None  # set when the archive is sealed: the commit is made after the manifest
     extra: dict[str, Any] = field(default_factory=dict)  # fields this gitpack does not know, kept as they are
 
@@ -79,6 +84,8 @@ class Manifest:
             "modules": {name: {"path": m.path, "root": m.root} for name, m in self.modules.items()},
             "imported": self.imported, "roots": self.roots, "by_value_code": self.by_value_code,
             "excluded": self.excluded, "tensors": {"storages": self.storages, "buffers": self.buffers},
+            "scripts": self.scripts, "pinned": self.pinned, "unpinned": self.unpinned, "compiled": self.compiled,
+            "notebook": self.notebook,
             **self.extra,
         }
         if self.commit is not None:
@@ -129,6 +136,9 @@ class Manifest:
         imported = raw.get("imported") or []
         if not (isinstance(imported, list) and all(isinstance(x, str) and _MODULE_NAME.match(x) for x in imported)):
             raise bad("imported")
+        scripts = raw.get("scripts") or []
+        if not (isinstance(scripts, list) and all(isinstance(x, str) and _MODULE_NAME.match(x) for x in scripts)):
+            raise bad("scripts")
         tree = text("tree")
         if not _SHA.match(tree):
             raise bad("tree")
@@ -139,7 +149,8 @@ class Manifest:
         object_type = obj.get("type") if isinstance(obj, dict) else None
         known = {"gitpack", "created", "tree", "branch", "head", "head_branch", "dirty", "remote_url", "object",
                  "params", "message", "capture", "structure", "allow_stale", "stale_code", "environment", "modules",
-                 "imported", "roots", "by_value_code", "excluded", "tensors", "commit"}
+                 "imported", "roots", "by_value_code", "excluded", "tensors", "commit", "scripts", "pinned", "unpinned",
+                 "compiled", "notebook"}
 
         def mapping(name: str) -> dict[str, Any]:
             value = raw.get(name)
@@ -158,6 +169,10 @@ class Manifest:
             environment=mapping("environment"), modules=modules, imported=list(imported), roots=list(roots),
             by_value_code=list(by_value), excluded=listing("excluded"), storages=storages, buffers=buffers,
             gitpack=str(raw.get("gitpack") or "?"), created=str(raw.get("created") or "?"), commit=commit,
+            scripts=list(scripts), pinned=[p for p in listing("pinned") if isinstance(p, str)],
+            unpinned=[u for u in listing("unpinned") if isinstance(u, dict)],
+            compiled=[c for c in listing("compiled") if isinstance(c, dict)],
+            notebook=raw.get("notebook") if isinstance(raw.get("notebook"), dict) else None,
             extra={k: v for k, v in raw.items() if k not in known},
         )
 

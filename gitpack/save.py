@@ -7,10 +7,11 @@
    the capture tree and structure summary are built, and the trust gate says what a default load
    would refuse (a warning now rather than a surprise at load).
 4. The manifest (:mod:`gitpack.manifest`) and the commit message with its trailers are written;
-   :mod:`gitpack.snapshot.branch` commits and moves the branch by compare-and-swap, sealing the archive
-   with the commit before the branch moves.
-5. With a name, :mod:`gitpack.artifacts` stores the sealed archive as the next version; with a path,
-   the archive is renamed into place.  On any error nothing is published and no ref moves.
+   :mod:`gitpack.snapshot.branch` commits, seals the archive with the commit, and moves the branch by
+   compare-and-swap, in one ref transaction with (given a name) the next stored version and ``latest``
+   (:meth:`gitpack.artifacts.Store.version_updates`): the save's commit point.
+5. With a path, the archive is then renamed into place.  On any error before the commit point nothing
+   is published and no ref moves.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import warnings as _warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,12 +27,13 @@ from typing import Any
 from . import artifacts, environment, progress, signing, snapshot
 from ._version import __version__
 from .archive import ArchiveWriter, manifest_digest, sealed_manifest
-from .capturing import build_tree, paused, summary_lines
-from .errors import GitError, GitpackError
+from .capturing import build_tree, paused, sources, summary_lines
+from .errors import GitError, GitpackError, GitpackWarning
+from .fsutil import writing
 from .git import DEFAULT_BRANCH, Repo, branch_ref
 from .manifest import BUFFER_PREFIX, PICKLE_MEMBER, Manifest, ModuleInfo
 from .pickling.modulemap import ModuleMap
-from .pickling.pickler import dump
+from .pickling.pickler import dump, original_of
 from .pickling.policy import Policy
 from .snapshot import DEFAULT_SIZE_CAP
 from .staleness import find_stale, stale_error
@@ -104,28 +107,38 @@ def save(
         # Store-only saves build the archive beside the object database and never publish the file.
         dest = Path(os.path.abspath(path)) if path is not None else git_repo.common_dir / f"{name}.gitpack"
         exclude = set()
+        temp_dir = None
         try:
             exclude.add(dest.resolve().relative_to(git_repo.root.resolve()).as_posix())
+            temp_dir = _hidden_temp_dir(git_repo, dest)
         except ValueError:
             pass
-        writer = ArchiveWriter(dest)
+        writer = ArchiveWriter(dest, temp_dir=temp_dir)
         try:
-            snap = snapshot.write_tree(git_repo, size_cap=cap, exclude=exclude)
+            with writing(git_repo.git_dir):  # a full or read-only .git: one line naming it
+                snap = snapshot.write_tree(git_repo, size_cap=cap, exclude=exclude)
             if not branch_ref(branch).startswith("refs/heads/") or branch_ref(branch) == snap.head_branch:
                 checked_out = branch_ref(branch) == snap.head_branch
                 what = "your checked-out branch" if checked_out else "a ref outside refs/heads"
                 raise GitpackError(
                     f"--branch {branch} would move {what}; give gitpack a branch of its own (default: gitpack)"
                 )
-            module_map = ModuleMap(git_repo.root, lambda rel: git_repo.object_type(f"{snap.tree}:{rel}") == "blob",
-                                            left_out=dict(snap.excluded))
+            # Modules edited since they were imported go into the snapshot as they were imported.
+            as_imported = _code_as_imported(git_repo, snap.tree)
+            tree = snapshot.pinned.pin_files(git_repo, snap.tree, as_imported)
+
+            def in_snapshot(rel: str) -> bool:
+                return git_repo.object_type(f"{tree}:{rel}") == "blob"
+
+            module_map = ModuleMap(git_repo.root, in_snapshot, left_out=dict(snap.excluded))
 
             def snapshot_source(rel: str) -> bytes | None:
-                spec = f"{snap.tree}:{rel}"
+                spec = f"{tree}:{rel}"
                 return git_repo.read_object(spec)[1] if git_repo.object_type(spec) == "blob" else None
 
             with paused():  # gitpack's own work need not pass through the capture hook
                 data, storages, buffers, pickler = dump(obj, module_map)
+            tree = snapshot.pinned.pin_files(git_repo, tree, module_map.extra_files)  # a notebook's cells
             storage_bytes = sum(int(s.nbytes()) for s in storages.storages.values())
             tensor_bytes = storage_bytes + sum(b.raw().nbytes for b in buffers)
             with progress.Bar(f"saving {name or dest.name}", len(data) + tensor_bytes) as bar:
@@ -138,21 +151,27 @@ def save(
                 with paused():
                     stale = find_stale(pickler.repo_objects, module_map, snapshot_source)
                     if stale and not allow_stale:
-                        raise stale_error(stale)
+                        files = [(module_map.used.get(st.module) or {}).get("path") for st in stale]
+                        raise stale_error(stale, unrecorded=any(  # a notebook's cells are not files
+                            f and (git_repo.root / f).exists() and sources.imported_source(git_repo.root / f) is None
+                            for f in files))
                     instances = pickler.repo_instances
-                    paths = object_paths(obj, lambda o: id(o) in instances or is_module(o))
+                    paths = object_paths(original_of(obj), lambda o: id(o) in instances or is_module(o))
                     captured = build_tree(instances, paths, module_map)
                     structure = summarize(paths, module_map)
-                warnings = list(snap.submodule_warnings) + _policy_warnings(data, module_map.used, len(buffers))
+                not_pinned = [f"{u['module']} is imported from {u['file']}, not from this repository "
+                              f"({u['repository']} differs); its code is not pinned" for u in module_map.unpinned]
+                warnings = (list(snap.submodule_warnings) + not_pinned
+                            + _policy_warnings(data, module_map.used, len(buffers)))
                 environment_description = environment.describe()
                 remote_url = git_repo.remote_url()
                 sign = signing.wants_signing(git_repo, sign)
                 bar.update(completed=sum(m.size for m in writer.members))  # waits for the queued writes
             digest = writer.payload_digest()
-            type_name = object_type_name(obj, module_map)
+            type_name = object_type_name(original_of(obj), module_map)
             manifest = Manifest(
                 gitpack=__version__, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                tree=snap.tree, branch=branch_ref(branch), head=snap.head, head_branch=snap.head_branch,
+                tree=tree, branch=branch_ref(branch), head=snap.head, head_branch=snap.head_branch,
                 dirty=snap.dirty, remote_url=remote_url, object_type=type_name, params=params, message=message,
                 capture=captured, structure=structure, allow_stale=bool(allow_stale),
                 stale_code=[s.as_json() for s in stale],
@@ -160,9 +179,11 @@ def save(
                 modules={n: ModuleInfo(u["path"], u["root"]) for n, u in module_map.used.items()},
                 imported=module_map.imported_tops(),
                 # Only roots the snapshot holds: a .venv's site-packages on sys.path is third-party.
-                roots=[r for r in module_map.roots if r == "" or git_repo.object_type(f"{snap.tree}:{r}") == "tree"],
+                roots=[r for r in module_map.roots if r == "" or git_repo.object_type(f"{tree}:{r}") == "tree"],
                 by_value_code=module_map.by_value, excluded=[list(e) for e in snap.excluded],
                 storages=len(storages.storages), buffers=len(buffers),
+                scripts=sorted(module_map.scripts), pinned=sorted(as_imported), unpinned=module_map.unpinned,
+                compiled=pickler.compiled, notebook=module_map.notebook.describe() if module_map.notebook else None,
             ).to_json()
             # The commit vouches for the whole manifest too (all of it but the commit field itself).
             vouched = {"Manifest": manifest_digest(sealed_manifest(manifest, writer.members))}
@@ -174,23 +195,34 @@ def save(
                 archive_label = name  # store-only: the commit names the artifact, not its temporary file
             text = format_message(
                 archive=archive_label, object_type=type_name, digest=digest, params=params, head=snap.head,
-                message=_message_with_capture(message, captured), extra=trailers,
+                message=_message_with_notes(message, captured, sorted(as_imported), module_map.unpinned),
+                extra=trailers,
             )
 
             def seal(commit: str) -> None:
                 writer.seal({**manifest, "commit": commit})
 
+            stored: list[int] = []  # the version number the last attempt claimed
+
+            def store_version(commit: str) -> list:
+                """The stored version's refs, moved in one transaction with the branch (see artifacts)."""
+                assert name is not None
+                number, updates = store.version_updates(name, writer.temp_path, snapshot=commit, digest=digest,
+                                                        object_type=type_name, params=params)
+                stored[:] = [number]
+                return updates
+
+            store = artifacts.Store(git_repo)
             try:
-                commit = snapshot.branch.commit(git_repo, snap.tree, text, branch=branch, head=snap.head, sign=sign,
-                                                before_update=seal)
+                with writing(git_repo.git_dir):
+                    commit = snapshot.branch.commit(git_repo, tree, text, branch=branch, head=snap.head,
+                                                    sign=sign, before_update=seal,
+                                                    more_refs=store_version if name else None)
             except GitError as exc:
                 if sign and "commit-tree" in str(exc):
                     raise signing.explain_signing_failure(exc) from None
                 raise
-            version = None
-            if name is not None:
-                version = artifacts.Store(git_repo).add(name, writer.temp_path, snapshot=commit, digest=digest,
-                                                    object_type=type_name, params=params)
+            version = store.resolve(artifacts.Reference(name, f"v{stored[0]}")) if name is not None else None
             if path is not None:
                 writer.publish()
             else:
@@ -198,11 +230,24 @@ def save(
         except BaseException:
             writer.abort()
             raise
-        return SaveInfo(dest if path is not None else None, commit, snap.tree, digest, branch_ref(branch), type_name,
+        for warning in not_pinned:
+            _warnings.warn(warning, GitpackWarning, stacklevel=2)
+        return SaveInfo(dest if path is not None else None, commit, tree, digest, branch_ref(branch), type_name,
                         list(snap.excluded), warnings, version.label if version else None)
 
 
 CAPTURE_TRAILER_LIMIT = 16_000
+
+
+def _hidden_temp_dir(repo: Repo, dest: Path) -> Path | None:
+    """Where an archive bound for *dest* inside the working tree is written until it is complete: the
+    repository's .git (out of ``git status``, ``git add -A`` and any snapshot, even if a crash leaves it), when
+    that is on the same filesystem, so the final rename stays atomic."""
+    try:
+        same = os.stat(repo.git_dir).st_dev == os.stat(dest.resolve().parent).st_dev
+    except OSError:
+        return None
+    return repo.git_dir if same else None
 
 
 def _policy_warnings(data: bytes, modules: dict, buffers: int) -> list[str]:
@@ -230,10 +275,28 @@ def _capture_trailers(captured: dict[str, Any], stale: list) -> dict[str, str]:
     return out
 
 
-def _message_with_capture(message: str | None, captured: dict[str, Any]) -> str | None:
-    """The user's message plus one readable line per constructed object, for plain ``git log``."""
+def _code_as_imported(repo: Any, tree: str) -> dict[str, bytes]:
+    """``{path: source as imported}`` for the snapshot's modules edited (or deleted) since this process imported
+    them; a file the snapshot leaves out (ignored, too large) stays out."""
+    changed = sources.imported_differences(repo.root)
+    gone = [rel for rel in changed if repo.object_type(f"{tree}:{rel}") != "blob" and not (repo.root / rel).exists()]
+    skip = snapshot.pinned.ignored(repo, gone)
+    return {rel: data for rel, data in changed.items()
+            if repo.object_type(f"{tree}:{rel}") == "blob" or (rel in gone and rel not in skip)}
+
+
+def _message_with_notes(message: str | None, captured: dict[str, Any], as_imported: list[str],
+                        unpinned: list[dict[str, str]]) -> str | None:
+    """The user's message plus, for plain ``git log``: one readable line per constructed object, the files pinned
+    as imported, and the modules whose code is not pinned."""
+    blocks = [message.strip()] if message and message.strip() else []
     lines = summary_lines(captured)
-    if not lines:
-        return message
-    block = "Constructed with:\n" + "\n".join(f"    {line}" for line in lines)
-    return f"{message.strip()}\n\n{block}" if message and message.strip() else block
+    if lines:
+        blocks.append("Constructed with:\n" + "\n".join(f"    {line}" for line in lines))
+    if as_imported:
+        blocks.append("Pinned as imported (the working tree has since changed):\n"
+                      + "\n".join(f"    {rel}" for rel in as_imported))
+    if unpinned:
+        blocks.append("Not pinned (imported from outside this repository, and different):\n"
+                      + "\n".join(f"    {u['module']} from {u['file']}" for u in unpinned))
+    return "\n\n".join(blocks) or None

@@ -96,7 +96,7 @@ class _Used:
         if not isinstance(fn, types.FunctionType) or id(fn) in self.functions:
             return
         module = self.module_of(fn)
-        if module is None or not _code_is_from_module(fn):
+        if module is None or not _code_is_from_module(fn, self.module_map):
             return
         self.functions[id(fn)] = (module, fn, "<" in fn.__qualname__)
         names = _all_names(fn.__code__)
@@ -126,12 +126,14 @@ def _functions_of(member: Any) -> list[Any]:
     return [func] if isinstance(func, types.FunctionType) else []
 
 
-def _code_is_from_module(fn: types.FunctionType) -> bool:
-    """A decorator's wrapper (code from another file) is not the module's own code."""
+def _code_is_from_module(fn: types.FunctionType, module_map: Any) -> bool:
+    """A decorator's wrapper (code from another file) is not the module's own code; a notebook's own code is
+    what its cells compiled."""
     module = sys.modules.get(fn.__module__)
     file = getattr(module, "__file__", None)
     if not file:
-        return False
+        notebook = getattr(module_map, "notebook", None)
+        return notebook is not None and fn.__code__.co_filename in notebook.offsets
     return os.path.realpath(fn.__code__.co_filename) == os.path.realpath(file)
 
 
@@ -255,13 +257,31 @@ def _defaults_match(fn: types.FunctionType, node: ast.FunctionDef | ast.AsyncFun
 class _Snapshot:
     """One module's source in the snapshot, compiled and indexed by qualname."""
 
-    def __init__(self, source: bytes, filename: str):
+    def __init__(self, source: bytes | str, filename: str):
         code = compile(source, filename, "exec", dont_inherit=True)
         self.code = _index_code(code)
         self.defs = _index_defs(ast.parse(source, filename))
 
+    @classmethod
+    def of_cells(cls, cells: list[tuple[int, str]], filename: str) -> _Snapshot:
+        """A notebook module, each cell compiled on its own as the kernel compiled it (the bytecode of
+        ``nn.Linear(...)`` depends on whether ``nn`` was imported in the same compilation unit), at its
+        lines in the module."""
+        snap = cls("", filename)
+        for offset, text in cells:
+            cell = cls("\n" * offset + text, filename)
+            for qualname, codes in cell.code.items():
+                snap.code[qualname] += codes
+            for qualname, defs in cell.defs.items():
+                snap.defs[qualname] += defs
+        return snap
 
-def _check_function(module: str, fn: types.FunctionType, by_line: bool, snap: _Snapshot) -> StaleCode | None:
+
+def _check_function(module: str, fn: types.FunctionType, by_line: bool, snap: _Snapshot, line: int,
+                    last_only: bool) -> StaleCode | None:
+    """*line*: the function's first line in the snapshot module (a notebook cell's lines move when cells are
+    joined).  *last_only*: only the last definition of a name counts (a notebook, where re-running a cell
+    defines a name again and a load gets the last one)."""
     code = fn.__code__
     qualname = _qualname(code, fn.__qualname__)
     candidates = snap.code.get(qualname, [])
@@ -269,18 +289,20 @@ def _check_function(module: str, fn: types.FunctionType, by_line: bool, snap: _S
         return StaleCode(module, qualname, "not in the file on disk")
     defs = snap.defs.get(qualname, [])
     paired = len(defs) == len(candidates)
+    if last_only and not by_line:
+        candidates, defs = candidates[-1:], defs[-1:]
     moved_to = None
     for i, candidate in enumerate(candidates):
         if not _same_code(code, candidate):
             continue
         if paired and not _defaults_match(fn, defs[i]):
             continue
-        if by_line and candidate.co_firstlineno != code.co_firstlineno:
+        if by_line and candidate.co_firstlineno != line:
             moved_to = candidate.co_firstlineno
             continue
         return None
     if moved_to is not None:
-        return StaleCode(module, qualname, f"moved from line {code.co_firstlineno} to line {moved_to} on disk")
+        return StaleCode(module, qualname, f"moved from line {line} to line {moved_to} on disk")
     if any(_same_code(code, c) for c in candidates):
         return StaleCode(module, qualname, "default values differ")
     return StaleCode(module, qualname, "code differs")
@@ -329,15 +351,21 @@ def find_stale(used: dict[str, Any] | list[Any], module_map: Any,
             for cls in items["classes"]:
                 stale.append(StaleCode(module, cls.__qualname__, "its file is not in the snapshot"))
             continue
+        notebook = getattr(module_map, "notebook", None)
         try:
-            snap = _Snapshot(source, _filename(items) or rel)
+            if notebook is not None and module == notebook.name:
+                snap = _Snapshot.of_cells(notebook.cells, _filename(items) or rel)
+            else:
+                snap = _Snapshot(source, _filename(items) or rel)
         except (SyntaxError, ValueError) as exc:
             stale.append(StaleCode(module, "<module>", f"the file on disk does not compile: {exc.__class__.__name__}"))
             continue
         for cls in items["classes"]:
             stale += _check_class(module, cls, snap)
+        last_only = notebook is not None and module == notebook.name
         for fn, by_line in items["functions"]:
-            found = _check_function(module, fn, by_line, snap)
+            line = module_map.line(fn.__code__) if hasattr(module_map, "line") else fn.__code__.co_firstlineno
+            found = _check_function(module, fn, by_line, snap, line, last_only)
             if found is not None:
                 stale.append(found)
     unique = {(s.module, s.qualname): s for s in stale}
@@ -350,10 +378,20 @@ def _filename(items: dict[str, list]) -> str | None:
     return None
 
 
-def stale_error(stale: list[StaleCode]) -> StaleCodeError:
+def stale_error(stale: list[StaleCode], *, unrecorded: bool) -> StaleCodeError:
+    """The refusal of a save whose code in memory is not the snapshot's.
+
+    *unrecorded*: some of those modules were imported before gitpack was, so their source as imported is
+    unknown (:mod:`gitpack.capturing.sources`); the message then says how to have it recorded next time.
+    """
     shown = ", ".join(str(s) for s in stale[:4])
     more = f" and {len(stale) - 4} more" if len(stale) > 4 else ""
-    return StaleCodeError(
-        f"code changed on disk after it was loaded: {shown}{more}; the snapshot would not hold the code this object "
-        "was built with. Re-run in a fresh process, or save anyway with allow_stale=True (--allow-stale)"
-    )
+    if unrecorded:
+        cause = ("code changed on disk after it was imported, and gitpack was imported after it, so its source as "
+                 f"imported is unknown: {shown}{more}. Import gitpack before your model's modules (or call "
+                 "gitpack.capture() first) and gitpack pins the code as imported")
+    else:
+        cause = (f"the code in memory is not the code being snapshotted: {shown}{more}; the snapshot would not hold "
+                 "the code this object was built with. Rebuild the object from the code as it is now (in a notebook: "
+                 "re-run the cells that build it)")
+    return StaleCodeError(f"{cause}, or save anyway with allow_stale=True (--allow-stale)")

@@ -44,9 +44,9 @@ from .errors import (
     PolicyError,
     SignatureError,
 )
-from .git import DEFAULT_BRANCH, Repo, branch_ref, parse_commit_object
+from .git import DEFAULT_BRANCH, Repo, branch_ref, parse_commit_object, runner
 from .history import require_snapshot_commit
-from .isolation import GitSourceTree, SourceTree
+from .isolation import FilteredSource, GitSourceTree, SourceTree
 from .manifest import Manifest
 from .snapshot.branch import is_gitpack_branch, merged_in_tips
 from .trailers import parse_trailers
@@ -100,9 +100,10 @@ def open_verified(
         signature = None
         source: SourceTree  # the archive's embedded objects, or the repository's
         if portable.is_portable(manifest):
-            source = portable.verified_source(reader)  # every embedded object hashed before anything is imported
             embedded = parse_trailers(parse_commit_object(reader.read(portable.COMMIT_MEMBER))[1])
             git_repo = _repo_with(manifest.get("commit"), repo)
+            # Every embedded object hashed before anything is imported; filtered files as a checkout writes them.
+            source = FilteredSource(portable.verified_source(reader), git_repo)
             if git_repo is not None:
                 signature = _signature(git_repo, str(manifest.get("commit")), require_signed, report_signature)
             else:
@@ -121,7 +122,7 @@ def open_verified(
         if every_member:
             _objects_present(git_repo, str(manifest["commit"]))
         signature = _signature(git_repo, str(manifest["commit"]), require_signed, report_signature)
-        source = GitSourceTree(git_repo, manifest["tree"])
+        source = FilteredSource(GitSourceTree(git_repo, manifest["tree"]), git_repo)  # files as a checkout writes
         yield Verified(path, reader, manifest, plan, git_repo, source, False, True, signature)
     finally:
         reader.close()
@@ -224,6 +225,11 @@ def _signature(repo: Repo, commit: str, require: bool | None, report: bool) -> s
 def _objects_present(repo: Repo, commit: str) -> None:
     listed = repo.git("rev-list", "--objects", "--no-walk", "--missing=print", commit).splitlines()
     missing = [line[1:] for line in listed if line.startswith("?")]
+    if missing and repo.is_partial_clone():
+        # A partial clone lacks blobs on purpose: its promisor remote hands them over when asked, as a load asks.
+        promised = runner.run(["rev-list", "--objects", "--no-walk", "--missing=allow-promisor", commit],
+                              cwd=repo.root, check=False)
+        missing = [] if promised.returncode == 0 else missing
     if missing:
         raise MissingCommitError(
             f"snapshot commit {commit[:12]} is here but {len(missing)} of its objects are missing "

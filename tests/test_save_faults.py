@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import QUIET_ENV, git, init_repo, run, user_git_state
 
 import gitpack
@@ -322,3 +324,124 @@ def test_eight_concurrent_first_loads_share_one_intact_cache(tmp_path):
         assert (tree_dir / rel).read_bytes() == subprocess.run(["git", "show", f"{tree}:{rel}"], cwd=repo,
                                                                 capture_output=True, check=True).stdout, rel
     assert not [p for p in cache.rglob("*") if ".gitpack-tmp-" in p.name]
+
+
+# --------------------------------------------------------------------------- stored (--name) saves
+NAMED_SAVE = '''\
+import os, sys, time
+import gitpack
+from ck.model import Blob
+size, tag = int(sys.argv[1]), sys.argv[2]
+blob = Blob(os.urandom(size), tag)
+print("READY", flush=True)
+start = time.monotonic()
+gitpack.save(blob, name="ck", params={"tag": tag})
+print("DONE", time.monotonic() - start, flush=True)
+'''
+
+
+def _named_save(repo: Path, root: Path, size: int, tag: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "named_save.py", str(size), tag], cwd=repo, env=_env(root),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _store_matches_history(repo: Path, where: str) -> int:
+    """Every save the log shows has its stored version, and ``latest`` is the newest version; returns how many."""
+    logged = [e.commit for e in gitpack.log(repo=repo) if e.trailers.get("artifact") == "ck"]
+    versions = gitpack.api.list_artifacts("ck", repo=repo)
+    assert sorted(v.snapshot for v in versions) == sorted(logged), f"{where}: a log entry without its version"
+    assert sorted(v.number for v in versions) == list(range(1, len(versions) + 1)), where
+    if versions:
+        latest = git(repo, "rev-parse", "refs/gitpack/aliases/ck/latest")
+        assert latest == max(versions, key=lambda v: v.number).commit, f"{where}: a stale latest"
+    return len(versions)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_of_named_saves_leaves_no_log_entry_without_its_version(tmp_path):
+    repo = _project(tmp_path, files=8)
+    (repo / "named_save.py").write_text(NAMED_SAVE)
+    git(repo, "add", "named_save.py")
+    git(repo, "commit", "-q", "-m", "named saver")
+    size = 8 << 20
+
+    def complete(tag: str) -> float:
+        proc = _named_save(repo, tmp_path, size, tag)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        return float(out.split("DONE", 1)[1])
+
+    duration = max(complete(f"calibrate{i}") for i in range(2))
+    rng = random.Random(20240610)
+    outcomes = {"stored": 0, "not stored": 0}
+    for point in range(KILL_POINTS):
+        before = _store_matches_history(repo, f"before kill {point}")
+        proc = _named_save(repo, tmp_path, size, f"killed{point}")
+        assert proc.stdout.readline().startswith("READY")
+        time.sleep(rng.uniform(0, 1.2 * duration))
+        proc.send_signal(signal.SIGKILL)  # the Python process only: its git children are orphaned, not killed
+        proc.wait()
+        _wait_for_group(proc.pid)
+        after = _store_matches_history(repo, f"kill point {point}")
+        assert after in (before, before + 1), f"kill point {point}"
+        outcomes["stored" if after > before else "not stored"] += 1
+        duration = complete(f"after{point}")
+        _store_matches_history(repo, f"after kill point {point}")
+        assert not [p for p in (repo / ".git").iterdir() if "gitpack-tmp-" in p.name], f"kill point {point}"
+    print(f"\n{KILL_POINTS} random kill points of --name saves: {outcomes}")
+    assert run(repo, "git", "fsck", "--no-dangling").returncode == 0
+
+
+CONCURRENT_NAMED = '''\
+import sys, time, os
+from pathlib import Path
+import gitpack
+from ck.model import Blob
+proc, go = sys.argv[1], Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.005)
+for i in range(5):
+    gitpack.save(Blob(os.urandom(4096), f"{proc}-{i}"), name="ck", params={"proc": proc, "i": i})
+'''
+GC_LOOP = '''\
+import subprocess, sys, time
+from pathlib import Path
+stop = Path(sys.argv[1])
+runs = 0
+while not stop.exists():
+    subprocess.run(["git", "gc", "-q"], check=True)  # gc's default prune window: safe with writers
+    runs += 1
+print("GC_RUNS", runs)
+'''
+
+
+@pytest.mark.slow
+def test_forty_concurrent_named_saves_land_while_git_gc_runs_in_a_loop(tmp_path):
+    repo = _project(tmp_path, files=8)
+    (repo / "many_saves.py").write_text(CONCURRENT_NAMED)
+    git(repo, "add", "many_saves.py")
+    git(repo, "commit", "-q", "-m", "concurrent saver")
+    before = user_git_state(repo)
+    go, stop = tmp_path / "go", tmp_path / "stop"
+    gc = subprocess.Popen([sys.executable, "-c", GC_LOOP, str(stop)], cwd=repo, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen([sys.executable, "many_saves.py", str(p), str(go)], cwd=repo, env=_env(tmp_path),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in range(8)]
+    time.sleep(0.5)
+    go.write_text("go")
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=600)
+            assert p.returncode == 0, err
+    finally:
+        stop.write_text("stop")
+        out, err = gc.communicate(timeout=300)
+    assert gc.returncode == 0, err
+    print(f"\n{out.strip()} while 40 saves ran")
+
+    assert _store_matches_history(repo, "after 40 concurrent saves") == 40
+    assert len({e.commit for e in gitpack.log(repo=repo)}) == 40
+    fsck = run(repo, "git", "fsck", "--no-dangling")
+    assert fsck.returncode == 0 and "error" not in fsck.stderr.lower(), fsck.stderr
+    assert gitpack.load("ck@v40", repo=repo).tag
+    assert user_git_state(repo) == before

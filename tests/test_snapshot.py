@@ -246,7 +246,7 @@ def test_a_constant_handful_of_git_processes_however_many_files_changed(base, tm
         try:
             repo = Repo.discover(base)
             snap = snapshot.write_tree(repo)
-            snapshot.branch.commit(repo, snap.tree, "snapshot\n", head=snap.head)
+            snapshot.branch.commit(repo, snap.tree, "snapshot\n\nGitpack-Digest: sha256:0\nGitpack-Manifest: sha256:0\n", head=snap.head)
             repo.close()
         finally:
             del os.environ["GIT_TRACE2_EVENT"]

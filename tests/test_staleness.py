@@ -11,10 +11,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import git, gitpack_cli
+from conftest import git, gitpack_cli, run, run_python
 
 import gitpack
-from gitpack.errors import StaleCodeError
 from gitpack.pickling.modulemap import ModuleMap
 from gitpack.staleness import find_stale
 
@@ -83,24 +82,65 @@ def _stale_after(repo: Path, module, old: str, new: str) -> list[str]:
     return [f"{s.qualname}: {s.reason}" for s in stale]
 
 
-def test_edit_after_import_refuses_the_save_naming_module_and_function(repo, module):
+def test_edit_after_import_pins_the_source_as_imported(repo, module):
+    """gitpack was imported first, so the module's source was recorded as Python imported it: the save pins
+    that, the working tree keeps the edit, and the archive runs the code the object was built with."""
     name, path = module
     m = importlib.import_module(name)
     obj = m.build()
     _edit(path, "* self.factor + self.offset", "* self.factor - 2 * self.offset")
-    tip = git(repo, "rev-parse", "-q", "--verify", "refs/heads/gitpack", check=False)
-    with pytest.raises(StaleCodeError) as err:
-        gitpack.save(obj, repo / "a.gitpack", repo=repo)
-    assert f"{name}:Scaler.apply (code differs)" in str(err.value)
-    assert "--allow-stale" in str(err.value) and "\n" not in str(err.value)
-    assert not (repo / "a.gitpack").exists()
-    assert git(repo, "rev-parse", "-q", "--verify", "refs/heads/gitpack", check=False) == tip
-
-    info = gitpack.save(obj, repo / "a.gitpack", repo=repo, allow_stale=True)
+    edited = path.read_bytes()
+    info = gitpack.save(obj, repo / "a.gitpack", repo=repo)
+    assert git(repo, "show", f"{info.commit}:{path.name}") == SOURCE.rstrip("\n")
+    assert path.read_bytes() == edited  # the user's file is left as it is
     manifest = gitpack.inspect(repo / "a.gitpack")
-    assert manifest["allow_stale"] is True
+    assert manifest["pinned"] == [path.name] and manifest["stale_code"] == []
+    assert f"Pinned as imported (the working tree has since changed):\n    {path.name}" in git(
+        repo, "log", "-1", "--format=%B", info.commit)
+    shown = gitpack_cli(repo, "inspect", "a.gitpack")
+    assert "pinned as imported" in shown.stdout and path.name in shown.stdout
+    loaded = run_python(repo, "import gitpack; print(gitpack.load('a.gitpack').apply(5.0))")
+    assert loaded.returncode == 0, loaded.stderr
+    assert float(loaded.stdout) == 5.0 * 3 * 2.0  # helper(5) * factor + offset, the code as imported
+
+
+IMPORTED_FIRST = '''\
+import sys
+from pathlib import Path
+
+import {name}  # before gitpack: its source as imported is unknown
+import gitpack
+from gitpack.errors import StaleCodeError
+
+obj = {name}.build()
+src = Path({name}.__file__)
+src.write_text(src.read_text().replace("* self.factor + self.offset", "* self.factor - 2 * self.offset"))
+try:
+    gitpack.save(obj, "a.gitpack")
+except StaleCodeError as exc:
+    print("refused:", exc)
+    assert not Path("a.gitpack").exists()
+info = gitpack.save(obj, "a.gitpack", allow_stale=True)
+print("saved", info.commit)
+'''
+
+
+def test_edit_after_import_of_an_unrecorded_module_refuses_and_says_how_to_fix_it(repo, module):
+    name, path = module
+    tip = git(repo, "rev-parse", "-q", "--verify", "refs/heads/gitpack", check=False)
+    (repo / "prog.py").write_text(IMPORTED_FIRST.format(name=name))
+    done = run(repo, sys.executable, "prog.py")
+    assert done.returncode == 0, done.stderr
+    refused, saved = done.stdout.splitlines()
+    assert f"{name}:Scaler.apply (code differs)" in refused
+    assert "Import gitpack before your model's modules" in refused and "--allow-stale" in refused
+    commit = saved.split()[1]
+    saves = git(repo, "log", "--first-parent", "--format=%s", "refs/heads/gitpack").splitlines()
+    assert tip == "" and len([s for s in saves if s.startswith("gitpack save")]) == 1  # the refusal made no commit
+    manifest = gitpack.inspect(repo / "a.gitpack")
+    assert manifest["allow_stale"] is True and manifest["pinned"] == []
     assert manifest["stale_code"] == [{"module": name, "qualname": "Scaler.apply", "reason": "code differs"}]
-    body = git(repo, "log", "-1", "--format=%B", info.commit)
+    body = git(repo, "log", "-1", "--format=%B", commit)
     assert f"Gitpack-Allow-Stale: {name}:Scaler.apply (code differs)" in body
 
 
@@ -158,21 +198,13 @@ def build():
 '''
 
 
-def test_cli_refuses_then_allow_stale_goes_through_and_is_marked(repo, module):
+def test_cli_save_pins_a_module_edited_while_its_target_ran(repo, module):
+    """``gitpack save`` imports gitpack before TARGET, so the edit made while TARGET ran is not what is pinned."""
     name, path = module
     (repo / "train.py").write_text(TRAIN.format(name=name))
-    refused = gitpack_cli(repo, "save", "train:build", "-o", "a.gitpack")
-    assert refused.returncode == 1
-    assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
-    assert f"{name}:Scaler.apply (code differs)" in refused.stderr
-    assert not (repo / "a.gitpack").exists()
-
-    path.write_text(SOURCE)  # the factory edits it again on the next run
-    allowed = gitpack_cli(repo, "save", "train:build", "-o", "a.gitpack", "--allow-stale")
-    assert allowed.returncode == 0, allowed.stderr
+    saved = gitpack_cli(repo, "save", "train:build", "-o", "a.gitpack")
+    assert saved.returncode == 0, saved.stderr
+    assert "* self.factor - 2 * self.offset" in path.read_text()
     manifest = gitpack.inspect(repo / "a.gitpack")
-    assert manifest["allow_stale"] is True
-    assert [s["qualname"] for s in manifest["stale_code"]] == ["Scaler.apply"]
-    assert f"Gitpack-Allow-Stale: {name}:Scaler.apply (code differs)" in git(repo, "log", "-1", "gitpack")
-    shown = gitpack_cli(repo, "inspect", "a.gitpack")
-    assert "saved with stale code" in shown.stdout and "Scaler.apply (code differs)" in shown.stdout
+    assert manifest["pinned"] == [path.name] and manifest["allow_stale"] is False
+    assert "* self.factor + self.offset" in git(repo, "show", f"gitpack:{path.name}")

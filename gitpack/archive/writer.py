@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ArchiveError
-from ..fsutil import TEMP_MARK, fsync_dir, owner_tag, remove_stale
+from ..fsutil import TEMP_MARK, disk_error, file_mode, fsync_dir, owner_tag, remove_stale
 from .format import (
     _MEMBER_NAME,
     CHUNK,
@@ -127,12 +127,14 @@ class ArchiveWriter:
     digests must stay what its commit vouches for.
     """
 
-    def __init__(self, dest: str | os.PathLike, *, workers: int | None = None, version: int = FORMAT_VERSION):
+    def __init__(self, dest: str | os.PathLike, *, workers: int | None = None, temp_dir: Path | None = None,
+                 version: int = FORMAT_VERSION):
         if version not in DIGEST_KEY:
             raise ValueError(f"cannot write archive format {version}")
         self.version = version
         self.algorithm = DIGEST_KEY[version]
-        self.dest = Path(dest).absolute()
+        # Through a symlink to its target, as open() and torch.save write (a rename would replace the link).
+        self.dest = Path(os.path.realpath(dest))
         if self.dest.is_dir():
             raise ArchiveError(f"{self.dest} is a directory; give a file path for the archive")
         if os.path.lexists(self.dest) and not self.dest.is_file():
@@ -141,11 +143,15 @@ class ArchiveWriter:
             )
         if not self.dest.parent.is_dir():
             raise ArchiveError(f"directory {self.dest.parent} does not exist; create it first")
-        remove_stale(self.dest.parent, ".*" + TEMP_MARK + "*")
+        # *temp_dir* (same filesystem): where a half-written archive is out of sight (the repository's .git
+        # when the destination is in its working tree: never in `git status`, `git add -A` or a snapshot).
+        temp_dir = temp_dir or self.dest.parent
+        remove_stale(temp_dir, ".*" + TEMP_MARK + "*")
         try:
-            fd, tmp = tempfile.mkstemp(prefix="." + self.dest.name + TEMP_MARK + owner_tag(), dir=str(self.dest.parent))
+            fd, tmp = tempfile.mkstemp(prefix="." + self.dest.name + TEMP_MARK + owner_tag(), dir=str(temp_dir))
+            os.fchmod(fd, file_mode(self.dest))
         except OSError as exc:
-            raise ArchiveError(f"cannot write in {self.dest.parent}: {exc.strerror}; check permissions") from None
+            raise disk_error(exc, self.dest.parent) from None
         self.temp_path = Path(tmp)
         self._fd: int | None = fd
         self._end = HEADER.size
@@ -159,9 +165,7 @@ class ArchiveWriter:
         except OSError as exc:
             os.close(fd)
             self.temp_path.unlink()
-            raise ArchiveError(
-                f"cannot write in {self.dest.parent}: {exc.strerror}; free some space or check the disk"
-            ) from None
+            raise disk_error(exc, self.dest) from None
         self._pool = ThreadPoolExecutor(workers or io_workers(), thread_name_prefix="gitpack-write")
         self._flusher = _Flusher(fd)
 
@@ -231,9 +235,7 @@ class ArchiveWriter:
             try:
                 digest = future.result()
             except OSError as exc:
-                raise ArchiveError(
-                    f"cannot write {self.temp_path}: {exc.strerror}; free some space or check the disk"
-                ) from None
+                raise disk_error(exc, self.dest) from None
             self._members.append(Member(name, offset, size, digest, self.algorithm))
         self._queued.clear()
         return list(self._members)
@@ -257,9 +259,7 @@ class ArchiveWriter:
                 raise self._flusher.error
             os.fsync(fd)
         except OSError as exc:
-            raise ArchiveError(
-                f"cannot write {self.temp_path}: {exc.strerror}; free some space or check the disk"
-            ) from None
+            raise disk_error(exc, self.dest) from None
 
     @property
     def _open_fd(self) -> int:
@@ -274,7 +274,10 @@ class ArchiveWriter:
             raise ValueError("seal the archive before publishing it")
         self._close()
         replaced = _open_replaced(self.dest)
-        os.replace(self.temp_path, self.dest)
+        try:
+            os.replace(self.temp_path, self.dest)
+        except OSError as exc:
+            raise disk_error(exc, self.dest) from None
         fsync_dir(self.dest.parent)
         if replaced is not None:
             # Closing the last handle on the replaced archive frees its blocks and

@@ -346,6 +346,22 @@ def init() -> None:
 
 
 @app.command()
+def repair(
+    branch: Optional[str] = typer.Option(None, "--branch", help="snapshot branch (default: gitpack.branch or gitpack)"),
+) -> None:
+    """Mend snapshot and artifact refs that point at missing objects (e.g. after `git gc --prune=now` raced a save).
+
+    A damaged snapshot branch moves back to its newest intact snapshot (or is removed); a damaged stored
+    version is removed and `latest` moves back.  Each change is one line saying what was lost.
+    """
+    done = api.repair(branch=branch)
+    for item in done:
+        _out(item.note)
+    if not done:
+        _out("nothing to repair: every snapshot and artifact ref points at intact objects")
+
+
+@app.command()
 def textconv(path: str = typer.Argument(..., help="archive file (git passes a temp file)")) -> None:
     """Print an archive's manifest as text, for git diff (never unpickles, never imports torch)."""
     sys.stdout.write(api.textconv(path))
@@ -424,5 +440,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except OSError as exc:  # one gitpack did not foresee: still one line, naming the path and what to do
+        if debug:
+            raise
+        from ..errors import disk_advice
+
+        where = f"{exc.filename}: " if exc.filename else ""
+        reason = exc.strerror or str(exc)
+        _note(f"error: {where}{reason}; {disk_advice(reason) or 'check the path and try again'}")
+        sys.exit(1)
     if isinstance(result, int):
         sys.exit(result)

@@ -92,6 +92,35 @@ def _format_arg(value: Any) -> str:
     return _value(value)
 
 
+def _code_notes(root: Tree, m: dict[str, Any]) -> None:
+    """Where the pinned code is not simply the working tree's: files pinned as imported, repo modules imported
+    from elsewhere (not pinned), compiled modules saved as their originals, a notebook's cells."""
+    pinned = _l(m.get("pinned"))
+    if pinned:
+        node = root.add(_text(("pinned as imported", "bold"), " (edited on disk after import; the snapshot holds "
+                                                              "the code that ran)"))
+        for rel in pinned[:LIST_LIMIT]:
+            node.add(_text(_s(rel)))
+    unpinned = _l(m.get("unpinned"))
+    if unpinned:
+        node = root.add(_text(("not pinned", "bold yellow"), " (imported from outside this repository, and different)"))
+        for u in unpinned[:LIST_LIMIT]:
+            u = _d(u) if isinstance(u, dict) else {"module": u}
+            node.add(_text(f"{_s(u.get('module'))} from {_s(u.get('file'))}"))
+    compiled = _l(m.get("compiled"))
+    if compiled:
+        node = root.add(_text(("compiled", "bold"), " (saved as the original module; compile again after a load)"))
+        for c in compiled[:LIST_LIMIT]:
+            c = _d(c) if isinstance(c, dict) else {"class": c}
+            options = ", ".join(f"{_s(k)}={_s(v)}" for k, v in c.items() if k != "class" and v is not None)
+            node.add(_text(f"{_s(c.get('class'))}  {options}"))
+    notebook = m.get("notebook")
+    if isinstance(notebook, dict):
+        nb = _d(notebook)
+        where = f" from {_s(nb.get('notebook'))}" if nb.get("notebook") else ""
+        root.add(_text(("notebook", "bold"), f" {_s(nb.get('cells'))} cells{where} as {_s(nb.get('file'))}"))
+
+
 def _capture(node: Tree, tree: dict[str, Any]) -> None:
     """One branch per object: its class, then each argument, defaults and references marked."""
     from ..capturing import INFERRED
@@ -248,6 +277,7 @@ def manifest(m: Any, console: Console | None = None) -> None:
         for s in _l(stale_code)[:LIST_LIMIT] if isinstance(stale_code, list) else [stale_code]:
             s = _d(s) if isinstance(s, dict) else {"module": s}
             stale.add(_text(f"{_s(s.get('module'))}:{_s(s.get('qualname'))} ({_s(s.get('reason'))})"))
+    _code_notes(root, m)
     structure = m.get("structure")
     if isinstance(structure, dict) and structure.get("modules"):
         _structure(root, structure)

@@ -64,6 +64,10 @@ def resolve(target: str, params: dict[str, Any]) -> Any:
     if not sep or not module_part or not attr:
         raise TargetError(f"{target!r}: {_USAGE}")
     try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise TargetError("the current directory no longer exists (was it deleted?); cd into your project") from None
+    try:
         module = _import_target_module(module_part)
     except TargetError:
         raise

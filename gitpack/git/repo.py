@@ -10,11 +10,12 @@ move together move in one ``update-ref --stdin`` transaction.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import GitError, NotARepoError
+from ..errors import CwdGoneError, GitError, NotARepoError, RepoRefusedError
+from ..fsutil import STALE_SECONDS, remove_stale
 from . import runner
 from .objects import ObjectReader, TreeEntry, parse_tree
 
@@ -22,6 +23,10 @@ DEFAULT_BRANCH = "gitpack"
 START_MESSAGE = "gitpack: start of the snapshot branch"  # the root commit of every snapshot branch gitpack starts
 ZERO_SHA = "0" * 40
 _CONFIG_READS = frozenset({"--get", "--get-all", "--get-regexp", "--get-urlmatch", "--list", "-l"})
+
+
+class RefUpdateFailed(runner.GitFailed):
+    """git refused a ref transaction: nothing moved (a lost race, a locked ref, a full or read-only disk)."""
 
 
 class Repo:
@@ -43,7 +48,8 @@ class Repo:
         try:
             start = Path(path) if path is not None else Path.cwd()
         except FileNotFoundError:
-            raise NotARepoError("the current directory no longer exists; cd into a git working tree") from None
+            raise CwdGoneError("the current directory no longer exists (was it deleted?); cd into a git working tree"
+                               ) from None
         if not start.is_dir():
             raise NotARepoError(f"{start} does not exist; run gitpack from a git repository")
         result = runner.run(["rev-parse", "--show-toplevel", "--absolute-git-dir", "--git-common-dir"], cwd=start,
@@ -52,9 +58,10 @@ class Repo:
         if result.returncode != 0:
             detail = runner.failure_detail(result.stderr.decode("utf-8", "replace"))
             if "safe.directory" in detail or "dubious ownership" in detail:
-                raise NotARepoError(f"git refuses {start}: {detail}")
+                raise RepoRefusedError(f"git refuses {start}: {detail}")
             if "bare repository" in detail or "must be run in a work tree" in detail:
-                raise NotARepoError(f"{start} is inside a bare repository; gitpack needs a working tree to save from")
+                raise NotARepoError(f"{start} is inside a bare repository and gitpack needs a working tree; "
+                                    "run it in a clone with one (`git clone`)")
             raise NotARepoError(
                 f"{start} is not inside a git working tree; run gitpack from a git repository (or `git init` one)"
             )
@@ -158,12 +165,16 @@ class Repo:
             raise
 
     # ---------------------------------------------------------------- refs
-    def update_refs(self, updates: Sequence[tuple[str, str | None, str | None]]) -> None:
+    def update_refs(self, updates: Sequence[tuple[str, str | None, str | None]],
+                    decide: Callable[[], None] | None = None) -> None:
         """Move several refs in one transaction: each ``(ref, new or None to delete, expected old or None)``.
 
-        ``git update-ref --stdin`` with start/prepare/commit: either every ref moves or none does.  gitpack
-        writes ``commit`` only once it has decided, so a gitpack killed before that leaves every ref as it
-        was (git aborts a transaction whose input ends early).  No reflog is written.
+        ``git update-ref --stdin`` with start/prepare/commit: either every ref moves or none does.  The
+        ``prepare`` (every ref locked, every old value checked) is read back before ``commit`` is written,
+        and ``commit`` is written only once gitpack has decided (*decide*, if given, runs in between and
+        may raise to abort).  A gitpack killed before that closes git's stdin by dying, and git aborts a
+        transaction whose input ends early: no child outlives the decision to move a ref.  No reflog is
+        written.  Raises :class:`RefUpdateFailed` when git refuses (a lost race, a locked ref, a full disk).
         """
         lines = ["start"]
         for ref, new, old in updates:
@@ -171,9 +182,27 @@ class Repo:
                 lines.append(f"delete {ref} {old or ''}".rstrip())
             else:
                 lines.append(f"update {ref} {new} {old or ZERO_SHA}")
-        lines += ["prepare", "commit"]
-        self.git("-c", "core.logAllRefUpdates=false", "update-ref", "--stdin",
-                 input=("\n".join(lines) + "\n").encode())
+        lines.append("prepare")
+        args = ["-c", "core.logAllRefUpdates=false", "update-ref", "--stdin"]
+        proc = runner.start(args, cwd=self.root, stdin=True)
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                proc.stdin.write(("\n".join(lines) + "\n").encode())
+                proc.stdin.flush()
+                prepared = [proc.stdout.readline() for _ in range(2)] == [b"start: ok\n", b"prepare: ok\n"]
+            except OSError:
+                prepared = False
+            if not prepared:
+                proc.finish()  # stdin closes, so git aborts; it said why on stderr
+                raise RefUpdateFailed(args, 1, "fatal: the ref transaction was not prepared", self.root)
+            if decide is not None:
+                decide()
+            proc.finish(b"commit\n")
+        except runner.GitFailed as exc:
+            raise RefUpdateFailed(args, exc.returncode, exc.stderr, self.root) from None
+        finally:
+            proc.close()  # on an error before `commit`: stdin closes, git aborts and exits
 
     def refs(self, prefix: str) -> dict[str, str]:
         """``{refname: sha}`` under *prefix* (a ref path, matched up to a slash)."""
@@ -202,6 +231,13 @@ class Repo:
             self._config = values
         return self._config
 
+    def is_partial_clone(self) -> bool:
+        """Whether objects may be missing on purpose, promised by a remote (``git clone --filter``)."""
+        return bool(self.config("extensions.partialclone")) or any(
+            key.startswith("remote.") and key.endswith(".promisor") and values[-1].lower() in ("true", "1", "yes", "on")
+            for key, values in self._config_values().items() if values
+        )
+
     def remote_url(self) -> str | None:
         remote = self.branch_remote() or "origin"
         return self.config(f"remote.{remote}.url")
@@ -215,6 +251,14 @@ class Repo:
             result = runner.run(["symbolic-ref", "-q", "--short", "HEAD"], cwd=self.root, check=False)
             branch = result.text.strip() or None
         return self.config(f"branch.{branch}.remote") if branch else None
+
+    def remove_stale_temp_objects(self, older_than: float = STALE_SECONDS) -> None:
+        """git's ``tmp_obj_*`` (a loose object being written) and ``tmp_pack_*``/``tmp_idx_*`` files that a killed
+        git left; only old ones, as a running git may be writing a young one right now."""
+        objects = self.common_dir / "objects"
+        remove_stale(objects, "tmp_obj_*", older_than)
+        remove_stale(objects, "??/tmp_obj_*", older_than)
+        remove_stale(objects / "pack", "tmp_*", older_than)
 
     # ---------------------------------------------------------------- lifetime
     def close(self) -> None:

@@ -3,7 +3,7 @@
 from .mangling import canonical_module_name, is_private, prefix_for
 from .materialise import Materializer, cache_root
 from .namespace import SnapshotNamespace, namespace_for, shadowing
-from .sources import GitSourceTree, SourceTree
+from .sources import FilteredSource, GitSourceTree, SourceTree
 
-__all__ = ["GitSourceTree", "Materializer", "SnapshotNamespace", "SourceTree", "cache_root", "canonical_module_name",
-           "is_private", "namespace_for", "prefix_for", "shadowing"]
+__all__ = ["FilteredSource", "GitSourceTree", "Materializer", "SnapshotNamespace", "SourceTree", "cache_root",
+           "canonical_module_name", "is_private", "namespace_for", "prefix_for", "shadowing"]

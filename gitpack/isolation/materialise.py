@@ -19,11 +19,12 @@ import threading
 from pathlib import Path
 
 from ..errors import GitpackError
-from ..fsutil import atomic_write
+from ..fsutil import TEMP_MARK, atomic_write, remove_stale, writing
 from .sources import SourceTree
 
 LISTING = ".gitpack-dir.json"  # written last: the directory's files are all there
 NAMES = ".gitpack-names.json"  # only the directory's names, for resolving imports through it
+CACHE_HINT = " (gitpack's load cache: set GITPACK_CACHE to a writable directory with room)"
 
 
 def cache_root() -> Path:
@@ -71,8 +72,9 @@ class Materializer:
                         "dirs": sorted(n for n, (kind, _) in entries.items() if kind == "tree"),
                     }
                     target = self.path(rel)
-                    target.mkdir(parents=True, exist_ok=True)
-                    atomic_write(target / NAMES, json.dumps(found).encode())
+                    with writing(target, CACHE_HINT):
+                        target.mkdir(parents=True, exist_ok=True)
+                        atomic_write(target / NAMES, json.dumps(found).encode())
             self._names[rel] = found
             return found
 
@@ -86,7 +88,8 @@ class Materializer:
                 return self._listings[rel]
             listing = _read_marker(self.path(rel) / LISTING)
             if listing is None:
-                listing = self._materialise(rel)
+                with writing(self.path(rel), CACHE_HINT):
+                    listing = self._materialise(rel)
             self._listings[rel] = listing
             return listing
 
@@ -96,6 +99,7 @@ class Materializer:
             return None
         target = self.path(rel)
         target.mkdir(parents=True, exist_ok=True)
+        remove_stale(target, TEMP_MARK + "*")  # what a killed load left (a listing's temp file)
         files, dirs = [], []
         for name in entries:
             if not _safe_name(name) or name in (LISTING, NAMES):

@@ -40,6 +40,7 @@ class SnapshotNamespace:
         self.files = Materializer(source, cache)
         self.known = dict(known or {})  # canonical module name -> root it was found under at save time
         self.trusted = False  # a trusted load: a snapshot module may take over the name of an installed package
+        self.scripts: set[str] = set()  # modules made of a script or notebook: only their definitions run
         self._origins: dict[str, tuple[str, str]] = {}  # private module name -> (directory in the tree, file name)
         self._tops: dict[str, str | None] = {}
         self._shadow_checked: set[str] = set()
@@ -237,6 +238,11 @@ class _SnapshotLoader(importlib.machinery.SourceFileLoader):
     def exec_module(self, module: types.ModuleType) -> None:
         # The module's globals are its __dict__: the builtins its code sees (typeshed has no ModuleType.__builtins__).
         module.__dict__["__builtins__"] = self.namespace.builtins
+        if self.name.partition(".")[2] in self.namespace.scripts:
+            from .scripts import run_definitions
+
+            run_definitions(module, self.get_data(self.path), self.path)
+            return
         super().exec_module(module)
 
 
@@ -261,7 +267,7 @@ _registry_lock = threading.Lock()
 
 
 def namespace_for(source: SourceTree, roots: list[str], known: dict[str, str] | None = None, *,
-                  trusted: bool = False) -> SnapshotNamespace:
+                  trusted: bool = False, scripts: list[str] | None = None) -> SnapshotNamespace:
     """The namespace of *source*'s tree, created once per process and reused.
 
     *trusted*: the caller trusts this tree's code (then a snapshot module may shadow an installed package)."""
@@ -280,6 +286,7 @@ def namespace_for(source: SourceTree, roots: list[str], known: dict[str, str] | 
                 if root not in ns.roots:
                     ns.roots.append(root)
         ns.trusted = ns.trusted or trusted
+        ns.scripts.update(scripts or ())
         return ns
 
 

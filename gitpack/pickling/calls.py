@@ -197,11 +197,17 @@ def _ints(made: Made) -> Verdict:
     return refuse(f"{short(made.callee.dotted)} called with something other than ints")
 
 
+# Default factories a defaultdict may hold besides plain types: library functions that build an empty value.
+_FACTORIES = {("torch.amp.grad_scaler", "_refresh_per_optimizer_state")}  # GradScaler's per-optimizer state
+
+
 def _defaultdict(made: Made) -> Verdict:
     factory = made.args[0] if made.args else None
     ref = ref_of(factory)
-    if factory is not None and not (ref is not None and ref.kind in ("global", "result") and ref.category == VALUE_TYPE
-                                    and ref.module in ("builtins", "collections")):
+    plain_type = ref is not None and ref.kind in ("global", "result") and ref.category == VALUE_TYPE \
+        and ref.module in ("builtins", "collections")
+    known_factory = ref is not None and ref.kind == "global" and (ref.module, ref.name) in _FACTORIES
+    if factory is not None and not (plain_type or known_factory):
         return refuse("collections.defaultdict with a default factory that is not a plain type")
     if len(made.args) > 2 or (len(made.args) == 2 and type(made.args[1]) not in CONTAINERS):
         return refuse("collections.defaultdict called with something other than a factory and a container")
@@ -356,8 +362,12 @@ def _rebuild_tensor(trace: Any, made: Made) -> Verdict:
 
 
 def _is_tensor(value: Any) -> bool:
+    """A tensor the pickle built by an allowed reconstructor, or one of gitpack's tensor persistent ids."""
     made = made_of(value)
-    return made is not None and made.kind == "tensor"
+    if made is not None:
+        return made.kind == "tensor"
+    ref = ref_of(value)
+    return ref is not None and ref.kind == "tensor"
 
 
 def _rebuild_parameter(trace: Any, made: Made) -> Verdict:

@@ -2,8 +2,13 @@
 
 A class lives in the repository when its module's file is a file of the
 snapshot (in the working tree and not ignored); ``__main__`` gets the name its
-file would be imported under, from the import roots.  A module from outside
-the working tree (site-packages, a ``.venv``) is third-party.
+file would be imported under, from the import roots, and is marked a *script*
+(a load runs only its definitions).  Code typed into a notebook becomes a
+module of its own (:mod:`.notebook`).  A module imported from outside the
+working tree (site-packages, another clone) is the repository's when its file
+is byte-identical to the working tree's copy, and is pinned from there;
+otherwise it is third-party, and the save says loudly that the repository's
+code of that name is not what ran.  A ``.venv`` inside the repo is third-party.
 """
 
 from __future__ import annotations
@@ -13,9 +18,12 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..errors import PicklingError
 from ..isolation import cache_root, canonical_module_name
+from .notebook import ROOT as NOTEBOOK_ROOT
+from .notebook import Notebook, from_session
 
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
@@ -32,6 +40,11 @@ class ModuleMap:
         self._names: dict[str, str | None] = {}
         self.used: dict[str, dict[str, str]] = {}  # canonical name -> {"path", "root"}
         self.by_value: list[str] = []
+        self.scripts: set[str] = set()  # canonical names of modules made of a script or notebook
+        self.unpinned: list[dict[str, str]] = []  # repo modules imported from elsewhere and not identical
+        self.extra_files: dict[str, bytes] = {}  # files the snapshot gains (a notebook's cells)
+        self.notebook: Notebook | None = None  # the session's cells as a module, once an object needs one
+        self._notebook_tried = False
 
     def _import_roots(self) -> list[str]:
         roots = []
@@ -88,8 +101,10 @@ class ModuleMap:
         module = sys.modules.get(module_name)
         file = getattr(module, "__file__", None) if module is not None else None
         if not file:
-            return None
+            return self._notebook_module() if module_name in ("__main__", "__mp_main__") else None
         rel = self._relative(Path(os.path.realpath(file)))
+        if rel is None and file.endswith(".py"):
+            return self._installed_copy(module_name, file)
         if rel is None or not rel.endswith(".py"):
             return None
         if rel in self._left_out:
@@ -119,7 +134,59 @@ class ModuleMap:
         if root not in self.roots:
             self.roots.append(root)
         self.used[dotted] = {"path": rel, "root": root}
+        if module_name in ("__main__", "__mp_main__"):
+            self.scripts.add(dotted)
         return dotted
+
+    def _notebook_module(self) -> str | None:
+        """The session's notebook module (see :mod:`.notebook`), made once; None outside IPython."""
+        if not self._notebook_tried:
+            self._notebook_tried = True
+            self.notebook = from_session()
+            if self.notebook is not None:
+                if self.notebook.path:
+                    inside = self._relative(Path(os.path.realpath(self.notebook.path)))
+                    self.notebook.path = inside if inside else self.notebook.path
+                self.extra_files[self.notebook.rel] = self.notebook.source
+                self.used[self.notebook.name] = {"path": self.notebook.rel, "root": NOTEBOOK_ROOT}
+                self.scripts.add(self.notebook.name)
+                if NOTEBOOK_ROOT not in self.roots:
+                    self.roots.append(NOTEBOOK_ROOT)
+        return self.notebook.name if self.notebook is not None else None
+
+    def has_source(self, obj: Any, module: str) -> bool:
+        """Whether the snapshot module *module* holds the source of *obj* (always, but for code a notebook
+        session made without a cell: ``exec`` of a string)."""
+        if self.notebook is not None and module == self.notebook.name:
+            return self.notebook.has_source(obj)
+        return True
+
+    def line(self, code: Any) -> int:
+        """The line of *code* in its snapshot module (a notebook cell's lines move when cells are joined)."""
+        if self.notebook is not None:
+            return self.notebook.line(code.co_filename, code.co_firstlineno)
+        return int(code.co_firstlineno)
+
+    def _installed_copy(self, module_name: str, file: str) -> str | None:
+        """A module imported from outside the working tree: the repository's own when its file is byte-identical
+        to the working tree's copy (then pinned from there), else third-party, noted in :attr:`unpinned`."""
+        tail = module_name.replace(".", "/") + ("/__init__.py" if os.path.basename(file) == "__init__.py" else ".py")
+        for root in dict.fromkeys([*self.roots, "", "src"]):
+            rel = f"{root}/{tail}" if root else tail
+            if not self._in_snapshot(rel):
+                continue
+            try:
+                same = Path(file).read_bytes() == (self.repo_root / rel).read_bytes()
+            except OSError:
+                same = False
+            if not same:
+                self.unpinned.append({"module": module_name, "file": file, "repository": rel})
+                return None
+            if root not in self.roots:
+                self.roots.append(root)
+            self.used[module_name] = {"path": rel, "root": root}
+            return module_name
+        return None
 
 
 def _root_from_name(rel: str, dotted: str) -> str | None:

@@ -31,6 +31,7 @@ from .modulemap import ModuleMap
 from .tensors import StorageCollector, is_storage, is_tensor
 
 PROTOCOL = 5
+_RECONSTRUCTOR = copyreg._reconstructor  # type: ignore[attr-defined]  # typeshed leaves it out
 _FUNCTION_TYPES = (types.FunctionType,)
 _ATOMS = frozenset({int, float, str, bytes, bool, type(None), bytearray, complex})
 _CONTAINERS = frozenset({tuple, set, frozenset})
@@ -72,6 +73,7 @@ class _References:
         self._keep: list[Any] = []
         self.repo_objects: dict[str, Any] = {}  # "module:qualname" -> class or function used
         self.repo_instances: dict[int, Any] = {}  # id -> instance of a repo class met in the graph
+        self.compiled: list[dict[str, Any]] = []  # torch.compile'd modules, saved as their original modules
 
     def persistent_id(self, obj: Any):  # called for every object: the common cases leave at once
         t = type(obj)
@@ -96,9 +98,13 @@ class _References:
             return REBUILD_ID
         if isinstance(obj, type) or t in _FUNCTION_TYPES:
             module = self.module_map.canonical(getattr(obj, "__module__", None))
+            if module is not None and not self.module_map.has_source(obj, module):
+                module = None  # made by exec in a notebook: no source to pin
             if module is not None and _reachable(obj):
                 pid = ("class" if isinstance(obj, type) else "function", module, obj.__qualname__)
                 self.repo_objects[f"{module}:{obj.__qualname__}"] = obj
+            elif module is not None and t in _FUNCTION_TYPES:
+                pass  # a lambda or nested function of repo (or notebook) code: by its line, in reducer_override
             elif _is_interactive(getattr(obj, "__module__", None)):
                 if not self.by_value:
                     raise _NeedsDill(obj.__qualname__)
@@ -124,16 +130,18 @@ class _References:
 
     def reducer_override(self, obj: Any):
         t = type(obj)
-        trim = _TRIMMED_MODULES.get(t)
-        if trim is None:
-            trim = _TRIMMED_MODULES[t] = _pickles_like_a_plain_module(t)
-        if trim:
+        if _plain_module(t):
             return _module_reduce(obj)
         if t in _FUNCTION_TYPES:
             module = self.module_map.canonical(getattr(obj, "__module__", None))
-            if module is not None:
+            if module is not None and self.module_map.has_source(obj, module):
                 self.repo_objects[f"{module}:{obj.__qualname__}"] = obj
-                return _function_reduce(obj, sys.modules[obj.__module__])
+                return _function_reduce(obj, sys.modules[obj.__module__], self.module_map.line(obj.__code__))
+        elif is_compiled(obj):
+            # torch.compile's wrapper holds compiled code and compiler state no pickle can carry: the model is its
+            # original module, and re-compiling after a load is the caller's choice.
+            self.compiled.append(compile_options(obj, self.module_map.canonical))
+            return _as_original(obj._orig_mod)
         elif self.by_value and t.__module__ == "numpy" and t.__name__ == "ndarray" and not obj.dtype.hasobject:
             return obj.__reduce_ex__(PROTOCOL)  # dill overrides numpy's own: contiguous data out of band again
         return NotImplemented
@@ -168,6 +176,15 @@ _RECREATED = {"_forward_pre_hooks": dict, "_forward_pre_hooks_with_kwargs": dict
               "_non_persistent_buffers_set": set, "_is_full_backward_hook": None, "_backward_pre_hooks": dict}
 _TRIMMED_MODULES: dict[type, bool] = {}
 _NEWOBJ = copyreg.__newobj__  # type: ignore[attr-defined]  # pickle writes a call of it as NEWOBJ
+
+
+def _plain_module(t: type) -> bool:
+    """:func:`_pickles_like_a_plain_module`, remembered per class (asked for every object pickled); never for
+    ``torch.compile``'s wrapper, which is saved as the module it wraps."""
+    found = _TRIMMED_MODULES.get(t)
+    if found is None:
+        found = _TRIMMED_MODULES[t] = _pickles_like_a_plain_module(t) and not _compiled_type(t)
+    return found
 
 
 def _pickles_like_a_plain_module(t: type) -> bool:
@@ -212,8 +229,78 @@ class _RebuildToken:
 _REBUILDER = _RebuildToken()
 
 
-def _function_reduce(fn: types.FunctionType, module: types.ModuleType):
-    """A repo function that is not reachable by name: a reference to its code plus its data."""
+def is_compiled(obj: Any) -> bool:
+    """Whether *obj* is ``torch.compile``'s wrapper of a module (saved as the module itself)."""
+    return _compiled_type(type(obj))
+
+
+def _compiled_type(t: type) -> bool:
+    return t.__name__ == "OptimizedModule" and t.__module__ == "torch._dynamo.eval_frame"
+
+
+def original_of(obj: Any) -> Any:
+    """The module a ``torch.compile``'d wrapper wraps, else *obj* itself: what a load returns."""
+    return obj._orig_mod if is_compiled(obj) else obj
+
+
+def _as_original(original: Any) -> tuple:
+    """The reduce value that rebuilds *original* in place of the compiled wrapper being pickled.
+
+    pickle refuses ``copyreg.__newobj__`` for an object of another class, so a plain ``object.__new__`` reduce
+    becomes ``copyreg._reconstructor(cls, object, None)`` (the same new instance, then its state).  The copy is
+    the wrapper's own: where the original module is also pickled elsewhere in the object, it is pickled twice
+    (its tensors stay shared, being memoised by their storage).
+    """
+    reduced = _module_reduce(original) if _plain_module(type(original)) else original.__reduce_ex__(PROTOCOL)
+    func, args, *rest = reduced
+    if getattr(func, "__name__", "") == "__newobj__" and len(args) == 1 and args[0] is type(original):
+        return (_RECONSTRUCTOR, (args[0], object, None), *rest)
+    return reduced
+
+
+def compile_options(compiled: Any, canonical: Any = None) -> dict[str, Any]:
+    """What a manifest records of a ``torch.compile``'d module: its original class, the backend, ``fullgraph``,
+    ``dynamic``, and the compiler options that differ from torch's configuration (``mode=`` and ``options=``)."""
+    original = type(compiled._orig_mod)
+    module = (canonical(original.__module__) if canonical else None) or original.__module__
+    out: dict[str, Any] = {"class": f"{module}:{original.__qualname__}"}
+    context = getattr(compiled, "dynamo_ctx", None)
+    for key, attribute in (("fullgraph", "fullgraph"), ("dynamic", "_dynamic")):
+        value = getattr(context, attribute, None)
+        out[key] = value if value is None or isinstance(value, (bool, int, str)) else repr(value)
+    backend: Any = getattr(context, "callback", None)
+    name = None
+    for _ in range(4):  # torch wraps the backend (catch-errors, convert-frame, debug wrappers) a few levels deep
+        backend = getattr(backend, "_torchdynamo_orig_backend", None)
+        name = getattr(backend, "__name__", None) or name
+        if backend is None or isinstance(name, str):
+            break
+    out["backend"] = name if isinstance(name, str) else None
+    config = getattr(context, "compiler_config", None)
+    if isinstance(config, dict):
+        out["options"] = _changed_options(config)
+    return out
+
+
+def _changed_options(config: dict[str, Any]) -> dict[str, Any]:
+    """The entries of an inductor configuration that differ from the process's current one (what ``mode=`` or
+    ``options=`` set), as JSON-safe values."""
+    try:
+        from torch._inductor import config as inductor_config
+
+        current = inductor_config.get_config_copy()
+    except Exception:  # no inductor in this torch
+        return {}
+    changed = {}
+    for key, value in config.items():
+        if key in current and current[key] != value:
+            changed[str(key)] = value if isinstance(value, (bool, int, float, str, type(None))) else repr(value)
+    return changed
+
+
+def _function_reduce(fn: types.FunctionType, module: types.ModuleType, line: int):
+    """A repo function that is not reachable by name: a reference to its code (its line in the snapshot module)
+    plus its data."""
     closure: tuple[Any, ...] | None = None
     if fn.__closure__ is not None:
         contents = []
@@ -223,11 +310,10 @@ def _function_reduce(fn: types.FunctionType, module: types.ModuleType):
             except ValueError:
                 contents.append(_EMPTY_CELL)
         closure = tuple(contents)
-    code = fn.__code__
     attributes = fn.__dict__ or None
     return (
         _REBUILDER,
-        (module, fn.__qualname__, code.co_firstlineno, fn.__defaults__, fn.__kwdefaults__, closure, attributes),
+        (module, fn.__qualname__, line, fn.__defaults__, fn.__kwdefaults__, closure, attributes),
     )
 
 
@@ -239,6 +325,14 @@ def dump(obj: Any, module_map: ModuleMap) -> tuple[bytes, StorageCollector, list
     except _NeedsDill:
         module_map.by_value.clear()
         return _dump(obj, module_map, DillPickler)
+    except PicklingError as exc:
+        # What the C pickler cannot do by reference (a function of a module outside the repository, say), dill
+        # may carry by value, as gitpack 0.1 did; such an archive then needs --trust, and the save says so.
+        module_map.by_value.clear()
+        try:
+            return _dump(obj, module_map, DillPickler)
+        except PicklingError:
+            raise exc from None
 
 
 def _dump(obj: Any, module_map: ModuleMap, pickler_class: type) -> tuple[bytes, StorageCollector, list, Any]:

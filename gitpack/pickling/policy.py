@@ -89,6 +89,9 @@ _CATEGORIES: dict[tuple[str, str], str] = {
     **{(m + ".numeric", "_frombuffer"): RECONSTRUCTOR for m in _NUMPY_CORE},
     # the sentencepiece processor (its state is the serialized model proto)
     ("sentencepiece", "SentencePieceProcessor"): CLASS,
+    # training state: the AMP gradient scaler (optimizers and LR schedulers are a class family below)
+    ("torch.amp.grad_scaler", "GradScaler"): CLASS,
+    ("torch.amp.grad_scaler", "_refresh_per_optimizer_state"): VALUE,  # its state's defaultdict factory
     # dill helpers that rebuild types, never code (archives written by gitpack 0.1)
     ("dill._dill", "_load_type"): RECONSTRUCTOR,
     ("dill._dill", "_create_namedtuple"): RECONSTRUCTOR,  # replaced by _safe_namedtuple: dill's imports by name
@@ -99,7 +102,7 @@ _ALLOW: set[tuple[str, str]] = set(_CATEGORIES)
 
 # Module families whose classes are all plain building blocks of models: any class
 # defined in ``torch.nn.modules.*`` or ``numpy.dtypes`` (and only classes).
-_CLASS_FAMILIES = ("torch.nn.modules.", "numpy.dtypes.")
+_CLASS_FAMILIES = ("torch.nn.modules.", "numpy.dtypes.", "torch.optim.")
 _CLASS_MODULES = ("numpy.dtypes",)
 # Modules whose public functions are tensor math (a model may hold one, e.g. a TransformerEncoderLayer
 # keeps F.relu): any public function *defined* there is allowed, nothing they merely import.

@@ -114,7 +114,7 @@ class Resolver:
 
 
 LEGACY_REBUILD = ("gitpack.pickling", "rebuild_function")  # gitpack 0.1 archives name the rebuilder as a global
-_QUALNAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.(<locals>|<lambda>|[A-Za-z_][A-Za-z0-9_]*))*$")
+_QUALNAME = re.compile(r"^(<lambda>|[A-Za-z_][A-Za-z0-9_]*)(\.(<locals>|<lambda>|[A-Za-z_][A-Za-z0-9_]*))*$")
 
 
 class _Loading:

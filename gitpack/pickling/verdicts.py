@@ -16,7 +16,7 @@ from .policy import CLASS, TORCH_DTYPE_SIZES, TRUSTED, VALUE, VALUE_TYPE
 from .standins import Deferred, Ref, made_of, ref_of
 
 DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-QUALNAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.(<locals>|<lambda>|[A-Za-z_][A-Za-z0-9_]*))*$")
+QUALNAME = re.compile(r"^(<lambda>|[A-Za-z_][A-Za-z0-9_]*)(\.(<locals>|<lambda>|[A-Za-z_][A-Za-z0-9_]*))*$")
 # numpy dtype codes that hold plain bytes: never object ('O') or void/structured ('V') types
 # (a void 'V' code is raw bytes; its fields, set by BUILD, are checked to be plain dtypes too)
 SAFE_DTYPE = re.compile(r"^[<>|=]?([?bBhHiIlLqQpPefdgFDG]|[iufcb][1248]|c16|f16|c32|[SUaV]\d{0,9}|[mM]8(\[\w+\])?)$")

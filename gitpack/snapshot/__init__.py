@@ -14,13 +14,13 @@ from collections.abc import Set as AbstractSet
 from ..fsutil import remove_stale
 from ..git import Repo
 from ..git.objects import NeedsIndex
-from . import branch
+from . import branch, pinned
 from .exclude import DEFAULT_SIZE_CAP
 from .index import write_via_index
 from .overlay import write_overlay
 from .tree import GIT_DIR_TEMP_PREFIX, SnapshotTree
 
-__all__ = ["DEFAULT_SIZE_CAP", "SnapshotTree", "branch", "write_tree"]
+__all__ = ["DEFAULT_SIZE_CAP", "SnapshotTree", "branch", "pinned", "write_tree"]
 
 
 def write_tree(
@@ -28,9 +28,11 @@ def write_tree(
 ) -> SnapshotTree:
     """Write the working tree (tracked, modified and untracked-not-ignored) as a tree object.
 
-    The user's index is only read; temp files that crashed saves left in ``.git`` are removed first.
+    The user's index is only read; temp files that crashed saves left in ``.git`` are removed first (with
+    git's own temp object files, once they are an hour old).
     """
-    remove_stale(repo.git_dir, GIT_DIR_TEMP_PREFIX + "*")
+    if remove_stale(repo.git_dir, GIT_DIR_TEMP_PREFIX + "*"):
+        repo.remove_stale_temp_objects()  # a save died here: its git children may have left temp objects too
     try:
         return write_overlay(repo, size_cap, exclude)
     except NeedsIndex:

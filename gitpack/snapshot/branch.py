@@ -15,13 +15,18 @@ import random
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from ..errors import GitError
-from ..git import DEFAULT_BRANCH, START_MESSAGE, Repo, branch_ref
+from ..errors import BranchNotOursError, DamagedRefError, GitError
+from ..git import DEFAULT_BRANCH, START_MESSAGE, Repo, branch_ref, runner
 from ..git.objects import parse_commit_object
+from ..trailers import parse_trailers
 from .tree import temp_prefix
 
 MERGE_TRAILER = "Gitpack-Merge"  # in the message of a merge commit `gitpack pull` makes on the snapshot branch
+
+
+RefUpdate = tuple[str, "str | None", "str | None"]  # (ref, new or None to delete, expected old or None)
 
 
 def commit(
@@ -33,6 +38,7 @@ def commit(
     head: str | None = None,
     sign: bool = False,
     before_update: Callable[[str], None] | None = None,
+    more_refs: Callable[[str], list[RefUpdate]] | None = None,
     max_attempts: int = 200,
 ) -> str:
     """Commit *tree* on top of *branch* and move the branch with compare-and-swap.
@@ -41,18 +47,31 @@ def commit(
     audit log); the second is the user's HEAD at save time.  When another
     save moved the branch meanwhile, the commit is rebuilt on the new tip.
     *before_update* runs with each new commit before the ref may move (the
-    archive records the commit, so it is sealed there).
+    archive records the commit, so it is sealed there); *more_refs* names the
+    refs that must move together with the branch (a stored version and its
+    ``latest``): all of them move in one transaction, or none does.  That
+    transaction's ``commit`` is the save's commit point.
+
+    Refuses (:class:`BranchNotOursError`) a branch gitpack did not start or
+    that is checked out in any worktree, and (:class:`DamagedRefError`) one
+    that points at a missing object.
     """
     ref = branch_ref(branch)
     fd, msg_file = tempfile.mkstemp(prefix=temp_prefix("msg"), dir=str(repo.git_dir))
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(message)
     try:
+        checked: set[str] = set()  # tips already known to be gitpack's
+        races = 0
         for attempt in range(max_attempts):
             # First try: the tip through the long-lived cat-file (a save has it running
             # already); retries ask a fresh rev-parse.  update-ref's compare-and-swap
             # guards against a stale answer either way.
-            tip = repo.resolve_commit(ref) if attempt == 0 else repo.rev_parse(ref)
+            tip = tip_of(repo, ref)
+            if tip is not None and tip not in checked:
+                require_own(repo, ref, tip)
+                checked.add(tip)
+            refuse_checked_out(repo, ref)
             args = [tree]
             for parent in (tip or start_commit(repo), head):
                 if parent:
@@ -60,16 +79,20 @@ def commit(
             if sign:
                 args.append("-S")
             args += ["-F", msg_file]
-            commit = repo.commit_tree(args)
-            if before_update is not None:
-                before_update(commit)
+            updates: list[RefUpdate] = []
             try:
+                commit = repo.commit_tree(args)
+                if before_update is not None:
+                    before_update(commit)
+                updates = [(ref, commit, tip)] + (more_refs(commit) if more_refs else [])
                 # No reflog for gitpack's own branch: the branch itself is the log,
                 # and the user's reflogs must stay exactly as they were.
-                repo.update_refs([(ref, commit, tip)])
+                repo.update_refs(updates)
                 return commit
-            except GitError:
-                if repo.rev_parse(ref) == tip and not _ref_locked(repo, ref):
+            except runner.GitFailed as exc:
+                races += runner.gc_race(exc.stderr)  # a concurrent gc's window: the objects are written again
+                raced = runner.gc_race(exc.stderr) and races < runner.GC_RACE_RETRIES
+                if not raced and not (updates and lost_race(repo, updates)):
                     raise  # not a lost race: a real failure to report
                 time.sleep(min(0.2, 0.002 * (attempt + 1)) * random.random())
         raise GitError(f"could not move {ref}: other saves kept winning the race; try again")
@@ -77,8 +100,97 @@ def commit(
         os.unlink(msg_file)
 
 
+def lost_race(repo: Repo, updates: list[RefUpdate]) -> bool:
+    """Whether a refused transaction lost a race (a ref moved or is locked by another writer): worth a retry."""
+    current = ref_targets(repo, [ref for ref, _, _ in updates])
+    if any(current.get(ref) != old for ref, _, old in updates):
+        return True
+    return any(_ref_locked(repo, ref) for ref, _, _ in updates)
+
+
 def _ref_locked(repo: Repo, ref: str) -> bool:
     return (repo.common_dir / (ref + ".lock")).exists() or (repo.common_dir / "packed-refs.lock").exists()
+
+
+def ref_targets(repo: Repo, refs: list[str]) -> dict[str, str]:
+    """``{ref: sha}`` for those of *refs* that exist, read without touching the objects (a ref may be damaged)."""
+    out = repo.git("for-each-ref", "--format=%(refname) %(objectname)", *refs) if refs else ""
+    wanted = set(refs)
+    return {name: sha for name, _, sha in (line.partition(" ") for line in out.splitlines()) if name in wanted}
+
+
+def tip_of(repo: Repo, ref: str) -> str | None:
+    """The commit *ref* points at, None when it does not exist; :class:`DamagedRefError` when its object is gone."""
+    found = repo.resolve_commit(ref)
+    if found is not None:
+        return found
+    target = ref_targets(repo, [ref]).get(ref)
+    if target is None:
+        return None
+    raise damaged(ref, target, repo.object_type(target))
+
+
+def damaged(ref: str, target: str, kind: str | None) -> DamagedRefError:
+    """The one line that says *ref* is damaged and how to mend it."""
+    what = "a missing object" if kind is None else f"a {kind}, not a commit"
+    return DamagedRefError(
+        f"{ref} points at {what} ({target[:12]}; was `git gc --prune=now` run while gitpack saved?); "
+        "run `gitpack repair` to move it back to the newest intact state (it says what was lost)"
+    )
+
+
+def require_own(repo: Repo, ref: str, tip: str) -> None:
+    """Refuse to move *ref* unless gitpack started it: its tip is a snapshot (or merge or start) commit of
+    gitpack's and its first-parent history ends at gitpack's start commit."""
+    headers, message = parse_commit_object(repo.read_object(tip)[1])
+    trailers = parse_trailers(message)
+    own_tip = message.strip() == START_MESSAGE or {"digest", "manifest"} <= trailers.keys() or "merge" in trailers
+    roots = repo.git("rev-list", "--first-parent", "--max-parents=0", tip, "--").split() if own_tip else []
+    if not roots or not _is_start_commit(repo, roots[-1]):
+        raise BranchNotOursError(
+            f"{ref} is not gitpack's snapshot branch (gitpack did not start it), so gitpack will not add saves to "
+            f"it; pick a branch of gitpack's own with --branch NAME or `git config gitpack.branch NAME`"
+        )
+
+
+def _is_start_commit(repo: Repo, sha: str) -> bool:
+    headers, message = parse_commit_object(repo.read_object(sha)[1])
+    return "parent" not in headers and message.strip() == START_MESSAGE
+
+
+def refuse_checked_out(repo: Repo, ref: str) -> None:
+    """Refuse to move a branch that any worktree has checked out (or is rebasing), as ``git branch -f`` does."""
+    where = checked_out_in(repo, ref)
+    if where is not None:
+        raise BranchNotOursError(
+            f"{ref} is checked out in the worktree {where}, and moving it would change that worktree's state; "
+            "switch that worktree to another branch, or save to another with --branch NAME or "
+            "`git config gitpack.branch NAME`"
+        )
+
+
+def checked_out_in(repo: Repo, ref: str) -> str | None:
+    """The worktree that has *ref* checked out (or is rebasing it), read from the HEAD files: no git process."""
+    common = repo.common_dir
+    gitdirs: list[tuple[Path, Path | None]] = [(common, None)]
+    try:
+        gitdirs += [(d, d / "gitdir") for d in (common / "worktrees").iterdir() if d.is_dir()]
+    except OSError:
+        pass
+    for gitdir, pointer in gitdirs:
+        for name in ("HEAD", "rebase-merge/head-name", "rebase-apply/head-name", "BISECT_START"):
+            try:
+                text = (gitdir / name).read_text(errors="replace").strip()
+            except OSError:
+                continue
+            if text.removeprefix("ref:").strip() in (ref, ref.removeprefix("refs/heads/")):
+                if pointer is None:
+                    return str(repo.root if gitdir == repo.git_dir else common.parent)
+                try:
+                    return str(Path(pointer.read_text().strip()).parent)
+                except OSError:
+                    return str(gitdir)
+    return None
 
 
 def start_commit(repo: Repo) -> str:

@@ -186,15 +186,20 @@ def hash_files(repo: Repo, paths: list[str], *, filters: bool) -> list[str]:
 
 def hash_links(repo: Repo, links: list[str]) -> list[str]:
     """Symlinks are blobs of their target's text, never of what they point to."""
-    if not links:
+    return hash_bytes(repo, [os.fsencode(os.readlink(repo.root / link)) for link in links])
+
+
+def hash_bytes(repo: Repo, contents: list[bytes]) -> list[str]:
+    """Write each of *contents* as a blob, unfiltered, with one ``git hash-object`` (through temp files in .git)."""
+    if not contents:
         return []
-    temp = tempfile.mkdtemp(prefix=temp_prefix("links"), dir=str(repo.git_dir))
+    temp = tempfile.mkdtemp(prefix=temp_prefix("blobs"), dir=str(repo.git_dir))
     try:
         files = []
-        for i, link in enumerate(links):
+        for i, data in enumerate(contents):
             target = os.path.join(temp, str(i))
             with open(target, "wb") as fh:
-                fh.write(os.fsencode(os.readlink(repo.root / link)))
+                fh.write(data)
             files.append(target)
         return hash_files(repo, files, filters=False)
     finally:
@@ -214,12 +219,18 @@ def apply_changes(repo: Repo, base_tree: str | None, changes: dict[str, tuple[st
             directory = parent
     if not changes and base_tree is not None:
         return base_tree
-    writer = TreeWriter(repo.root)
-    try:
-        tree = _rewrite(repo, "", base_tree, files, subdirs, writer)
-        return tree if tree is not None else writer.write({})
-    finally:
-        writer.close()
+    for attempt in range(runner.GC_RACE_RETRIES):
+        writer = TreeWriter(repo.root)
+        try:
+            tree = _rewrite(repo, "", base_tree, files, subdirs, writer)
+            return tree if tree is not None else writer.write({})
+        except runner.GitFailed as exc:
+            if not runner.gc_race(exc.stderr) or attempt == runner.GC_RACE_RETRIES - 1:
+                raise  # not a race with a concurrent gc (see runner.GC_RACES): a real failure
+            runner.gc_pause(attempt)
+        finally:
+            writer.close()
+    raise AssertionError("unreachable")
 
 
 def _rewrite(repo: Repo, directory, base_sha, files, subdirs, writer) -> str | None:
