@@ -31,7 +31,7 @@ from .capturing import build_tree, paused, sources, summary_lines
 from .errors import GitError, GitpackError, GitpackWarning
 from .fsutil import writing
 from .git import DEFAULT_BRANCH, Repo, branch_ref
-from .manifest import BUFFER_PREFIX, PICKLE_MEMBER, STORAGE_PREFIX, Manifest, ModuleInfo
+from .manifest import BUFFER_PREFIX, PICKLE_MEMBER, Manifest, ModuleInfo
 from .pickling.modulemap import ModuleMap
 from .pickling.pickler import dump, original_of
 from .pickling.policy import Policy
@@ -144,8 +144,8 @@ def save(
             with progress.Bar(f"saving {name or dest.name}", len(data) + tensor_bytes) as bar:
                 # Queue every member first: the writer's threads hash and write them while the checks below run.
                 writer.add(PICKLE_MEMBER, [data])
-                for key in storages.storages:
-                    writer.add(STORAGE_PREFIX + key, storages.buffers(key))
+                for member, member_buffers in storages.members():  # small storages share pack members
+                    writer.add(member, member_buffers)
                 for i, buf in enumerate(buffers):
                     writer.add(f"{BUFFER_PREFIX}{i}", [buf.raw()])
                 with paused():

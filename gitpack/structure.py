@@ -134,8 +134,15 @@ def object_paths(root: Any, want: Callable[[Any], bool], max_visits: int = MAX_V
     return found
 
 
+_DTYPE_NAMES: dict[Any, str] = {}
+
+
 def _dtype(t: Any) -> str:
-    return str(t.dtype).removeprefix("torch.")
+    dtype = t.dtype
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
+    return name
 
 
 def _numel(t: Any) -> int:
@@ -157,22 +164,31 @@ def _tensor_info(t: Any, kind: str) -> dict[str, Any]:
         shape: Any = list(t.shape)
     except Exception:
         shape = None
-    return {"kind": kind, "shape": shape, "dtype": _dtype(t), "device": str(t.device),
-            "requires_grad": bool(t.requires_grad)}
+    try:
+        device = "cpu" if t.is_cpu else str(t.device)
+    except Exception:
+        device = str(t.device)
+    return {"kind": kind, "shape": shape, "dtype": _dtype(t), "device": device, "requires_grad": bool(t.requires_grad)}
 
 
-def _totals(params: list, buffers: list) -> dict[str, Any]:
-    seen: set[int] = set()
-    nbytes = 0
-    for t in params + buffers:
-        if id(t) not in seen:
-            seen.add(id(t))
-            nbytes += _nbytes(t)
+class _Counts:
+    """A tensor's numel, bytes and trainability, read once however many modules hold it."""
+
+    __slots__ = ("numel", "nbytes", "trainable")
+
+    def __init__(self, t: Any):
+        self.numel = _numel(t)
+        self.nbytes = _nbytes(t) if self.numel else 0
+        self.trainable = bool(getattr(t, "requires_grad", False))
+
+
+def _totals(params: dict[int, _Counts], buffers: dict[int, _Counts]) -> dict[str, Any]:
+    nbytes = sum(c.nbytes for c in params.values()) + sum(c.nbytes for i, c in buffers.items() if i not in params)
     return {
-        "parameters": {"total": sum(_numel(p) for p in params),
-                       "trainable": sum(_numel(p) for p in params if p.requires_grad),
+        "parameters": {"total": sum(c.numel for c in params.values()),
+                       "trainable": sum(c.numel for c in params.values() if c.trainable),
                        "tensors": len(params)},
-        "buffers": {"total": sum(_numel(b) for b in buffers), "tensors": len(buffers)},
+        "buffers": {"total": sum(c.numel for c in buffers.values()), "tensors": len(buffers)},
         "bytes": nbytes,
     }
 
@@ -182,27 +198,87 @@ def _class_name(cls: type, module_map: Any) -> str:
     return f"{module or cls.__module__}:{cls.__qualname__}"
 
 
+def _subtrees(roots: list[Any]) -> dict[int, tuple[dict[int, _Counts], dict[int, _Counts]]]:
+    """``id(module) -> (parameters, buffers)`` of every module under *roots*, each module's own tensors and its
+    submodules' (by identity, as ``module.parameters()`` counts them), in one post-order pass: each tensor's
+    counts are read once, and no module walks its subtree again."""
+    out: dict[int, tuple[dict[int, _Counts], dict[int, _Counts]]] = {}
+    counts: dict[int, _Counts] = {}
+
+    def own(tensors: dict) -> dict[int, _Counts]:
+        found = {}
+        for t in tensors.values():
+            if t is not None:
+                c = counts.get(id(t))
+                if c is None:
+                    c = counts[id(t)] = _Counts(t)
+                found[id(t)] = c
+        return found
+
+    for root in roots:
+        stack: list[tuple[Any, bool]] = [(root, False)]
+        while stack:
+            module, children_done = stack.pop()
+            if id(module) in out:
+                continue
+            children = [c for c in (module.__dict__.get("_modules") or {}).values() if c is not None]
+            if not children_done:
+                stack.append((module, True))
+                stack.extend((c, False) for c in children if id(c) not in out)
+                continue
+            params = own(module.__dict__.get("_parameters") or {})
+            buffers = own(module.__dict__.get("_buffers") or {})
+            for child in children:
+                child_params, child_buffers = out.get(id(child), ({}, {}))  # a cycle: counted once, where met
+                params.update(child_params)
+                buffers.update(child_buffers)
+            out[id(module)] = (params, buffers)
+    return out
+
+
+def _own_tensors(module: Any, registry: str, kind: str) -> dict[str, dict[str, Any]]:
+    """What ``named_parameters(recurse=False)`` / ``named_buffers(recurse=False)`` list (each tensor once),
+    read from the registry without torch's generator machinery."""
+    out: dict[str, dict[str, Any]] = {}
+    seen: set[int] = set()
+    for name, t in (module.__dict__.get(registry) or {}).items():
+        if t is not None and id(t) not in seen:
+            seen.add(id(t))
+            out[name] = _tensor_info(t, kind)
+    return out
+
+
+MAX_LISTED = 64  # a ParameterList or ParameterDict longer than this is summarised, not listed line by line
+
+
+def _extra_repr(module: Any) -> str:
+    """``module.extra_repr()``; for a long ParameterList or ParameterDict, whose extra_repr is one line per
+    parameter (20,000 lines that the structure's ``tensors`` already list), just how many it holds."""
+    torch = _torch()
+    if type(module) in (torch.nn.ParameterList, torch.nn.ParameterDict) and len(module) > MAX_LISTED:
+        return f"{len(module)} parameters"
+    try:
+        return module.extra_repr()
+    except Exception:
+        return ""
+
+
 def summarize(paths: dict[int, tuple[str, Any]], module_map: Any = None) -> dict[str, Any]:
     """Every ``nn.Module`` among *paths*: class, extra_repr, counts (with its submodules) and its own tensors."""
     modules = [(path, obj) for path, obj in paths.values() if is_module(obj)]
+    subtree = _subtrees([module for _, module in modules])
     entries = []
-    all_params: dict[int, Any] = {}
-    all_buffers: dict[int, Any] = {}
+    all_params: dict[int, _Counts] = {}
+    all_buffers: dict[int, _Counts] = {}
     for path, module in modules:
-        try:
-            extra = module.extra_repr()
-        except Exception:
-            extra = ""
-        params = list(module.parameters())
-        buffers = list(module.buffers())
-        for p in params:
-            all_params[id(p)] = p
-        for b in buffers:
-            all_buffers[id(b)] = b
-        tensors = {name: _tensor_info(p, "parameter") for name, p in module.named_parameters(recurse=False)}
-        tensors.update({name: _tensor_info(b, "buffer") for name, b in module.named_buffers(recurse=False)})
-        entry = {"path": path, "class": _class_name(type(module), module_map), "extra_repr": extra}
+        extra = _extra_repr(module)
+        params, buffers = subtree[id(module)]
+        all_params.update(params)
+        all_buffers.update(buffers)
+        tensors = _own_tensors(module, "_parameters", "parameter")
+        tensors.update(_own_tensors(module, "_buffers", "buffer"))
+        entry: dict[str, Any] = {"path": path, "class": _class_name(type(module), module_map), "extra_repr": extra}
         entry.update(_totals(params, buffers))
         entry["tensors"] = tensors
         entries.append(entry)
-    return {"modules": entries, "total": _totals(list(all_params.values()), list(all_buffers.values()))}
+    return {"modules": entries, "total": _totals(all_params, all_buffers)}

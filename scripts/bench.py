@@ -14,7 +14,10 @@ unless ``--quick``) and their ratios:
 * materialising the 50 modules a model uses from that repository, first load and
   cache hit;
 * ``gitpack inspect`` vs ``python -c "import torch"`` (wall clock, fresh processes);
-* ``dill.dump`` / ``dill.load`` for reference.
+* ``dill.dump`` / ``dill.load`` for reference;
+* object-heavy graphs (a 300k-entry vocabulary, 20,000 small parameters) against torch.save /
+  torch.load, and the trust gate against the unpickling it guards (``scripts/bench_objects.py``);
+* the floors: sha256 and BLAKE3 throughput (archive format 1 and 2 member digests), a raw write and read.
 
 The model is the seed project's (tokenizer, GRU layer, decoder, a lambda) plus a
 backbone of 24 ``Linear(2048, 2048)`` layers: about 100M float32 parameters.  The
@@ -41,6 +44,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import bench_objects
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
@@ -219,6 +224,7 @@ def make_model_repo(work: Path) -> Path:
     for name in ("package.py", "corpus.txt"):
         shutil.copy(SEED / name, repo / name)
     (repo / "bench_model.py").write_text(BENCH_MODEL)
+    bench_objects.write_source(repo)
     (repo / ".gitignore").write_text("*.gitpack\n*.pt\n*.dill\n")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "seed model and benchmark backbone")
@@ -349,21 +355,28 @@ def child_timings(work: Path, size: dict, runs: int) -> dict:
 
 
 def floors(model, out: Path, runs: int) -> dict:
-    """What the hardware gives: sha256 on one core, a raw write+fsync and a raw read of the model's bytes."""
+    """What the hardware gives: sha256 (format 1) and BLAKE3 (format 2, one thread and all) of the model's bytes,
+    a raw write+fsync and a raw read."""
     import hashlib
 
+    import blake3
     import torch
 
     views = [memoryview(t.detach().contiguous().numpy()).cast("B") for t in model.state_dict().values()]
-    result: dict[str, list[float]] = {"sha256 of the model's bytes, one core": [], "raw write + fsync": [],
-                                      "raw read into fresh memory": []}
+    hashers = {"sha256 of the model's bytes, one core": hashlib.sha256,
+               "blake3 of the model's bytes, one thread": blake3.blake3,
+               "blake3 of the model's bytes, all threads": lambda: blake3.blake3(max_threads=blake3.blake3.AUTO)}
+    result: dict[str, list[float]] = {name: [] for name in hashers} | {"raw write + fsync": [],
+                                                                       "raw read into fresh memory": []}
     raw = out / "raw.bin"
     for _ in range(runs):
-        t = time.perf_counter()
-        h = hashlib.sha256()
-        for v in views:
-            h.update(v)
-        result["sha256 of the model's bytes, one core"].append(time.perf_counter() - t)
+        for name, new in hashers.items():
+            t = time.perf_counter()
+            h = new()
+            for v in views:
+                h.update(v)
+            h.hexdigest()
+            result[name].append(time.perf_counter() - t)
         t = time.perf_counter()
         fd = os.open(raw, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         for v in views:
@@ -554,6 +567,8 @@ def main() -> None:
             result = child_first_load(work)
         elif task == "save-app":
             result = child_save_app(work)
+        elif task == "objects":
+            result = bench_objects.measure(work / "out", runs, opts.quick)
         else:
             raise SystemExit(f"unknown child task {task}")
         print(json.dumps(result))
@@ -586,6 +601,9 @@ def report(work: Path, size: dict, runs: int, n_files: int, quick: bool) -> None
     tm = child("timings", work, model_repo, env=env_cache)
     T = {k: median(v) for k, v in tm["times"].items()}
     nbytes = tm["model_bytes"]
+
+    progress(f"object-heavy graphs and the trust gate, {runs} runs")
+    objects = child("objects", work, model_repo, env=env_cache)
 
     progress("peak RSS, one fresh process per measurement")
     rss_methods = ["save:gitpack", "save:torch-durable", "load:gitpack", "load:torch", "load:gitpack-mmap"]
@@ -654,6 +672,7 @@ def report(work: Path, size: dict, runs: int, n_files: int, quick: bool) -> None
     m_hit = median([x["seconds"] for x in hit])
     row(f"first-load materialisation, {len(used)} modules ({cached_files} files written)", fmt_s(m_first), "", "", "<= 50 ms", m_first <= 0.05)
     row("materialisation on a cache hit", fmt_s(m_hit), "", "", "<= 20 ms", m_hit <= 0.02)
+    bench_objects.rows(objects, row, fmt_s)
     r_cli = ratio(median(t_inspect), median(t_torch))
     row('gitpack inspect vs python -c "import torch" (wall)', fmt_s(median(t_inspect)), fmt_s(median(t_torch)),
         f"{r_cli:.2f}x", "<= 0.5x", r_cli <= 0.5)
@@ -679,7 +698,10 @@ def report(work: Path, size: dict, runs: int, n_files: int, quick: bool) -> None
         print(f"  {k:<20} {fmt_s(T[k]):>10}   CPU {fmt_s(median(tm['cpu'][k])):>9} (all threads)   "
               f"runs: {', '.join(f'{x * 1000:.0f}' for x in tm['times'][k])} ms")
     for name, value in tm["floors"].items():
-        print(f"  floor: {name:<40} {fmt_s(value):>10}")
+        print(f"  floor: {name:<40} {fmt_s(value):>10}   {nbytes / value / 1e9:5.2f} GB/s")
+    print("  object-heavy graphs (medians, every run):")
+    for text in bench_objects.reference(objects, fmt_s):
+        print(text)
     print("  peak RSS delta (fresh process each): " + ", ".join(
         f"{k} {fmt_b(v['delta'])} ({ratio(v['delta'], nbytes):.2f}x)" for k, v in rss.items()))
     if not all(v["peak_reset"] for v in rss.values()):

@@ -314,3 +314,46 @@ def test_cli_save_captures_objects_built_while_importing_the_target(repo, repo_m
     assert "level.gitpack  lr=0.4 momentum=0.9" in listed.stdout  # no -p given: the captured arguments stand in
     as_json = json.loads(gitpack_cli(repo, "log", "--json").stdout)
     assert as_json[0]["capture"] == {"objects": objects}
+
+
+def test_structure_counts_shared_modules_and_tied_weights_once_like_torch():
+    """The one-pass summary agrees with ``module.parameters()`` / ``buffers()`` on every module, sharing included."""
+    import torch
+
+    from gitpack.structure import is_module, object_paths, summarize
+
+    shared = torch.nn.Linear(3, 3)
+    encoder, decoder = torch.nn.Linear(5, 5), torch.nn.Linear(5, 5)
+    decoder.weight = encoder.weight  # tied
+    root = torch.nn.Module()
+    root.a = torch.nn.Sequential(shared, torch.nn.BatchNorm1d(3), encoder)
+    root.b = torch.nn.Sequential(shared, decoder)  # the same Linear at two paths
+    root.register_buffer("steps", torch.zeros(2, dtype=torch.int64))
+    root.frozen = torch.nn.Parameter(torch.ones(4), requires_grad=False)
+    paths = object_paths(root, is_module)
+    structure = summarize(paths)
+    by_path = {entry["path"]: entry for entry in structure["modules"]}
+    for path, module in paths.values():
+        params, buffers = list(module.parameters()), list(module.buffers())
+        entry = by_path[path]
+        assert entry["parameters"] == {"total": sum(p.numel() for p in params), "tensors": len(params),
+                                       "trainable": sum(p.numel() for p in params if p.requires_grad)}, path
+        assert entry["buffers"] == {"total": sum(b.numel() for b in buffers), "tensors": len(buffers)}, path
+        assert entry["bytes"] == sum(t.numel() * t.element_size() for t in params + buffers), path
+        assert set(entry["tensors"]) == {n for n, _ in module.named_parameters(recurse=False)} | \
+            {n for n, _ in module.named_buffers(recurse=False)}, path
+    assert structure["total"] == {k: by_path["$"][k] for k in ("parameters", "buffers", "bytes")}
+    # shared Linear 2, BatchNorm 2, encoder 2, decoder 1 (its weight is tied), frozen 1
+    assert by_path["$"]["parameters"]["tensors"] == 8
+
+
+def test_a_long_parameter_list_is_summarised_not_listed_line_by_line():
+    import torch
+
+    from gitpack.structure import is_module, object_paths, summarize
+
+    params = torch.nn.ParameterList(torch.nn.Parameter(torch.zeros(2)) for _ in range(500))
+    entry = summarize(object_paths(params, is_module))["modules"][0]
+    assert entry["extra_repr"] == "500 parameters" and len(entry["tensors"]) == 500
+    short = torch.nn.ParameterList(torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
+    assert summarize(object_paths(short, is_module))["modules"][0]["extra_repr"] == short.extra_repr()

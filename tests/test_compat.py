@@ -43,3 +43,51 @@ def test_a_format1_archive_loads_and_runs_its_saved_code(tmp_path):
     scan = gitpack.api.scan(clone / "scaler.gitpack", repo=clone)
     assert scan.safe, scan.violations
     assert [(f.module, f.qualname) for f in scan.functions] == [("tinypkg.model", "Scaler.__init__.<locals>.<lambda>")]
+
+
+# The last format-1 layout (gitpack before format 2, commit e85cdaa): the C pickler, plain tensors and parameters
+# as one ``('tensor', ...)`` persistent id each, every storage its own member, ``columns`` for the 4,100-word
+# vocabulary, a numpy buffer out of band and sha256 member digests.  ``fixtures/format1-cpickle`` holds the
+# repository (``repo.bundle``, snapshot branch included) and the archive, made by that code.
+CPICKLE = Path(__file__).parent / "fixtures" / "format1-cpickle"
+CPICKLE_EXPECTED = [0.5218783617019653, 0.5443993210792542, 2.2682831287384033, 3.8695335388183594]
+
+
+def test_a_format1_archive_of_the_c_pickler_era_loads_and_verifies(tmp_path):
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(CPICKLE / "repo.bundle"), str(clone))
+    git(clone, "fetch", "-q", str(CPICKLE / "repo.bundle"), "refs/heads/gitpack:refs/heads/gitpack")
+    shutil.copy(CPICKLE / "vocab-format1.gitpack", clone / "vocab.gitpack")
+    (clone / "vocabpkg" / "model.py").write_text("raise ImportError('the checkout, not the snapshot')\n")
+    manifest = gitpack.inspect(clone / "vocab.gitpack")
+    assert manifest["format"] == 1 and all(len(m["sha256"]) == 64 for m in manifest["members"])
+    code = ("import json, torch, gitpack\n"
+            "for mmap in (False, True):\n"
+            "    m = gitpack.load('vocab.gitpack', mmap=mmap)\n"
+            "    with torch.no_grad():\n"
+            "        out = m('W1 w2 w4099 unknown').tolist()\n"
+            "    print('RESULT', json.dumps([out, len(m.tokenizer.itos), m.tokenizer.stoi['w4099'],\n"
+            "                                m.table.sum().item(), m.tokenizer.normalise(' A ')]))\n")
+    proc = run(clone, sys.executable, "-c", code)
+    assert proc.returncode == 0, proc.stderr
+    results = [json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("RESULT")]
+    assert results == [[CPICKLE_EXPECTED, 4100, 4099, 15.0, "a"]] * 2
+
+    report = gitpack.verify(clone / "vocab.gitpack", repo=clone)
+    assert report.manifest_vouched and report.members == 13
+    scan = gitpack.api.scan(clone / "vocab.gitpack", repo=clone)
+    assert scan.safe, scan.violations
+
+    # Exported portable, it stays format 1: its sha256 member digests are what its commit vouches for.
+    gitpack.api.export(clone / "vocab.gitpack", tmp_path / "portable.gitpack", portable=True, repo=clone)
+    exported = gitpack.inspect(tmp_path / "portable.gitpack")
+    assert exported["format"] == 1 and all("sha256" in m for m in exported["members"])
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    code = ("import json, sys, torch, gitpack\n"
+            "m = gitpack.load(sys.argv[1], trust=True)\n"
+            "print('RESULT', json.dumps(m('W1 w2 w4099 unknown').tolist()))\n")
+    proc = run(outside, sys.executable, "-c", code, str(tmp_path / "portable.gitpack"))
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("RESULT")] \
+        == [CPICKLE_EXPECTED]

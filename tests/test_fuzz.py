@@ -262,6 +262,7 @@ MEMBER_VALUES = {
     "size": st.one_of(HUGE, st.integers(-(2**70), -1), st.just(1e308), st.just([1]), st.none(), st.booleans()),
     "name": st.one_of(NASTY_NAMES, st.integers(), st.none(), st.just(["pickle"]), st.just(10**4000)),
     "sha256": st.one_of(st.text(max_size=70), st.just("0" * 64), st.just("G" * 64), st.integers()),
+    "blake3": st.one_of(st.text(max_size=70), st.just("0" * 64), st.just("G" * 64), st.integers()),  # format 2's digest
 }
 
 

@@ -120,9 +120,11 @@ def test_a_storage_shared_by_many_tensors_is_written_once_and_shared_after_load(
     }
     path = save(obj, code_repo)
     manifest = gitpack.inspect(path)
-    # base (+ its views) and the Linear weights/biases: 1 + 3 storages, each written once.
+    # base (+ its views) and the Linear weights/biases: 1 + 3 storages, each written once: small storages
+    # share one pack member, each at a 64-byte aligned offset (400 + 256 + 32 + 32 bytes -> 448 + 256 + 64 + 32).
     assert manifest["tensors"]["storages"] == 4
-    assert sum(m["name"].startswith("storages/") for m in manifest["members"]) == 4
+    storage_members = [m for m in manifest["members"] if m["name"].startswith("storages/")]
+    assert [(m["name"], m["size"]) for m in storage_members] == [("storages/pack-0", 800)]
 
     loaded = load(path, code_repo)
     ptr = loaded["base"].untyped_storage().data_ptr()
@@ -224,7 +226,7 @@ def test_mmap_load_maps_the_archive_instead_of_reading_it(code_repo):
 
     # And it is that file's page: a change written to the file shows through the tensor.
     member = gitpack.inspect(path)["members"]
-    w_member = next(m for m in member if m["name"].startswith("storages/") and m["size"] == 256 * 256 * 4)
+    w_member = next(m for m in member if m["name"] == "storages/pack-0")  # w is packed first, at offset 0
     with open(path, "r+b") as fh:
         fh.seek(w_member["offset"])
         fh.write(np.float32(1234.5).tobytes())
@@ -355,3 +357,82 @@ def test_deferred_buffers_are_made_on_the_workers_a_few_at_a_time(tmp_path):
     with ArchiveReader(tmp_path / "a.gitpack") as reader:
         for i in range(24):
             assert reader.read(f"storages/{i}") == bytes([i % 251]) * ((1 << 20) + i)
+
+
+def test_small_storages_share_a_few_pack_members_and_stay_independent_after_load(code_repo, monkeypatch):
+    """20,000 biases are not 20,000 members: storages under PACK_LIMIT go into packs of about PACK_BYTES."""
+    from gitpack.pickling import tensors as tensor_module
+
+    monkeypatch.setattr(tensor_module, "PACK_BYTES", 64 << 10)  # small packs, so several are made
+    small = [random_tensor(torch.float32, (7 + k % 5, 3), seed=k) for k in range(600)]
+    big = random_tensor(torch.float32, (512, 600), seed=9)  # 1.2 MB: a member of its own
+    obj = {"small": small, "big": big, "view": small[3][1:], "int": torch.arange(5), "empty": torch.zeros(0)}
+    path = save(obj, code_repo)
+    manifest = gitpack.inspect(path)
+    names = [m["name"] for m in manifest["members"] if m["name"].startswith("storages/")]
+    packs = [n for n in names if n.startswith("storages/pack-")]
+    assert manifest["tensors"]["storages"] == 603
+    assert 2 <= len(packs) <= 8 and len(names) == len(packs) + 2  # the big one and the empty one stand alone
+    assert all(m["size"] <= 64 << 10 for m in manifest["members"] if m["name"] in packs)
+
+    loaded = load(path, code_repo)
+    assert all(same_bits(a, b) for a, b in zip(loaded["small"], small, strict=True))
+    assert same_bits(loaded["big"], big) and same_bits(loaded["int"], obj["int"]) and loaded["empty"].numel() == 0
+    assert loaded["view"].untyped_storage().data_ptr() == loaded["small"][3].untyped_storage().data_ptr()
+    # Each storage is its own: the exact size, 64-byte aligned, and a write stays inside it.
+    first, second = loaded["small"][0], loaded["small"][1]
+    assert first.untyped_storage().nbytes() == small[0].untyped_storage().nbytes()
+    assert first.untyped_storage().data_ptr() % 64 == 0
+    second_before = second.clone()
+    first.fill_(7.0)
+    assert torch.equal(second, second_before)
+    # mmap loads slice the same packs out of the mapped file.
+    mapped = load(path, code_repo, mmap=True)
+    assert all(same_bits(a, b) for a, b in zip(mapped["small"], small, strict=True))
+
+
+def _forge_tensor_key(code_repo: Path, tmp_path: Path, key: str, numel: int = 16) -> Path:
+    """An archive whose pickle names one tensor at storage *key*, every digest recomputed and vouched for."""
+    import io
+    import pickle
+
+    from forging import forge
+
+    base = save({"t": torch.ones(16)}, code_repo)
+    pid = ("tensor", "float32", key, "cpu", numel, 0, (numel,), (1,), False, "tensor")
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return pid if obj == "TENSOR" else None
+
+    out = io.BytesIO()
+    Pickler(out, protocol=5).dump({"t": "TENSOR"})
+    return forge(base, tmp_path / "forged.gitpack", code_repo, out.getvalue())
+
+
+@pytest.mark.parametrize("key,why", [
+    ("pack-0:1024", "outside its member"),  # the pack holds 64 bytes
+    ("pack-0:32", "outside its member"),  # not 64-byte aligned
+    ("pack-7:0", "missing"),  # no such pack
+    ("pack-0:-64", "malformed"), ("../pickle", "malformed"), ("0x10", "malformed"),
+])
+def test_a_forged_storage_key_is_refused_before_anything_is_unpickled(code_repo, tmp_path, key, why):
+    forged = _forge_tensor_key(code_repo, tmp_path, key)
+    with pytest.raises(ArchiveError, match=why):
+        load(forged, code_repo)
+    # The well-formed key of the same forged archive loads: the refusal is the key's.
+    assert torch.equal(load(_forge_tensor_key(code_repo, tmp_path, "pack-0:0"), code_repo)["t"], torch.ones(16))
+
+
+def test_a_host_copy_stays_alive_while_the_writer_uses_its_bytes():
+    """A device tensor's host copy is referenced only by the view the writer hashes and writes: the view must keep
+    it alive (a GPU save once wrote bytes that no longer matched their digest)."""
+    import gc
+
+    from gitpack.pickling.tensors import _bytes_of
+
+    view = _bytes_of(torch.full((1024,), 3, dtype=torch.int32).untyped_storage())  # nothing else holds it
+    gc.collect()
+    others = [torch.full((1024,), 7, dtype=torch.int32) for _ in range(64)]  # would reuse freed memory
+    assert bytes(view) == bytes(torch.full((1024,), 3, dtype=torch.int32).untyped_storage())
+    assert len(others) == 64

@@ -67,7 +67,7 @@ def export(repo: Repo, archive: Path, dest: Path) -> ExportInfo:
 
     The caller has checked that the repository holds the commit the archive
     records and that it vouches for the payload.  Members are copied in
-    chunks and their sha256 recomputed on the way, so a bit flipped in transit
+    chunks and their digests recomputed on the way, so a bit flipped in transit
     fails the export rather than shipping.
     """
     with ArchiveReader(archive) as reader:
@@ -92,7 +92,8 @@ def export(repo: Repo, archive: Path, dest: Path) -> ExportInfo:
                 elif entry.kind == "blob" and entry.sha not in seen_blobs:
                     seen_blobs.add(entry.sha)
                     blobs.append(entry.sha)
-        writer = ArchiveWriter(dest)
+        # The copy keeps the original's format: its member digests are what the commit vouches for.
+        writer = ArchiveWriter(dest, version=reader.version)
         try:
             with open(reader.path, "rb") as fh:
                 # The writer hashes and writes straight from the mapping: no copy of large members in memory.
@@ -107,7 +108,7 @@ def export(repo: Repo, archive: Path, dest: Path) -> ExportInfo:
                     except BufferError:
                         pass  # a view is still referenced somewhere; the mapping goes with it
             for saved, member in zip(reader.members.values(), copied, strict=True):
-                if (saved.name, saved.size, saved.sha256) != (member.name, member.size, member.sha256):
+                if (saved.name, saved.size, saved.digest) != (member.name, member.size, member.digest):
                     raise ArchiveError(
                         f"{archive}: member {saved.name!r} does not match its digest; the archive is corrupt"
                     )

@@ -18,8 +18,7 @@ from typing import Any, BinaryIO
 from ..errors import ArchiveError
 from .format import (
     _MEMBER_NAME,
-    CHUNK,
-    FORMAT_VERSION,
+    DIGEST_KEY,
     HEADER,
     MAGIC,
     MAX_MANIFEST_BYTES,
@@ -29,9 +28,13 @@ from .format import (
     TRAILER,
     Member,
     align,
+    hash_step,
     io_workers,
+    new_hasher,
     payload_digest,
 )
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class ArchiveReader:
@@ -73,10 +76,12 @@ class ArchiveReader:
         if self.size < HEADER.size + TRAILER.size:
             raise self._fail("file too short to be a gitpack archive")
         magic, version, reserved = HEADER.unpack(self._pread(0, HEADER.size))
-        if version != FORMAT_VERSION:
+        if version not in DIGEST_KEY:
             raise ArchiveError(
                 f"{self.path}: archive format {version} is not supported by this gitpack; upgrade gitpack"
             )
+        self.version = version
+        self.algorithm = DIGEST_KEY[version]
         if reserved != 0:
             raise self._fail("header has a non-zero reserved field")
         offset, length, digest, tail = TRAILER.unpack(self._pread(self.size - TRAILER.size, TRAILER.size))
@@ -93,6 +98,8 @@ class ArchiveReader:
             raise self._fail("manifest is not valid JSON") from None
         if not isinstance(manifest, dict) or not isinstance(manifest.get("members"), list):
             raise self._fail("manifest has no member table")
+        if manifest.get("format", 1) != version:  # format 1 archives of gitpack 0.1 may lack the field
+            raise self._fail("the manifest and the header name different formats")
         try:
             canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
         except (RecursionError, ValueError):
@@ -108,13 +115,17 @@ class ArchiveReader:
             raise self._fail("too many members")
         members: dict[str, Member] = {}
         end = HEADER.size
+        key = self.algorithm
+        fields = {"name", "offset", "size", key}
         for item in raw:
             try:
-                m = Member(item["name"], item["offset"], item["size"], item["sha256"])
+                m = Member(item["name"], item["offset"], item["size"], item[key], key)
             except (KeyError, TypeError):
                 raise self._fail("malformed member entry") from None
-            if not (isinstance(m.name, str) and isinstance(m.sha256, str)):
+            if not (isinstance(m.name, str) and isinstance(m.digest, str)):
                 raise self._fail("malformed member entry")
+            if self.version >= 2 and item.keys() != fields:
+                raise self._fail(f"member {m.name[:80]!r} has fields other than {sorted(fields)}")
             if not (type(m.offset) is int and type(m.size) is int):
                 raise self._fail(f"member {m.name[:80]!r} has non-integer bounds")
             if not _MEMBER_NAME.fullmatch(m.name) or ".." in m.name.split("/") or m.name in members:
@@ -123,7 +134,7 @@ class ArchiveReader:
             # file is outside what a digest covers except zero padding, which is checked.
             if m.offset != align(end) or m.size < 0 or m.offset + m.size > self.manifest_offset:
                 raise self._fail(f"member {m.name!r} lies outside the data area")
-            if not re.fullmatch(r"[0-9a-f]{64}", m.sha256):
+            if not _HEX64.fullmatch(m.digest):
                 raise self._fail(f"member {m.name!r} has a malformed digest")
             self._check_padding(end, m.offset)
             end = m.offset + m.size
@@ -182,8 +193,8 @@ class ArchiveReader:
 
     def _fill(self, m: Member, view: memoryview, verify: bool) -> None:
         fd = self._fh.fileno()
-        h = hashlib.sha256() if verify else None
-        step = CHUNK if verify else READ_CHUNK
+        h = new_hasher(m.algorithm, m.size) if verify else None
+        step = hash_step(m.algorithm, m.size) if verify else READ_CHUNK
         pos = 0
         while pos < m.size:
             if self._closing:
@@ -194,7 +205,7 @@ class ArchiveReader:
             if h is not None:
                 h.update(view[pos : pos + n])
             pos += n
-        if h is not None and h.hexdigest() != m.sha256:
+        if h is not None and h.hexdigest() != m.digest:
             raise ArchiveError(
                 f"{self.path}: member {m.name!r} does not match its digest; the archive was corrupted or tampered with"
             )
@@ -202,7 +213,7 @@ class ArchiveReader:
     def verify_member(self, name: str) -> None:
         """Hash a member in place without keeping its bytes."""
         m = self.member(name)
-        h = hashlib.sha256()
+        h = new_hasher(m.algorithm, m.size)
         pos = 0
         while pos < m.size:
             data = os.pread(self._fh.fileno(), min(READ_CHUNK, m.size - pos), m.offset + pos)
@@ -210,7 +221,7 @@ class ArchiveReader:
                 raise self._fail(f"member {name!r} is truncated")
             h.update(data)
             pos += len(data)
-        if h.hexdigest() != m.sha256:
+        if h.hexdigest() != m.digest:
             raise ArchiveError(
                 f"{self.path}: member {name!r} does not match its digest; the archive was corrupted or tampered with"
             )

@@ -23,6 +23,7 @@ from ..fsutil import TEMP_MARK, disk_error, file_mode, fsync_dir, owner_tag, rem
 from .format import (
     _MEMBER_NAME,
     CHUNK,
+    DIGEST_KEY,
     FLUSH_EVERY,
     FORMAT_VERSION,
     HEADER,
@@ -31,7 +32,9 @@ from .format import (
     TRAILER,
     Member,
     align,
+    hash_step,
     io_workers,
+    new_hasher,
     payload_digest,
     sealed_manifest,
 )
@@ -118,9 +121,18 @@ class ArchiveWriter:
     Until :meth:`publish` succeeds nothing at *dest* changes, so a crash or an
     error leaves the old file (or none) and at worst a temp file that a later
     save in that directory removes.
+
+    *version* is the archive format to write: the current one, or 1 where an
+    archive of that format is copied (``export --portable``) and its sha256
+    digests must stay what its commit vouches for.
     """
 
-    def __init__(self, dest: str | os.PathLike, *, workers: int | None = None, temp_dir: Path | None = None):
+    def __init__(self, dest: str | os.PathLike, *, workers: int | None = None, temp_dir: Path | None = None,
+                 version: int = FORMAT_VERSION):
+        if version not in DIGEST_KEY:
+            raise ValueError(f"cannot write archive format {version}")
+        self.version = version
+        self.algorithm = DIGEST_KEY[version]
         # Through a symlink to its target, as open() and torch.save write (a rename would replace the link).
         self.dest = Path(os.path.realpath(dest))
         if self.dest.is_dir():
@@ -149,7 +161,7 @@ class ArchiveWriter:
         self._sealed_at: int | None = None
         self._aborted = False
         try:
-            _pwrite_all(fd, memoryview(HEADER.pack(MAGIC, FORMAT_VERSION, 0)), 0)
+            _pwrite_all(fd, memoryview(HEADER.pack(MAGIC, version, 0)), 0)
         except OSError as exc:
             os.close(fd)
             self.temp_path.unlink()
@@ -158,7 +170,9 @@ class ArchiveWriter:
         self._flusher = _Flusher(fd)
 
     def add(self, name: str, buffers: Iterable) -> None:
-        """Queue a member made of *buffers* (bytes-like, contiguous) to be hashed and written."""
+        """Queue a member made of *buffers* (bytes-like, contiguous, or :class:`DeferredBuffer`) to be hashed and
+        written, one after another: many small tensors are one member (see :mod:`gitpack.pickling.tensors`), so
+        this costs one queued task per member, whatever it holds."""
         if not _MEMBER_NAME.fullmatch(name) or ".." in name.split("/"):
             raise ValueError(f"bad member name {name!r}")
         if name in self._names:
@@ -173,23 +187,45 @@ class ArchiveWriter:
         self._queued.append((name, offset, size, self._pool.submit(self._hash_and_write, views, offset, size)))
 
     def _hash_and_write(self, views: list, offset: int, size: int) -> str:
+        """Hash and write one member: large buffers chunk by chunk (each chunk hashed, then written while it is
+        still in the cache), small ones (a pack of small tensors) gathered into one staging chunk first, so that
+        20,000 biases cost a few writes and hash updates, not 20,000."""
         fd = self._open_fd  # abort() and publish() close it only after the workers finish
-        h = hashlib.sha256()
+        h = new_hasher(self.algorithm, size)
+        step = hash_step(self.algorithm, size)
+        staged = bytearray()
+
+        def put(chunk) -> None:
+            nonlocal offset
+            h.update(chunk)  # reads the chunk into the cache; the write below copies it from there
+            _pwrite_all(fd, memoryview(chunk), offset)
+            offset += len(chunk)
+            self._flusher.wrote(len(chunk))
+
         for view in views:
+            if self._aborted:
+                return ""
             if isinstance(view, DeferredBuffer):
                 expected = view.nbytes
                 view = memoryview(view.materialise()).cast("B")
                 if len(view) != expected:
                     raise ValueError(f"a deferred buffer promised {expected} bytes and gave {len(view)}")
-            for i in range(0, len(view), CHUNK):
+            if len(view) < CHUNK:
+                staged += view
+                if len(staged) >= CHUNK:
+                    put(staged)
+                    staged = bytearray()
+                continue
+            if staged:
+                put(staged)
+                staged = bytearray()
+            for i in range(0, len(view), step):
                 if self._aborted:
                     return ""
-                chunk = view[i : i + CHUNK]
-                h.update(chunk)  # reads the chunk into the cache; the write below copies it from there
-                _pwrite_all(fd, chunk, offset)
-                offset += len(chunk)
-                self._flusher.wrote(len(chunk))
-            view = chunk = None  # a deferred copy is freed before the next one is made
+                put(view[i : i + step])
+            view = None  # a deferred copy is freed before the next one is made
+        if staged:
+            put(staged)
         return h.hexdigest()
 
     @property
@@ -200,7 +236,7 @@ class ArchiveWriter:
                 digest = future.result()
             except OSError as exc:
                 raise disk_error(exc, self.dest) from None
-            self._members.append(Member(name, offset, size, digest))
+            self._members.append(Member(name, offset, size, digest, self.algorithm))
         self._queued.clear()
         return list(self._members)
 
@@ -209,7 +245,7 @@ class ArchiveWriter:
 
     def seal(self, manifest: dict[str, Any]) -> None:
         """Write manifest and trailer after the members and fsync; may be called again to replace them."""
-        manifest = sealed_manifest(manifest, self.members)
+        manifest = sealed_manifest(manifest, self.members, self.version)
         blob = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
         fd = self._open_fd
         if self._sealed_at is None:

@@ -72,7 +72,8 @@ def persistent_ref(pid: Any, modules: frozenset[str] | None) -> tuple[Ref, str |
         dtype, key, location, numel, offset, size, stride, requires_grad, what = rest
         ref = Ref("tensor", name=str(key)[:40], parts=pid)
         if not (dtype in TORCH_DTYPE_SIZES and isinstance(key, str) and isinstance(location, str)
-                and LOCATION.fullmatch(location) and type(numel) is int and numel >= 0 and type(offset) is int
+                and (location in _LOCATIONS_SEEN or _location_ok(location))
+                and type(numel) is int and numel >= 0 and type(offset) is int
                 and offset >= 0 and type(size) is tuple and type(stride) is tuple and is_shape(size)
                 and is_shape(stride) and len(size) == len(stride) and type(requires_grad) is bool
                 and what in ("tensor", "parameter")):
@@ -86,6 +87,17 @@ def persistent_ref(pid: Any, modules: frozenset[str] | None) -> tuple[Ref, str |
     if kind == "rebuild" and not rest:
         return Ref("rebuild", "gitpack", "rebuild", parts=pid), None
     return Ref("bad", name=short(kind)), f"unknown persistent id kind {short(kind)!r}"
+
+
+_LOCATIONS_SEEN: set[str] = set()  # device names already matched: "cpu", "cuda:0" (most tensors name one of a few)
+
+
+def _location_ok(location: str) -> bool:
+    if not LOCATION.fullmatch(location):
+        return False
+    if len(_LOCATIONS_SEEN) < 64:
+        _LOCATIONS_SEEN.add(location)
+    return True
 
 
 def _unrecorded(module: str, modules: frozenset[str] | None) -> str | None:

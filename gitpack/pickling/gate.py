@@ -29,6 +29,7 @@ from typing import Any
 
 from ..errors import PolicyError
 from . import calls, classchecks, opcodes, states
+from .gcpause import gc_paused
 from .policy import Policy
 from .standins import (
     Buffer,
@@ -133,7 +134,8 @@ class Trace:
                 return trace._persistent(pid)
 
         try:
-            DryRun(io.BytesIO(data), buffers=(Buffer() for _ in range(buffers))).load()
+            with gc_paused():
+                DryRun(io.BytesIO(data), buffers=(Buffer() for _ in range(buffers))).load()
         except RecursionError:
             self.error = "nested too deeply"
         except Exception as exc:  # the pickle machine's own complaint about malformed input

@@ -12,6 +12,7 @@ module is ever reached.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, TypeGuard
 
 from ..errors import PolicyError
@@ -36,8 +37,8 @@ class Ref:
     refused: str | None = None  # why the policy refuses this global
     parts: tuple = ()  # a persistent id as the pickle wrote it
 
-    @property
-    def dotted(self) -> str:
+    @cached_property
+    def dotted(self) -> str:  # computed once: the gate asks for it at every call and BUILD it judges
         if self.module is None:
             return f"<{self.name}>"
         return f"{self.module}.{self.name}" if self.name else self.module

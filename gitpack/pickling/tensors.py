@@ -1,26 +1,56 @@
 """Tensor storage out of band: raw, aligned bytes in the archive, never in the pickle stream.
 
-Mirrors what ``torch.save`` does with its zip records, minus the zip: each
-storage becomes one archive member, keyed so that a storage shared by many
-tensors (or views) is written once and is shared again after load.  torch is
-imported only when a storage is actually met.
+Mirrors what ``torch.save`` does with its zip records, minus the zip: a storage
+shared by many tensors (or views) is written once and is shared again after
+load.  A storage of :data:`PACK_LIMIT` bytes or more is one archive member
+(``storages/<n>``, key ``"<n>"``); smaller ones are *packed*, 64-byte aligned,
+into members of about :data:`PACK_BYTES` (``storages/pack-<j>``, key
+``"pack-<j>:<offset>"``), so a model of 20,000 biases is a handful of members,
+digests, writes and reads rather than 20,000 of each.  A loaded packed storage
+is a slice of its pack's memory (read and verified once), so the pack's memory
+lives as long as any of its tensors does.  torch is imported only when a
+storage is actually met.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
 from ..archive import DeferredBuffer
+from ..archive.format import ALIGN, align
 from ..errors import ArchiveError, GitpackError
 
 STORAGE_PREFIX = "storages/"
 READAHEAD = 256 << 20  # bytes read ahead of the unpickler; bounds host staging for device loads
+PACK_LIMIT = 1 << 20  # storages smaller than this share pack members
+PACK_BYTES = 16 << 20  # a pack is closed once it holds this much: several packs read and hash in parallel
+PACK_PREFIX = "pack-"
+_KEY = re.compile(r"(0|[1-9][0-9]{0,8})|pack-(0|[1-9][0-9]{0,8}):(0|[1-9][0-9]{0,15})")
+_ZEROS = memoryview(bytes(ALIGN))
+
+
+def storage_address(key: Any) -> tuple[str, int | None] | None:
+    """``(member name, offset in it)`` of a storage key; offset None for a storage that is a whole member;
+    None for a malformed key."""
+    m = _KEY.fullmatch(key) if isinstance(key, str) else None
+    if m is None:
+        return None
+    if m[1] is not None:
+        return STORAGE_PREFIX + key, None
+    return f"{STORAGE_PREFIX}{PACK_PREFIX}{m[2]}", int(m[3])
+
+
+_TORCH_DTYPES: dict[str, Any] = {}
 
 
 def torch_dtype(name: Any) -> Any:
     """The torch dtype named *name*, from a fixed table: never ``getattr(torch, name)``, which for a name like
     ``_dynamo`` would import a torch subsystem (and write to the temp directory) on the pickle's say-so."""
+    found = _TORCH_DTYPES.get(name) if type(name) is str else None
+    if found is not None:
+        return found
     import torch
 
     from .policy import TORCH_DTYPE_SIZES
@@ -28,6 +58,7 @@ def torch_dtype(name: Any) -> Any:
     found = getattr(torch, name, None) if isinstance(name, str) and name in TORCH_DTYPE_SIZES else None
     if not isinstance(found, torch.dtype):
         raise GitpackError(f"archive declares an unknown tensor dtype {str(name)[:40]!r}; is this torch too old?")
+    _TORCH_DTYPES[name] = found
     return found
 
 
@@ -47,13 +78,37 @@ TENSOR_KIND = "tensor"
 _PLAIN_TENSOR_KINDS = ("tensor", "parameter")
 
 
+class _Pack:
+    """Small storages laid out in one member, each at a 64-byte aligned offset."""
+
+    __slots__ = ("name", "items", "size")
+
+    def __init__(self, name: str):
+        self.name = name
+        self.items: list[tuple[int, Any]] = []  # (offset, storage)
+        self.size = 0
+
+
+_DTYPE_NAMES: dict[Any, str] = {}  # torch dtype -> its name: one str object each, so the pickle memoizes it
+
+
+def _dtype_name(dtype: Any) -> str:
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
+    return name
+
+
 class StorageCollector:
-    """Turns storages met while pickling into persistent ids, and remembers them for writing."""
+    """Turns storages met while pickling into persistent ids, places them in members, remembers them for writing."""
 
     def __init__(self):
         self.storages: dict[str, Any] = {}  # key -> UntypedStorage
         self._keys: dict[int, str] = {}
         self._dtypes: dict[int, Any] = {}
+        self._units: list[Any] = []  # in first-use order: a key (a whole member) or a _Pack
+        self._pack: _Pack | None = None
+        self._packs = 0
 
     def persistent_id(self, obj: Any) -> tuple:
         import torch
@@ -62,15 +117,38 @@ class StorageCollector:
             storage, dtype, numel = obj._untyped_storage, obj.dtype, obj._size()
         else:
             storage, dtype, numel = obj, torch.uint8, obj.nbytes()
-        if storage.device.type != "meta" and storage.data_ptr() != 0:
-            seen = self._dtypes.setdefault(storage.data_ptr(), dtype)
+        key = self._key(storage, dtype)
+        return ("storage", _dtype_name(dtype), key, _location(storage), numel)
+
+    def _key(self, storage: Any, dtype: Any) -> str:
+        ptr = storage.data_ptr()
+        if ptr != 0 and storage.device.type != "meta":
+            seen = self._dtypes.setdefault(ptr, dtype)
             if seen != dtype:
                 raise GitpackError(
                     "two tensors view the same storage as different dtypes; save a .clone() of one of them"
                 )
-        key = self._keys.setdefault(storage._cdata, str(len(self._keys)))
-        self.storages[key] = storage
-        return ("storage", str(dtype).removeprefix("torch."), key, _location(storage), numel)
+        key = self._keys.get(storage._cdata)
+        if key is None:
+            key = self._keys[storage._cdata] = self._place(storage)
+            self.storages[key] = storage
+        return key
+
+    def _place(self, storage: Any) -> str:
+        nbytes = storage.nbytes()
+        if nbytes >= PACK_LIMIT or nbytes == 0 or storage.device.type == "meta":
+            key = str(len(self._keys))
+            self._units.append(key)
+            return key
+        pack = self._pack
+        if pack is None or align(pack.size) + nbytes > PACK_BYTES:
+            pack = self._pack = _Pack(f"{PACK_PREFIX}{self._packs}")
+            self._packs += 1
+            self._units.append(pack)
+        offset = align(pack.size)
+        pack.items.append((offset, storage))
+        pack.size = offset + nbytes
+        return f"{pack.name}:{offset}"
 
     def tensor_id(self, obj: Any) -> tuple | None:
         """A plain dense tensor or parameter as one persistent id, or None to pickle it torch's way.
@@ -89,15 +167,34 @@ class StorageCollector:
                 or any(n is not None for n in getattr(obj, "names", None) or ()):
             return None
         storage = obj.untyped_storage()
-        _, dtype, key, location, numel = self.persistent_id(torch.storage.TypedStorage(
-            wrap_storage=storage, dtype=obj.dtype, _internal=True))
-        return (TENSOR_KIND, dtype, key, location, numel, obj.storage_offset(), tuple(obj.size()), tuple(obj.stride()),
-                bool(obj.requires_grad), kind)
+        dtype = obj.dtype
+        key = self._key(storage, dtype)
+        return (TENSOR_KIND, _dtype_name(dtype), key, _location(storage), storage.nbytes() // dtype.itemsize,
+                obj.storage_offset(), tuple(obj.size()), obj.stride(), bool(obj.requires_grad), kind)
+
+    def members(self):
+        """``(member name, buffers)`` for every storage member, in the order the pickle first uses them: a whole
+        storage as a view of CPU memory (no copy) or a deferred host copy of device memory that the archive writer
+        makes only when it writes it; a pack as its storages with zero padding between them."""
+        for unit in self._units:
+            if isinstance(unit, _Pack):
+                buffers: list = []
+                end = 0
+                for offset, storage in unit.items:
+                    if offset > end:
+                        buffers.append(_ZEROS[: offset - end])
+                    buffers.extend(self._buffers_of(storage))
+                    end = offset + storage.nbytes()
+                yield STORAGE_PREFIX + unit.name, buffers
+            else:
+                yield STORAGE_PREFIX + unit, self._buffers_of(self.storages[unit])
 
     def buffers(self, key: str):
-        """The bytes of storage *key*, as buffers to write: a view of CPU memory (no copy), or for
-        a device storage a deferred host copy that the archive writer makes only when it writes it."""
-        storage = self.storages[key]
+        """The bytes of storage *key*, as buffers to write (see :meth:`members`)."""
+        return self._buffers_of(self.storages[key])
+
+    @staticmethod
+    def _buffers_of(storage: Any) -> list:
         if storage.device.type == "meta" or storage.nbytes() == 0:
             return []
         if storage.device.type != "cpu":
@@ -117,16 +214,19 @@ class _HostCopy(DeferredBuffer):
 def _bytes_of(storage) -> memoryview:
     """The memory of a CPU storage as a writable byte view, with no copy and no numpy.
 
-    The view does not own the memory: callers keep *storage* alive while they use it
-    (the collector holds every storage it hands out; the loader holds the storage it
-    reads into).
+    The view keeps *storage* alive (the ctypes array it is taken from holds it): a device tensor's host
+    copy, made by :meth:`_HostCopy.materialise` and referenced by nothing else, would otherwise be freed
+    while the archive writer still hashes and writes it (found on a GPU: a member's digest that did not
+    match its bytes).
     """
     import ctypes
 
     size = storage.nbytes()
     if size == 0:
         return memoryview(bytearray())
-    return memoryview((ctypes.c_ubyte * size).from_address(storage.data_ptr())).cast("B")
+    array = (ctypes.c_ubyte * size).from_address(storage.data_ptr())
+    array._gitpack_owner = storage
+    return memoryview(array).cast("B")
 
 
 def _location(storage) -> str:
@@ -138,11 +238,11 @@ class StorageLoader:
     """Rebuilds storages from archive members, once per key, honouring ``map_location`` like torch.
 
     A normal load reads each member straight into the memory of its final CPU
-    storage (no intermediate copy) and checks its digest before the storage is
-    handed to the unpickler.  The unpickler asks for storages in file order, so
-    the members after the one it waits for are already being read and hashed
-    on the archive's worker threads (up to *readahead* bytes ahead), one core
-    each.  With ``mmap=True`` the whole archive is mapped once (copy-on-write)
+    storage (no intermediate copy; a packed storage is a slice of its pack's)
+    and checks its digest before the storage is handed to the unpickler.  The
+    unpickler asks for storages in file order, so the members after the one it
+    waits for are already being read and hashed on the archive's worker threads
+    (up to *readahead* bytes ahead), one core each.  With ``mmap=True`` the whole archive is mapped once (copy-on-write)
     and every storage is a slice of that mapping: nothing is read or hashed.
     """
 
@@ -156,6 +256,7 @@ class StorageLoader:
         self._order = [m for name, m in reader.members.items() if name.startswith(STORAGE_PREFIX)]
         self._next = 0  # index in _order of the next member to schedule
         self._scheduled: dict[str, tuple[Any, Any, int]] = {}  # member name -> (storage, future, size)
+        self._ready: dict[str, Any] = {}  # member name -> its verified storage (packs are sliced again and again)
         self._ahead = 0  # bytes scheduled and not yet handed out
         if not mmap and self._order and self._target("cpu") != "meta":
             # Start reading now: the pickle is scanned and unpickled while the first bytes arrive.
@@ -166,6 +267,13 @@ class StorageLoader:
 
         _, dtype_name, key, location, numel = pid
         dtype = torch_dtype(dtype_name)
+        return torch.storage.TypedStorage(wrap_storage=self._storage(dtype, key, location, numel), dtype=dtype,
+                                          _internal=True)
+
+    def _storage(self, dtype: Any, key: Any, location: Any, numel: Any) -> Any:
+        """The untyped storage *key* (read and verified once, then shared by every tensor that names it)."""
+        import torch
+
         if type(numel) is not int or numel < 0:
             raise ArchiveError(f"{self.reader.path}: a storage has a malformed size; the archive is corrupt")
         key, location = str(key), str(location)
@@ -177,21 +285,21 @@ class StorageLoader:
             else:
                 storage = self._restore(self._read(key, nbytes), location)
             self._loaded[key] = storage
-        return torch.storage.TypedStorage(wrap_storage=storage, dtype=dtype, _internal=True)
+        return storage
 
     def tensor(self, pid: tuple) -> Any:
         """The tensor a :meth:`StorageCollector.tensor_id` persistent id stands for (its storage read and checked)."""
         import torch
 
-        _, dtype_name, key, location, numel, offset, size, stride, requires_grad, kind = pid
-        typed = self.load(("storage", dtype_name, key, location, numel))
-        storage = typed._untyped_storage
         from .guards import view_fits
 
-        if not view_fits(storage.nbytes(), offset, size, stride, typed.dtype.itemsize):
+        _, dtype_name, key, location, numel, offset, size, stride, requires_grad, kind = pid
+        dtype = torch_dtype(dtype_name)
+        storage = self._storage(dtype, key, location, numel)
+        if not view_fits(storage.nbytes(), offset, size, stride, dtype.itemsize):
             raise ArchiveError(f"{self.reader.path}: a tensor view lies beyond its storage; the archive is corrupt")
         try:
-            tensor = torch.empty((0,), dtype=typed.dtype, device=storage.device).set_(storage, offset, size, stride)
+            tensor = torch.empty((0,), dtype=dtype, device=storage.device).set_(storage, offset, size, stride)
         except RuntimeError as exc:
             first_line = str(exc).splitlines()[0][:120]
             raise ArchiveError(f"{self.reader.path}: a tensor does not fit its storage ({first_line}); "
@@ -205,21 +313,32 @@ class StorageLoader:
     def _read(self, key: str, nbytes: int):
         import torch
 
-        member = self.reader.member(STORAGE_PREFIX + key)
-        if member.size != nbytes:
+        address = storage_address(key)
+        if address is None:
+            raise ArchiveError(f"{self.reader.path}: a storage key {key[:40]!r} is malformed; the archive is corrupt")
+        name, offset = address
+        member = self.reader.member(name)
+        if offset is None and member.size != nbytes:
             raise ArchiveError(f"{self.reader.path}: storage {key} holds {member.size} bytes, "
                                f"its tensors need {nbytes}; the archive is corrupt")
+        if offset is not None and (offset % ALIGN or offset + nbytes > member.size):
+            raise ArchiveError(f"{self.reader.path}: packed storage {key} lies outside its member; "
+                               "the archive is corrupt")
+        start = offset or 0
         if self.mmap:
             if self._whole_file is None:
                 self._whole_file = torch.UntypedStorage.from_file(
                     str(self.reader.path), shared=False, nbytes=self.reader.size
                 )
-            return self._whole_file[member.offset : member.offset + member.size]
-        self._schedule_through(member.name)
-        storage, future, size = self._scheduled.pop(member.name)
-        self._ahead -= size
-        future.result()  # raises ArchiveError when the bytes do not match their digest
-        return storage
+            return self._whole_file[member.offset + start : member.offset + start + nbytes]
+        whole = self._ready.get(name)
+        if whole is None:
+            self._schedule_through(name)
+            whole, future, size = self._scheduled.pop(name)
+            self._ahead -= size
+            future.result()  # raises ArchiveError when the bytes do not match their digest
+            self._ready[name] = whole
+        return whole if offset is None else whole[start : start + nbytes]
 
     def _schedule_through(self, name: str | None) -> None:
         """Start reading members in file order until *name* (if any) is started and the readahead is full."""
@@ -235,7 +354,7 @@ class StorageLoader:
             self._scheduled[member.name] = (flat.untyped_storage(), future, member.size)
             self._ahead += member.size
         if name is not None and name not in self._scheduled:
-            raise ArchiveError(f"{self.reader.path}: storage member {name!r} is used twice; the archive is corrupt")
+            raise ArchiveError(f"{self.reader.path}: storage member {name!r} is not in the archive; it is corrupt")
 
     def _target(self, location: str) -> str | None:
         """Where *location*'s storages go, as torch reads ``map_location``; None for a callable."""

@@ -20,6 +20,7 @@ import dill
 
 from ..errors import GitpackError, PolicyError, UnpicklingError
 from . import columns, guards
+from .gcpause import gc_paused
 from .pickler import REBUILD_ID
 from .tensors import TENSOR_KIND
 
@@ -187,7 +188,8 @@ def load(data: bytes, *, resolver: Resolver, storage_loader, buffers=None) -> An
     cls = TrustedUnpickler if resolver.trust else GitpackUnpickler
     unpickler = cls(io.BytesIO(data), resolver=resolver, storage_loader=storage_loader, buffers=buffers)
     try:
-        return unpickler.load()
+        with gc_paused():
+            return unpickler.load()
     except GitpackError:
         raise
     except RecursionError:

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .policy import CLASS, TRUSTED, VALUE, VALUE_TYPE
+from .policy import CLASS, TORCH_DTYPE_SIZES, TRUSTED, VALUE, VALUE_TYPE
 from .standins import Deferred, Ref, made_of, ref_of
 
 DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -74,7 +74,10 @@ def is_storage_ref(value: Any) -> bool:
 
 def is_shape(value: Any) -> bool:
     if type(value) in (tuple, list):
-        return all(type(d) is int and d >= 0 for d in value)
+        for d in value:  # a loop, not all(generator): called for every tensor a pickle names
+            if type(d) is not int or d < 0:
+                return False
+        return True
     made = made_of(value)
     return made is not None and made.cls is not None and made.cls.dotted == "torch.Size"
 
@@ -109,23 +112,44 @@ def dtype_itemsize(value: Any) -> int | None:
 def tensor_fits(numel: int, storage_dtype: str, offset: int, size: tuple, stride: tuple, tensor_dtype: str) -> bool:
     """Whether a view (offset, size, stride in items of *tensor_dtype*) lies inside a storage of *numel* items of
     *storage_dtype*: else torch's ``set_`` would grow the storage (bytes nobody wrote, memory the pickle sizes)."""
-    from .policy import TORCH_DTYPE_SIZES
-
     item, storage_item = TORCH_DTYPE_SIZES.get(tensor_dtype), TORCH_DTYPE_SIZES.get(storage_dtype)
-    if item is None or storage_item is None:
+    if item is None or storage_item is None or len(size) != len(stride):
         return False
-    extent = 0 if any(d == 0 for d in size) else 1 + sum((d - 1) * s for d, s in zip(size, stride, strict=True))
+    extent = 1
+    for d, s in zip(size, stride, strict=True):
+        if d == 0:
+            extent = 0
+            break
+        extent += (d - 1) * s
     return (offset + extent) * item <= numel * storage_item
+
+
+_NEVER_CALLABLE = frozenset(PLAIN + (dict, tuple, set, frozenset))
 
 
 def value_kind(value: Any) -> str:
     """What a state value is, as far as the class checks care: ``callable`` (a function, class, partial or
     method the pickle names or builds), ``str-lists`` (a list of lists of str), or ``data``."""
+    if type(value) in _NEVER_CALLABLE:  # most attribute values: no stand-in is ever of these exact types
+        return "data"
     if callable_value(value):
         return "callable"
     if type(value) is list and value and all(type(v) is list and v and all(type(x) is str for x in v) for v in value):
         return "str-lists"
     return "data"
+
+
+_GOOD_KEYS: set[str] = set()  # attribute names already found plain (a model's modules share a few dozen)
+
+
+def _good_key(key: Any) -> bool:
+    if type(key) is str and key in _GOOD_KEYS:
+        return True
+    if not isinstance(key, str) or is_dunder(key) or not key.isidentifier():
+        return False
+    if type(key) is str and len(_GOOD_KEYS) < 4096:
+        _GOOD_KEYS.add(key)
+    return True
 
 
 def state_items(state: Any) -> tuple[tuple[str, str], ...] | None:
@@ -139,11 +163,13 @@ def state_items(state: Any) -> tuple[tuple[str, str], ...] | None:
             continue
         if type(part) is not dict:
             return None
+        slots = i == 1 and len(parts) == 2
+        good, never_callable = _GOOD_KEYS, _NEVER_CALLABLE
         for key, value in part.items():
-            if not isinstance(key, str) or is_dunder(key) or not key.isidentifier():
+            if not (type(key) is str and key in good) and not _good_key(key):
                 return None
-            kind = value_kind(value)
-            items[key] = ("slot-" + kind) if i == 1 and len(parts) == 2 else kind
+            kind = "data" if type(value) in never_callable else value_kind(value)
+            items[key] = ("slot-" + kind) if slots else kind
     return tuple(sorted(items.items()))
 
 
