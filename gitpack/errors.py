@@ -52,5 +52,10 @@ class SignatureError(GitpackError):
     """A snapshot commit's signature is missing or not trusted."""
 
 
+class GitpackWarning(UserWarning):
+    """Something a save or load did that the caller should know about, though nothing failed: what the default
+    load policy would refuse in an archive just saved, files left out of its snapshot."""
+
+
 class StoreError(GitpackError):
     """A named artifact or version is unknown, or the store cannot be updated."""
