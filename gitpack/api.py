@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from . import artifacts, gitsetup, history, sync
+from . import allowlist, artifacts, gitsetup, history, sync
 from . import repair as _repair
 from ._version import __version__
 from .archive import read_manifest
@@ -26,9 +26,9 @@ from .save import SaveInfo, save
 from .snapshot.branch import tip_of
 from .verify import VerifyReport, open_verified, verify
 
-__all__ = ["DiffReport", "SaveInfo", "VerifyReport", "__version__", "alias", "apply", "capture", "diff", "export",
-           "init", "inspect", "list_artifacts", "load", "log", "pull", "push", "repair", "save", "scan", "source_of",
-           "textconv", "verify"]
+__all__ = ["DiffReport", "SaveInfo", "VerifyReport", "__version__", "alias", "apply", "cache_prune", "cache_usage",
+           "capture", "diff", "export", "init", "inspect", "list_artifacts", "load", "log", "pull", "push", "repair",
+           "save", "scan", "source_of", "textconv", "verify"]
 
 
 def inspect(path: str | os.PathLike) -> dict[str, Any]:
@@ -70,13 +70,15 @@ def scan(
     code is imported or run, and no repository is needed.  Checks about snapshot classes are made from
     their source when the repository here has the snapshot, else reported as pending (load makes them).
 
+    *allow* and ``git config gitpack.allow`` count as for a load here.
+
     Returns:
         A :class:`~gitpack.pickling.scanner.ScanReport`.
     """
     from .pickling.scanner import scan as scan_archive
 
     path, _ = artifacts.locate(path, repo=repo)
-    return scan_archive(path, allow=allow, repo=repo)
+    return scan_archive(path, allow=allowlist.for_path(allow, repo), repo=repo)
 
 
 def log(*, branch: str | None = None, repo: str | os.PathLike | None = None,
@@ -158,6 +160,55 @@ def export(ref: str | os.PathLike, output: str | os.PathLike, *, portable: bool 
     return dest
 
 
+def _apply_module(module: Any, value: Any) -> Any:
+    """JSON in, a tensor, forward on a batch of one, JSON out (see :func:`apply`)."""
+    import json
+
+    import torch
+
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise GitpackError(f"--apply {value[:60]!r}: a torch module takes JSON, a number or nested lists "
+                               "(token ids [101, 2023, 102], features [[0.5, 1.0]])") from None
+    try:
+        x = torch.tensor(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise GitpackError(f"--apply input is not a tensor ({exc}); give a number or nested lists of equal "
+                           "lengths") from None
+    reference = next(iter(module.parameters()), None)
+    if reference is None:
+        reference = next(iter(module.buffers()), None)
+    if reference is not None:
+        x = x.to(device=reference.device, dtype=reference.dtype if x.is_floating_point() and
+                 reference.is_floating_point() else x.dtype)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = module(x.unsqueeze(0))
+    finally:
+        module.train(was_training)
+    return _jsonable_output(out, torch)
+
+
+def _jsonable_output(value: Any, torch: Any, depth: int = 0) -> Any:
+    """A module's output as JSON: tensors as lists without the batch dimension, containers recursively."""
+    if depth > 32:
+        return repr(value)[:200]
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        return (value[0] if value.dim() > 0 and value.shape[0] == 1 else value).tolist()
+    if isinstance(value, dict):
+        return {str(k): _jsonable_output(v, torch, depth + 1) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_jsonable_output(v, torch, depth + 1) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)[:200]
+
+
 # ---------------------------------------------------------------------- git integration and ergonomics
 def init(*, repo: str | os.PathLike | None = None) -> list[str]:
     """Set the repository up for archives: .gitattributes (binary, -delta, diff=gitpack) and git config."""
@@ -170,6 +221,22 @@ def textconv(path: str | os.PathLike) -> str:
     return gitsetup.textconv(path)
 
 
+def cache_usage():
+    """What the load cache holds (materialised snapshot trees, copies of stored archives), by entry, with sizes,
+    last use and whether a process is using each now; and the configured limit (``gitpack.cacheMaxSize``)."""
+    from .isolation import cache
+
+    return cache.usage(), cache.configured_max_size()
+
+
+def cache_prune(*, older_than: float | None = None, max_size: int | None = None):
+    """Remove load-cache entries no process is using: those unused for *older_than* seconds, then the least
+    recently used until the cache fits *max_size* bytes; with neither, every entry not in use."""
+    from .isolation import cache
+
+    return cache.prune(older_than=older_than, max_size=max_size)
+
+
 def source_of(obj: Any) -> str | None:
     """Where *obj*'s class comes from: its file inside the snapshot cache, if it is snapshot code."""
     module = sys.modules.get(type(obj).__module__)
@@ -177,10 +244,22 @@ def source_of(obj: Any) -> str | None:
 
 
 def apply(obj: Any, value: Any) -> Any:
-    """The seed models' convention: ``preprocess``, ``forward`` on a batch of one, ``postprocess``."""
-    for method in ("preprocess", "forward", "postprocess"):
-        if not callable(getattr(obj, method, None)):
-            raise GitpackError(f"{type(obj).__name__} has no {method}() method, so --apply cannot run it")
+    """Run *obj* on one input, as ``gitpack load --apply`` does.
+
+    An object with ``preprocess``, ``forward`` and ``postprocess`` (the seed models' convention) gets *value*
+    as it is, and ``postprocess(forward(batch of one)[0])`` is returned.  Any other ``torch.nn.Module`` gets
+    *value* as JSON (a number or nested lists; a string is parsed) turned into a tensor (integers stay int64,
+    as token ids are; floats take the module's dtype), called in eval mode without gradients on a batch of
+    one, and its output comes back as JSON: tensors as nested lists (the batch dimension dropped), tuples as
+    lists, dict-like outputs (a transformers ``ModelOutput``) as objects.
+    """
+    if not all(callable(getattr(obj, m, None)) for m in ("preprocess", "forward", "postprocess")):
+        torch_module = sys.modules.get("torch")
+        if torch_module is not None and isinstance(obj, torch_module.nn.Module):
+            return _apply_module(obj, value)
+        missing = next(m for m in ("preprocess", "forward", "postprocess") if not callable(getattr(obj, m, None)))
+        raise GitpackError(f"{type(obj).__name__} has no {missing}() method and is not a torch module, so --apply "
+                           "cannot run it")
     x = obj.preprocess(value)
     if "torch" in sys.modules and isinstance(x, sys.modules["torch"].Tensor):
         import torch

@@ -33,7 +33,8 @@ from .archive import read_manifest
 from .git import Repo
 from .history import require_snapshot_commit
 from .isolation.namespace import installed_elsewhere
-from .snapshot import DEFAULT_SIZE_CAP, write_tree
+from .moves import module_moves
+from .snapshot import limits_from_config, write_tree
 
 WORKING_TREE = "working tree"
 COMPARE_DEPTH = 64  # nested levels compared key by key; below that a subtree is compared whole
@@ -275,13 +276,16 @@ def used_paths(*manifests: dict[str, Any]) -> list[str]:
     return sorted({p for m in manifests for p in module_paths(m)[0]})
 
 
-def changed_files(repo: Repo, old: str, new: str) -> list[FileChange]:
-    """Every path that differs between *old* and *new* (commits or trees), renames detected (-M).
+def changed_files(repo: Repo, old: str, new: str, paths: list[str] | None = None,
+                  renames: str = "-M") -> list[FileChange]:
+    """Every path that differs between *old* and *new* (commits or trees), renames detected (-M), or only
+    among *paths* (with *renames* ``-M1%``: a pair :mod:`gitpack.moves` knows to be one module moved).
 
     Read with ``-z``: any byte a file name may hold (a newline, a quote) stays
     in its name instead of ending or splitting it.
     """
-    raw = repo.git("diff", "--no-ext-diff", "--no-textconv", "--name-status", "-M", "-z", old, new, "--",
+    spec = [f":(literal){p}" for p in paths] if paths is not None else []
+    raw = repo.git("diff", "--no-ext-diff", "--no-textconv", "--name-status", renames, "-z", old, new, "--", *spec,
                    strip=False, binary=True)
     fields = raw.decode("utf-8", "surrogateescape").split("\0")
     out, i = [], 0
@@ -335,18 +339,44 @@ def _roots(*manifests: dict[str, Any]) -> list[str]:
     return sorted(roots)
 
 
-def code_diff(repo: Repo, old: str, new: str, paths: list[str] | None) -> str:
+def code_diff(repo: Repo, old: str, new: str, paths: list[str] | None, files: list[FileChange] | None = None,
+              moves: dict[str, str] | None = None) -> str:
     """``git diff -M old new`` (commits or trees), limited to *paths* unless it is None.
 
-    Paths go to git as literal pathspecs, a few hundred per call; invalid
-    ones (see :func:`valid_path`) are never passed.
+    Paths go to git as literal pathspecs, a few hundred per call, both sides of a rename in *files* always in
+    the same call (else git would show each side alone); invalid ones (see :func:`valid_path`) are never
+    passed.  The *moves* (old path: new path, see :mod:`gitpack.moves`) are diffed as renames however much
+    they changed.
     """
+    moves = moves or {}
     base = ["diff", "--no-ext-diff", "--no-color", "--no-textconv", "-M", old, new, "--"]
+    moved = [(a, b) for a, b in sorted(moves.items()) if valid_path(a) and valid_path(b)]
+    pairs = "".join(repo.git(*base[:4], "-M1%", *base[5:], f":(literal){a}", f":(literal){b}", strip=False)
+                    for a, b in moved)
+    skip = {p for pair in moved for p in pair}
     if paths is None:
-        return repo.git(*base, strip=False)
-    paths = sorted({p for p in paths if valid_path(p)})
-    return "".join(repo.git(*base, *[f":(literal){p}" for p in paths[i:i + PATHSPEC_BATCH]], strip=False)
-                   for i in range(0, len(paths), PATHSPEC_BATCH))
+        return repo.git(*base, ".", *[f":(exclude,literal){p}" for p in sorted(skip)], strip=False) + pairs
+    files = files or []
+    partner = {f.path: f.old_path for f in files if f.old_path is not None}
+    partner.update({f.old_path: f.path for f in files if f.old_path is not None})
+    units: list[list[str]] = []
+    seen: set[str] = set()
+    for p in sorted({p for p in paths if valid_path(p)} - skip):
+        if p in seen:
+            continue
+        unit = [p] + [q for q in [partner.get(p)] if q is not None and valid_path(q) and q not in seen]
+        seen.update(unit)
+        units.append(unit)
+    out: list[str] = []
+    batch: list[str] = []
+    for unit in units:
+        if batch and len(batch) + len(unit) > PATHSPEC_BATCH:
+            out.append(repo.git(*base, *[f":(literal){p}" for p in batch], strip=False))
+            batch = []
+        batch += unit
+    if batch:
+        out.append(repo.git(*base, *[f":(literal){p}" for p in batch], strip=False))
+    return "".join(out) + pairs
 
 
 def _hunk_paths(files: list[FileChange], used: list[str]) -> list[str]:
@@ -359,6 +389,19 @@ def _hunk_paths(files: list[FileChange], used: list[str]) -> list[str]:
             if f.old_path is not None:
                 out.add(f.old_path)
     return sorted(out)
+
+
+def _with_moves(repo: Repo, old: str, new: str, files: list[FileChange], moves: dict[str, str]) -> list[FileChange]:
+    """*files* with each moved module's delete and add replaced by git's rename entry for the pair."""
+    if not moves:
+        return files
+    renamed = {}
+    for a, b in moves.items():
+        found = [f for f in changed_files(repo, old, new, [a, b], renames="-M1%") if f.old_path == a and f.path == b]
+        if found:
+            renamed[b] = found[0]
+    gone = {a for a, b in moves.items() if b in renamed}
+    return [renamed.get(f.path, f) for f in files if not (f.status == "D" and f.path in gone)]
 
 
 def _archive_rel(repo: Repo, path: Path) -> str | None:
@@ -390,17 +433,23 @@ def compare(a: str | os.PathLike, b: str | os.PathLike | None = None, *, all_fil
             old, new, manifests = commit_a, commit_b, (manifest_a, manifest_b)
             used = sorted(set(used_a) | set(used_b))
         else:
-            cap = int(git_repo.config("gitpack.sizecap") or DEFAULT_SIZE_CAP)
             exclude = {rel for rel in [_archive_rel(git_repo, path_a)] if rel}
-            snap = write_tree(git_repo, size_cap=cap, exclude=exclude)
+            snap = write_tree(git_repo, limits_from_config(git_repo, exclude=exclude))
             side_b = {"archive": None, "commit": None, "tree": snap.tree, "object": None, "label": WORKING_TREE}
             params = []
-            env = compare_values(("environment",), manifest_a.get("environment") or {}, environment.describe())
+            recorded = _dict(_dict(manifest_a.get("environment")).get("packages"))
+            env = compare_values(("environment",), manifest_a.get("environment") or {},
+                                 environment.describe([k for k in recorded if isinstance(k, str)]))
             old, new, manifests = commit_a, snap.tree, (manifest_a,)
             used = used_a
-        files = _mark_shadowing(changed_files(git_repo, old, new), _roots(*manifests), git_repo.root)
+        files = changed_files(git_repo, old, new)
+        moved = module_moves(git_repo, new, [f.path for f in files if f.status == "D"],
+                             [f.path for f in files if f.status == "A"], *manifests)
+        files = _with_moves(git_repo, old, new, files, moved)
+        files = _mark_shadowing(files, _roots(*manifests), git_repo.root)
         paths = None if all_files else used
-        text = code_diff(git_repo, old, new, None if all_files else _hunk_paths(files, used)) if files else ""
+        hunks = None if all_files else _hunk_paths(files, used)
+        text = code_diff(git_repo, old, new, hunks, files, moved) if files else ""
         return DiffReport(side_a, side_b, params, env, paths, text, files, notes)
     finally:
         git_repo.close()

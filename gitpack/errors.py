@@ -13,8 +13,9 @@ class GitpackError(Exception):
 
 
 class GitpackWarning(UserWarning):
-    """Something a save or load did that its caller should know (code that is not pinned, say); the CLI prints
-    the same text as a ``warning:`` line."""
+    """Something a save or load did that its caller should know, though nothing failed (code that is not
+    pinned, what the default load policy would refuse, files left out of the snapshot); the CLI prints the
+    same text as a ``warning:`` line."""
 
 
 class NotARepoError(GitpackError):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,10 +34,18 @@ BIG_FILE_THRESHOLD = "64m"
 
 
 def textconv_command() -> str:
-    """``gitpack textconv`` when the command is on PATH, else this interpreter's ``-m gitpack``."""
-    if shutil.which("gitpack"):
-        return "gitpack textconv"
-    return f"{shlex.quote(sys.executable)} -m gitpack textconv"
+    """The textconv driver: a shell function git runs with the file as ``$1``, which never makes ``git diff`` fail.
+
+    git aborts the whole diff (exit 128, every other file's diff lost) when a textconv command fails, and
+    ``gitpack`` is often not on PATH where git runs (a virtualenv not activated, an IDE, a hook).  So the driver
+    tries this interpreter by its absolute path first, then ``gitpack`` on PATH, and when neither can read the
+    archive it prints a raw summary (size and checksum) instead: the diff still shows that the archive changed.
+    """
+    python = shlex.quote(sys.executable)
+    raw = ("printf 'gitpack archive (gitpack could not be run here to read its manifest)\\nbytes       %s\\n"
+           "cksum       %s\\n' \"$(wc -c < \"$1\" | tr -d ' ')\" \"$(cksum < \"$1\")\"")
+    return (f"gitpack_textconv() {{ {python} -m gitpack textconv \"$1\" 2>/dev/null || "
+            f"gitpack textconv \"$1\" 2>/dev/null || {{ {raw}; }}; }}; gitpack_textconv")
 
 
 def init(repo: Repo) -> list[str]:

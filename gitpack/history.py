@@ -8,12 +8,13 @@ one entry whatever its message holds.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import textsafe
-from .errors import ArchiveError, MissingCommitError
+from .errors import ArchiveError, GitpackError, MissingCommitError
 from .trailers import parse_json, parse_trailers
 
 _SHA = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
@@ -64,15 +65,69 @@ def require_snapshot_commit(repo, manifest: dict[str, Any], path) -> str:
     if not isinstance(commit, str) or not re.fullmatch(r"[0-9a-f]{40}", commit):
         raise ArchiveError(f"{path}: manifest records no valid commit; the archive is corrupt")
     if repo.object_type(commit) != "commit":
-        remote = manifest.get("remote_url")
-        remote = textsafe.line(remote, 200) if isinstance(remote, str) and remote else "the repository it was saved in"
-        branch = manifest.get("branch")
-        branch = textsafe.line(branch, 200) if isinstance(branch, str) and branch else "refs/heads/gitpack"
-        raise MissingCommitError(
-            f"snapshot commit {commit} of {textsafe.line(path)} is not in {repo.root}; fetch it from {remote} "
-            f"(`gitpack pull` or `git fetch origin {branch}`)"
-        )
+        raise MissingCommitError(f"snapshot commit {commit} of {textsafe.line(path)} is not in {repo.root}; "
+                                 f"{where_to_fetch(repo, manifest)}")
     return commit
+
+
+_BRANCH = re.compile(r"refs/heads/[A-Za-z0-9_][A-Za-z0-9._/-]{0,200}")
+LS_REMOTE_SECONDS = 15.0  # per remote: an unreachable host must not hold an error message for minutes
+MAX_REMOTES = 8
+
+
+def where_to_fetch(repo, manifest: dict[str, Any]) -> str:
+    """Which of this clone's remotes has the snapshot branch (``git ls-remote``), to pull the commit from; or
+    that none does, and where the archive says it was saved.
+
+    Only the clone's own remotes are asked: the manifest's ``remote_url`` is the archive's say-so and is shown,
+    never contacted.  The branch name it records is used only when it is a plain branch name.
+    """
+    import time
+
+    from .git import DEFAULT_BRANCH, branch_ref, runner
+
+    recorded = manifest.get("branch")
+    ours = branch_ref(repo.config("gitpack.branch") or DEFAULT_BRANCH)
+    branches = [b for b in dict.fromkeys([recorded if isinstance(recorded, str) else None, ours])
+                if isinstance(b, str) and _BRANCH.fullmatch(b) and ".." not in b]
+    url = manifest.get("remote_url")
+    saved_in = f"it was saved in {textsafe.line(url, 200)}" if isinstance(url, str) and url else \
+        "the archive does not say which repository it was saved in"
+    remotes = [r for r in repo.git("remote").splitlines() if r.strip()]
+    if not remotes:
+        return (f"this clone has no remotes ({saved_in}): add that repository (git remote add NAME URL) and fetch "
+                "the commit with `gitpack pull NAME`")
+    env = {"GIT_TERMINAL_PROMPT": "0", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes"}
+    env = {k: v for k, v in env.items() if k not in os.environ}  # the user's own settings win
+    started = [(name, runner.start(["ls-remote", "--heads", name, *branches], cwd=repo.root, env=env))
+               for name in remotes[:MAX_REMOTES] if branches]
+    having, unanswered = [], []
+    deadline = time.monotonic() + LS_REMOTE_SECONDS
+    for name, proc in started:
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if proc.poll() is None:
+            proc.popen.kill()
+            unanswered.append(name)
+        try:
+            out = proc.finish().decode("utf-8", "replace")
+        except GitpackError:
+            if name not in unanswered:
+                unanswered.append(name)
+            continue
+        found = [line.split("\t", 1)[1] for line in out.splitlines() if "\t" in line]
+        if found:
+            having.append((name, found[0]))
+    asked = ", ".join(textsafe.line(r, 60) for r in remotes[:MAX_REMOTES])
+    if having:
+        name, ref = having[0]
+        others = f" (also: {', '.join(textsafe.line(n, 60) for n, _ in having[1:])})" if len(having) > 1 else ""
+        return (f"remote {textsafe.line(name, 60)} has the snapshot branch {textsafe.line(ref, 200)}{others}: fetch it "
+                f"with `gitpack pull {textsafe.line(name, 60)}` (if the save was pushed there; {saved_in})")
+    silent = f" ({', '.join(unanswered)} did not answer)" if unanswered else ""
+    wanted = ", ".join(branches) or "a snapshot branch"
+    return (f"none of this clone's remotes ({asked}) has {wanted}{silent}; {saved_in}: add that repository as a "
+            "remote and fetch the commit with `gitpack pull NAME`, or `gitpack push` from the clone that saved it")
 
 
 def iso_date(raw: str) -> str:

@@ -16,10 +16,10 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from . import artifacts, sync
+from . import allowlist, artifacts, sync
 from .errors import GitpackError, PolicyError, UnpicklingError
 from .git import Repo
-from .isolation import namespace_for
+from .isolation import cache, namespace_for
 from .manifest import BUFFER_PREFIX, PICKLE_MEMBER
 from .pickling import gate
 from .pickling.policy import Policy
@@ -50,7 +50,11 @@ def load(
         mmap: with ``mmap=True`` tensor data is mapped from the archive instead of read, and its digests are
             *not* checked at load (that would read every byte): run ``gitpack verify`` for that.
         trust: turn the policy off and admit by-value code: only for archives whose author you trust.
-        allow: more globals the policy admits, ``"module:qualname"`` strings or ``(module, qualname)`` pairs.
+        allow: more globals the policy admits: ``"module:qualname"`` strings (or the dotted ``"module.qualname"``
+            that ``gitpack scan`` prints) or ``(module, qualname)`` pairs, each trusted fully; or a package,
+            ``"transformers"``, whose classes (not functions) load as torch's layers do: built empty, given plain
+            attribute state.  ``git config --add gitpack.allow ENTRY`` (per repository, or ``--global``) adds
+            entries to every load.
         require_signed: refuse unless the snapshot commit has a trusted signature (None: ``gitpack.requireSigned``).
         repo: the repository (default: the one containing the current directory).
         fetch: run ``gitpack pull`` (from *remote*, default the upstream or origin) first.
@@ -66,11 +70,11 @@ def load(
     storage it names is read and checked.  A portable archive loads with no repository at all, from its
     embedded, hash-verified source, but only with *trust* unless a clone here has its commit.
     """
-    policy = Policy(allow)  # a malformed allow entry fails before anything is read
+    policy = Policy(allowlist.for_path(allow, repo))  # a malformed allow entry fails before anything is read
     if fetch:
         with Repo.discover(repo) as git_repo:
             sync.pull(git_repo, remote)
-    path, _ = artifacts.locate(path, repo=repo)
+    path = _located(path, repo)
     with open_verified(path, repo=repo, require_signed=require_signed, trust=trust) as checked:
         plan = checked.plan
         if plan.by_value_code and not trust:
@@ -95,7 +99,23 @@ def load(
             verdict.raise_if_refused(str(path))
             verdict.check_classes(resolver.ref)  # imports the snapshot modules that define what the pickle uses
             verdict.raise_if_refused(str(path))
-        return unpickle(data, resolver=resolver, storage_loader=storage_loader, buffers=buffers)
+        obj = unpickle(data, resolver=resolver, storage_loader=storage_loader, buffers=buffers)
+    cache.settle()  # a load that wrote to the cache keeps it under gitpack.cacheMaxSize
+    return obj
+
+
+def _located(target: str | os.PathLike, repo: str | os.PathLike | None) -> Any:
+    """The archive file *target* means; a stored archive's copy in the cache is held in use (a concurrent
+    ``gitpack cache prune`` keeps it), and copied again should a prune have taken it just before."""
+    for _ in range(3):
+        path, version = artifacts.locate(target, repo=repo)
+        if version is None:
+            return path
+        cache.hold(path, directory=False)
+        if path.exists():
+            cache.note_written()  # a copy may just have been made: settle() checks the cache's size after the load
+            return path
+    return path
 
 
 def _read_storages_first(storage_loader: StorageLoader, storages: list[tuple]) -> None:

@@ -22,9 +22,9 @@ import os
 import warnings as _warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import artifacts, environment, progress, signing, snapshot
+from . import allowlist, artifacts, environment, progress, signing, snapshot
 from ._version import __version__
 from .archive import ArchiveWriter, manifest_digest, sealed_manifest
 from .capturing import build_tree, paused, sources, summary_lines
@@ -34,11 +34,13 @@ from .git import DEFAULT_BRANCH, Repo, branch_ref
 from .manifest import BUFFER_PREFIX, PICKLE_MEMBER, Manifest, ModuleInfo
 from .pickling.modulemap import ModuleMap
 from .pickling.pickler import dump, original_of
-from .pickling.policy import Policy
-from .snapshot import DEFAULT_SIZE_CAP
+from .pickling.policy import AllowList, Policy
 from .staleness import find_stale, stale_error
 from .structure import is_module, object_paths, summarize
 from .trailers import format_message
+
+if TYPE_CHECKING:
+    from .pickling import gate
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ def save(
     sign: bool = False,
     repo: str | os.PathLike | None = None,
     allow_stale: bool = False,
+    include: list[str] | tuple[str, ...] = (),
+    untracked_budget: int | None = None,
 ) -> SaveInfo:
     """Snapshot the working tree onto gitpack's branch and write *obj* to the archive at *path*.
 
@@ -94,6 +98,12 @@ def save(
     structure summary of every torch module, and the check that the code in
     memory is the code being snapshotted (refused with StaleCodeError unless
     *allow_stale*) all go into the manifest and the commit message.
+
+    Tracked files are always snapshotted; untracked ones are bounded (:mod:`gitpack.snapshot.exclude`): none
+    above *size_cap* (``gitpack.sizecap``, 10 MB), at most *untracked_budget* in all (``gitpack.untrackedBudget``,
+    20 MB, the largest left out first), except the paths, directories or patterns in *include* (and
+    ``gitpack.include``).  ``info.excluded`` says what was left out, with sizes, and a :class:`GitpackWarning`
+    too.
     """
     if path is None and name is None:
         raise GitpackError("nothing to save to: give a path for the archive file (-o FILE), "
@@ -103,7 +113,6 @@ def save(
     params = _jsonable(params or {})
     with Repo.discover(repo) as git_repo:
         branch = branch or git_repo.config("gitpack.branch") or DEFAULT_BRANCH
-        cap = size_cap if size_cap is not None else int(git_repo.config("gitpack.sizecap") or DEFAULT_SIZE_CAP)
         # Store-only saves build the archive beside the object database and never publish the file.
         dest = Path(os.path.abspath(path)) if path is not None else git_repo.common_dir / f"{name}.gitpack"
         exclude = set()
@@ -115,8 +124,10 @@ def save(
             pass
         writer = ArchiveWriter(dest, temp_dir=temp_dir)
         try:
+            limits = snapshot.limits_from_config(git_repo, size_cap=size_cap, budget=untracked_budget,
+                                                 include=_repo_relative(git_repo, include), exclude=exclude)
             with writing(git_repo.git_dir):  # a full or read-only .git: one line naming it
-                snap = snapshot.write_tree(git_repo, size_cap=cap, exclude=exclude)
+                snap = snapshot.write_tree(git_repo, limits)
             if not branch_ref(branch).startswith("refs/heads/") or branch_ref(branch) == snap.head_branch:
                 checked_out = branch_ref(branch) == snap.head_branch
                 what = "your checked-out branch" if checked_out else "a ref outside refs/heads"
@@ -161,9 +172,11 @@ def save(
                     structure = summarize(paths, module_map)
                 not_pinned = [f"{u['module']} is imported from {u['file']}, not from this repository "
                               f"({u['repository']} differs); its code is not pinned" for u in module_map.unpinned]
-                warnings = (list(snap.submodule_warnings) + not_pinned
-                            + _policy_warnings(data, module_map.used, len(buffers)))
-                environment_description = environment.describe()
+                verdict = _policy_trace(data, module_map.used, len(buffers), allowlist.merged((), git_repo))
+                refused = _policy_warnings(verdict)
+                warnings = list(snap.submodule_warnings) + not_pinned + refused
+                libraries = environment.distributions_of(r.module or "" for r in verdict.globals)
+                environment_description = environment.describe(libraries)
                 remote_url = git_repo.remote_url()
                 sign = signing.wants_signing(git_repo, sign)
                 bar.update(completed=sum(m.size for m in writer.members))  # waits for the queued writes
@@ -230,7 +243,7 @@ def save(
         except BaseException:
             writer.abort()
             raise
-        for warning in not_pinned:
+        for warning in not_pinned + refused + _left_out_warning(snap.excluded):  # (the CLI prints these itself)
             _warnings.warn(warning, GitpackWarning, stacklevel=2)
         return SaveInfo(dest if path is not None else None, commit, tree, digest, branch_ref(branch), type_name,
                         list(snap.excluded), warnings, version.label if version else None)
@@ -250,18 +263,47 @@ def _hidden_temp_dir(repo: Repo, dest: Path) -> Path | None:
     return repo.git_dir if same else None
 
 
-def _policy_warnings(data: bytes, modules: dict, buffers: int) -> list[str]:
-    """What the default load policy would refuse in this pickle, said at save time rather than at load."""
+def _repo_relative(repo: Repo, include: list[str] | tuple[str, ...]) -> list[str]:
+    """``--include`` entries as paths from the repository root: an existing path as given (from the current
+    directory), anything else (a pattern) as written."""
+    out = []
+    for entry in include:
+        full = Path(os.path.abspath(entry))
+        try:
+            out.append(full.resolve().relative_to(repo.root.resolve()).as_posix() if full.exists() else entry)
+        except ValueError:
+            raise GitpackError(f"--include {entry} is outside the repository {repo.root}; give a path inside it")
+    return out
+
+
+def _left_out_warning(excluded: list[tuple[str, str]]) -> list[str]:
+    """One line for the untracked files a save left out by size (never for archives, which always stay out)."""
+    from .snapshot.exclude import is_size_exclusion
+
+    paths = [p for p, why in excluded if is_size_exclusion(why)]
+    if not paths:
+        return []
+    shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+    return [f"left {len(paths)} untracked file(s) out of the snapshot by size: {shown}; info.excluded says why; "
+            "include=[PATH] (or git config --add gitpack.include PATH) takes one anyway"]
+
+
+def _policy_trace(data: bytes, modules: dict, buffers: int, allowed: AllowList) -> gate.Trace:
+    """The trust gate's dry run of the pickle just written, under the policy a load here would use."""
     from .pickling import gate
 
-    found = gate.trace(data, Policy(), modules=list(modules), buffers=buffers)
-    refused = list(dict.fromkeys(found.violations))
-    if found.error:
-        refused.insert(0, f"a malformed pickle ({found.error})")
-    if not refused:
+    return gate.trace(data, Policy(allowed), modules=list(modules), buffers=buffers)
+
+
+def _policy_warnings(found: gate.Trace) -> list[str]:
+    """What the default load policy would refuse in this pickle, said at save time rather than at load: every
+    refused global, and the flags (or the one package-level allow) that would admit them."""
+    text = found.refusal()
+    if text is None:
         return []
-    shown = "; ".join(refused[:5]) + (f"; and {len(refused) - 5} more" if len(refused) > 5 else "")
-    return [f"the default load policy will refuse {shown}; loading this archive will need --allow (or --trust)"]
+    from .pickling import refusals
+
+    return [f"the default load policy will refuse {text}{refusals.hint(found)}"]
 
 
 def _capture_trailers(captured: dict[str, Any], stale: list) -> dict[str, str]:

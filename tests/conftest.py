@@ -140,3 +140,60 @@ def edit_forward_to_break(package: Path) -> None:
     new = "        output = self.layer(args)[:, -1, :]\n        print('testing testing 123')\n        return self.missing_attribute(output)\n"
     assert old in src
     package.write_text(src.replace(old, new))
+
+
+# ----------------------------------------------------------------------------- a third-party model (transformers)
+BERT_WRAPPER = '''\
+import torch
+from transformers import BertConfig, BertModel
+
+
+class Encoder(torch.nn.Module):
+    """User code around a library model: what a real project saves."""
+
+    def __init__(self, layers=2, hidden=32):
+        super().__init__()
+        torch.manual_seed(0)
+        config = BertConfig(vocab_size=100, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                            intermediate_size=64, max_position_embeddings=64)
+        self.bert = BertModel(config)  # random init from a config: nothing is downloaded
+        self.bert.eval()
+
+    def forward(self, ids):
+        return self.bert(input_ids=ids).last_hidden_state
+
+
+def build(layers=2):
+    return Encoder(layers)
+'''
+BERT_SAVE = '''\
+import json, sys, torch, gitpack
+from encoder import build
+
+model = build()
+with torch.no_grad():
+    out = model(torch.tensor([[1, 5, 7, 9]]))[0].tolist()
+gitpack.save(model, sys.argv[1])
+print("RESULT " + json.dumps(out))
+'''
+BERT_IDS = "[1, 5, 7, 9]"
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+
+
+@pytest.fixture(scope="session")
+def bert(tmp_path_factory):
+    """A tiny random-init BERT wrapped in user code, saved from Python (no allow configured): the repository, the
+    archive, what the model computed on BERT_IDS before it was saved, and the save's stderr."""
+    pytest.importorskip("transformers")
+    import json
+    import types
+
+    root = tmp_path_factory.mktemp("bert")
+    path = init_repo(root / "repo")
+    commit_files(path, {"encoder.py": BERT_WRAPPER, "save.py": BERT_SAVE, ".gitignore": "*.gitpack\n"}, "encoder")
+    env = {**OFFLINE_ENV, "GITPACK_CACHE": str(root / "cache")}
+    proc = run(path, sys.executable, "save.py", "bert.gitpack", env=env)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    return types.SimpleNamespace(repo=path, archive=path / "bert.gitpack", expected=json.loads(line[len("RESULT "):]),
+                                 save_stderr=proc.stderr, env=env, root=root)

@@ -238,6 +238,28 @@ def test_outermost_init_only_and_explicit_arguments_are_never_mistaken_for_defau
     }
 
 
+def test_arguments_passed_through_kwargs_are_recorded_as_given(repo, repo_module):
+    """``Base(**kwargs)``, ``Base(*args, **kwargs)``: what the caller unpacked was passed explicitly, even when it
+    equals the default (a small int equal to the default is the very same object: identity proves nothing)."""
+    m = importlib.import_module(repo_module)
+
+    def build(**kwargs):
+        return m.Base(**kwargs)
+
+    def build_args(*args, **kwargs):
+        return m.Base(*args, **kwargs)
+
+    def build_mixed(first, *args):
+        return m.Base(first, *args)
+
+    with gitpack.capture():
+        made = [build(a=1, b=2), build(a=1), build_args(1, b=2), build_args(1, 2), build_args(1), build_mixed(1, 2)]
+    objects = _objects(repo, made)
+    defaults = [objects[f"$[{i}]"]["defaults"] for i in range(len(made))]
+    assert defaults == [[], ["b"], [], [], ["b"], []]
+    assert all(objects[f"$[{i}]"]["args"] == {"a": 1, "b": 2} for i in range(len(made)))
+
+
 def test_values_are_described_as_they_were_at_call_time(repo, repo_module):
     import torch
 

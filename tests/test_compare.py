@@ -180,7 +180,7 @@ def test_inspect_log_and_diff_of_a_torch_model_never_import_torch(repo):
     proc = _ok(run_python(repo, NO_TORCH))
     assert "TORCH-MODULES 0 []" in proc.stdout
     # ... while what they print does describe the torch model.
-    assert "$.linear  torch.nn.modules.linear:Linear(in_features=4," in proc.stdout
+    assert "── linear  torch.nn.modules.linear:Linear(in_features=4," in proc.stdout  # under $, named by its attribute
     assert "scale  buffer 2 float32 on cpu" in proc.stdout
     assert "$(width): 4 -> 3" in proc.stdout
 
@@ -311,3 +311,27 @@ def test_diff_takes_any_manifest_shape(tmp_path):
             json.dumps(report.as_json(), indent=2, default=str)
             reports += 1
     assert reports == 2 * len(shapes) - 2
+
+
+def test_a_module_moved_and_edited_is_a_rename_in_the_list_the_json_and_the_code(repo):
+    """`git mv` plus an edit leaves a small module less than half the same, so git alone sees a delete and an
+    add; the manifests say it is the module the object used, moved."""
+    small = "class M:\n    def __init__(self, n=1):\n        self.n = n\n\n    def f(self):\n        return self.n\n"
+    _commit_files(repo, {"package.py": small, ".gitignore": "*.gitpack\n"})
+    _ok(gitpack_cli(repo, "save", "package:M", "-o", "a.gitpack"))
+    git(repo, "mv", "package.py", "renamed.py")
+    (repo / "renamed.py").write_text(small.replace("n=1", "n=2").replace("return self.n", "return self.n * 2"))
+    _ok(gitpack_cli(repo, "save", "renamed:M", "-o", "b.gitpack"))
+    for args in (["a.gitpack", "b.gitpack"], ["a.gitpack"], ["a.gitpack", "--all"]):  # the working tree too
+        out = _ok(gitpack_cli(repo, "diff", *args)).stdout
+        assert "package.py -> renamed.py" in out and "D    package.py" not in out, out
+        assert "rename from package.py\nrename to renamed.py\n" in out and "-        return self.n\n" in out
+        assert "+        return self.n * 2\n" in out and "new file mode" not in out
+    report = json.loads(_ok(gitpack_cli(repo, "diff", "a.gitpack", "b.gitpack", "--json")).stdout)
+    assert [(f["status"][0], f["old_path"], f["path"]) for f in report["files"]] == [("R", "package.py", "renamed.py")]
+    assert "rename from package.py" in report["code"]["diff"]
+    # An unrelated new module is not taken for a move of a deleted one.
+    (repo / "renamed.py").unlink()
+    (repo / "other.py").write_text("class Other:\n    pass\n")
+    out = _ok(gitpack_cli(repo, "diff", "a.gitpack")).stdout
+    assert "D    package.py" in out and "A    other.py" in out

@@ -10,9 +10,12 @@ real git and CLI processes.
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
+import sys
 
 import pytest
-from conftest import git, gitpack_cli
+from conftest import git, gitpack_cli, init_repo, run
 from test_render import SHAPES, assert_clean, rewrite_manifest, saved  # noqa: F401  (saved: the fixture)
 
 from gitpack.gitsetup import textconv_command
@@ -58,3 +61,34 @@ def test_textconv_under_git_diff_of_a_hostile_commit(saved, tmp_path):  # noqa: 
     assert "Binary files" not in diff
     assert "\x1b" not in diff and "\x07" not in diff
     assert '+object      ["\\u001b]52;c;owned\\u0007"]' in diff.splitlines()
+
+
+def test_git_diff_never_breaks_without_gitpack_on_path(saved, tmp_path):  # noqa: F811
+    """After `gitpack init`, `git diff` works with a bare PATH (the driver runs this interpreter by its path); with
+    even that interpreter gone it shows a raw summary of the archive, and never aborts the diff of other files."""
+    if shutil.which("git", path="/usr/bin:/bin") is None or shutil.which("gitpack", path="/usr/bin:/bin"):
+        pytest.skip("needs git, and no gitpack, in /usr/bin:/bin")
+    _, archive = saved
+    work = init_repo(tmp_path / "work")
+    assert gitpack_cli(work, "init").returncode == 0
+    rewrite_manifest(archive, work / "m.gitpack", lambda m: m["params"].update(n=2))
+    (work / "notes.txt").write_text("before\n")
+    git(work, "add", ".")
+    git(work, "commit", "-q", "-m", "model")
+    rewrite_manifest(archive, work / "m.gitpack", lambda m: m["params"].update(n=3))
+    (work / "notes.txt").write_text("after\n")
+    bare = {"PATH": "/usr/bin:/bin"}
+
+    proc = run(work, "git", "diff", env=bare)
+    assert proc.returncode == 0, proc.stderr
+    assert "-    n = 2" in proc.stdout and "+    n = 3" in proc.stdout and "+after" in proc.stdout
+
+    # The interpreter that ran `gitpack init` is gone (a deleted virtualenv): a raw summary, and exit 0.
+    command = git(work, "config", "diff.gitpack.textconv")
+    gone = command.replace(shlex.quote(sys.executable), shlex.quote(str(tmp_path / "deleted-venv/bin/python")))
+    assert gone != command
+    git(work, "config", "diff.gitpack.textconv", gone)
+    proc = run(work, "git", "diff", env=bare)
+    assert proc.returncode == 0, proc.stderr
+    assert "gitpack archive (gitpack could not be run here to read its manifest)" in proc.stdout
+    assert "+cksum  " in proc.stdout and "+after" in proc.stdout

@@ -181,3 +181,36 @@ def test_log_api_reads_trailers_only_from_the_trailer_block(project):
     entries = gitpack.api.log(repo=repo)
     assert len(entries) == 1 and entries[0].digest == f"sha256:{'1' * 64}" and entries[0].params == {"x": 1}
     assert "manifest" not in entries[0].trailers  # that line was in the body
+
+
+def test_the_missing_commit_hint_names_a_remote_that_has_the_snapshot_branch(tmp_path):
+    """The hint asks this clone's remotes (git ls-remote), never the URL the archive claims."""
+    shared = tmp_path / "shared.git"
+    git(tmp_path, "init", "-q", "--bare", str(shared))
+    a = init_repo(tmp_path / "a")
+    commit_files(a, {"model.py": "class M:\n    pass\n", ".gitignore": "*.gitpack\n"})
+    git(a, "remote", "add", "origin", str(shared))
+    git(a, "push", "-q", "origin", "main")
+    lonely = tmp_path / "lonely.git"  # a remote with the code but never the snapshot branch
+    git(tmp_path, "init", "-q", "--bare", str(lonely))
+    git(a, "push", "-q", str(lonely), "main")
+    _ok(gitpack_cli(a, "save", "model:M", "-o", "first.gitpack"))
+    _ok(gitpack_cli(a, "push"))
+    _ok(gitpack_cli(a, "save", "model:M", "-o", str(tmp_path / "unpushed.gitpack"), "-m", "not pushed yet"))
+
+    def hint(clone) -> str:
+        proc = gitpack_cli(clone, "load", str(tmp_path / "unpushed.gitpack"))
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+        return proc.stderr
+
+    b = tmp_path / "b"
+    git(tmp_path, "clone", "-q", str(shared), str(b))
+    git(b, "remote", "add", "lonely", str(lonely))
+    said = hint(b)
+    assert "remote origin has the snapshot branch refs/heads/gitpack: fetch it with `gitpack pull origin`" in said
+    c = tmp_path / "c"
+    git(tmp_path, "clone", "-q", str(lonely), str(c))
+    said = hint(c)
+    assert "none of this clone's remotes (origin) has refs/heads/gitpack" in said and str(shared) in said
+    d = init_repo(tmp_path / "d")
+    assert "this clone has no remotes" in hint(d) and "gitpack pull" in hint(d)

@@ -374,7 +374,10 @@ def test_allow_extends_the_policy_from_api_and_cli(project, tmp_path):
     proc = gitpack_cli(project.repo, "load", str(archive), "--allow", "ipaddress:IPv4Address")
     assert proc.returncode == 0 and "IPv4Address" in proc.stdout, proc.stderr
     assert gitpack_cli(project.repo, "scan", str(archive), "--allow", "ipaddress:IPv4Address").returncode == 0
+    # The dotted form `gitpack scan` prints works as well; a malformed entry is one line naming the forms.
     proc = gitpack_cli(project.repo, "load", str(archive), "--allow", "ipaddress.IPv4Address")
+    assert proc.returncode == 0 and "IPv4Address" in proc.stdout, proc.stderr
+    proc = gitpack_cli(project.repo, "load", str(archive), "--allow", "ipaddress IPv4Address")
     assert proc.returncode == 1 and "module:qualname" in proc.stderr and proc.stderr.count("\n") == 1
     with pytest.raises(PolicyError):
         parse_allow(["os:system; rm"])

@@ -160,3 +160,44 @@ def test_show_manifest_renders_shapes_the_archive_reader_refuses():
     assert "member table is not a list" in _render({"members": "all of them"})
     assert "[1, 2]" in _render([1, 2])
     assert "?  saved ?" in _render({})
+
+
+def _deep(layers: int = 12, subs: int = 8) -> dict:
+    """A manifest whose structure is a BERT-like stack: layers of modules, each with a tensor."""
+    def module(path, cls):
+        return {"path": path, "class": cls, "parameters": {"total": 4, "trainable": 4}, "bytes": 16,
+                "tensors": {"weight": {"kind": "parameter", "shape": [2, 2], "dtype": "float32", "device": "cpu",
+                                       "requires_grad": True}}}
+    modules = [module("$", "m:Net"), module("$.layers", "torch.nn.modules.container:ModuleList")]
+    for i in range(layers):
+        modules.append(module(f"$.layers.{i}", "m:Layer"))
+        modules += [module(f"$.layers.{i}.sub{j}", "torch.nn.modules.linear:Linear") for j in range(subs)]
+    return {"structure": {"total": {"parameters": {"total": 4 * len(modules)}}, "modules": modules}}
+
+
+def _rendered(manifest, **options) -> str:
+    buf = io.StringIO()
+    show.manifest(manifest, Console(file=buf, width=120, highlight=False), **options)
+    return buf.getvalue()
+
+
+def test_inspect_summarises_a_deep_structure_to_fit_a_screen():
+    deep = _deep()
+    full = _rendered(deep, full=True)
+    assert full.count("weight  parameter 2x2") == 2 + 12 * 9 and "layers.11" not in full  # names, not paths
+    summary = _rendered(deep)
+    assert len(summary.splitlines()) <= 40, summary
+    assert "(+8 submodules)" in summary and "weight  parameter" not in summary
+    assert "modules shown down to depth 2: gitpack inspect --depth N for more levels, --full" in summary
+    shallow = _rendered(deep, depth=1)
+    assert "── layers  torch.nn.modules.container:ModuleList" in shallow and "(+108 submodules)" in shallow
+    assert "m:Layer" not in shallow
+    small = _rendered(_deep(layers=2, subs=2))  # fits: everything, tensors included
+    assert small.count("weight  parameter") == 2 + 2 * 3 and "modules shown" not in small
+
+
+def test_inspect_depth_and_full_flags(saved):
+    repo, _ = saved
+    for flags in (["--full"], ["--depth", "0"], ["--depth", "3", "--full"]):
+        assert "integrity" in assert_clean(gitpack_cli(repo, "inspect", "a.gitpack", *flags))
+    assert gitpack_cli(repo, "inspect", "a.gitpack", "--depth", "-1").returncode == 2

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import site
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 from conftest import (
+    commit_files,
     edit_forward_to_break,
     git,
     gitpack_cli,
@@ -39,7 +42,7 @@ def _result(proc) -> dict:
 
 def _save_seed(seed_repo: Path) -> dict:
     """Run the seed's save.py (the untracked file) and return what the fresh model printed."""
-    proc = run(seed_repo, "python", "save.py", "model.gitpack")
+    proc = run(seed_repo, sys.executable, "save.py", "model.gitpack")
     assert proc.returncode == 0, proc.stderr
     printed = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert printed, proc.stdout
@@ -96,8 +99,57 @@ def test_cli_load_summary_and_apply(seed_repo):
     assert str(seed_repo / "package.py") not in proc.stdout and "package.py" in proc.stdout
 
 
+TORCH_MODULE = """\
+import torch
+
+
+class Scorer(torch.nn.Module):
+    def __init__(self, n=3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(n, 2)
+        self.drop = torch.nn.Dropout(0.5)  # --apply runs in eval mode: no randomness in its output
+
+    def forward(self, x):
+        return self.drop(self.linear(x)).softmax(-1)
+"""
+
+
+def test_apply_runs_any_torch_module_on_json(repo):
+    """A module without preprocess/postprocess: JSON in, a tensor, forward on a batch of one, JSON out."""
+    commit_files(repo, {"scorer.py": TORCH_MODULE, ".gitignore": "*.gitpack\n"})
+    assert gitpack_cli(repo, "save", "scorer:Scorer", "-o", "s.gitpack").returncode == 0
+    code = """
+import json, torch, gitpack, scorer
+from gitpack.api import apply
+from gitpack.errors import GitpackError
+
+m = scorer.Scorer().eval()
+print('EXPECTED ' + json.dumps(m(torch.tensor([[0.5, -1.0, 2.0]]))[0].tolist()))
+loaded = gitpack.load('s.gitpack')
+for bad in ('lorem ipsum', '[[1, 2], [3]]'):
+    try:
+        apply(loaded, bad)
+    except GitpackError as exc:
+        print('REFUSED ' + str(exc))
+try:
+    apply(object(), '1')
+except GitpackError as exc:
+    print('REFUSED ' + str(exc))
+"""
+    proc = run_python(repo, code)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.split(" ", 1) for line in proc.stdout.splitlines()]
+    expected = json.loads(next(text for kind, text in lines if kind == "EXPECTED"))
+    refused = [text for kind, text in lines if kind == "REFUSED"]
+    assert "takes JSON" in refused[0] and "not a tensor" in refused[1] and "is not a torch module" in refused[2]
+    proc = gitpack_cli(repo, "load", "s.gitpack", "--apply", "[0.5, -1.0, 2]")  # an int among floats: the dtype
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == pytest.approx(expected)
+
+
 def test_model_built_under_main_loads_from_another_program(seed_repo, tmp_path):
-    proc = run(seed_repo, "python", "package.py", "main.gitpack")
+    proc = run(seed_repo, sys.executable, "package.py", "main.gitpack")
     assert proc.returncode == 0, proc.stderr
     expected = eval([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
     manifest = json.loads(gitpack_cli(seed_repo, "inspect", "main.gitpack", "--json").stdout)
@@ -464,6 +516,25 @@ sys.meta_path.insert(0, _Editable)
 """
 
 
+def test_save_a_file_inside_a_package_by_its_path(repo):
+    """`gitpack save src/myproj/nets.py:build` imports it as myproj.nets from its source root, so its relative
+    imports work and its classes are pinned under the name every other import uses."""
+    write_files(repo, {"src/myproj/__init__.py": "", "src/myproj/layers.py": "class Layer:\n    def __init__(self, n=3):\n"
+                       "        self.n = n\n", "src/myproj/nets.py": "from .layers import Layer\n\n\ndef build(n=4):\n"
+                       "    return Layer(n)\n", ".gitignore": "*.gitpack\n"})
+    proc = gitpack_cli(repo, "save", "src/myproj/nets.py:build", "-o", "m.gitpack", "-p", "n=5")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(gitpack_cli(repo, "inspect", "m.gitpack", "--json").stdout)
+    assert manifest["object"]["type"] == "myproj.layers:Layer"
+    assert manifest["modules"]["myproj.layers"] == {"path": "src/myproj/layers.py", "root": "src"}
+    assert manifest["capture"]["objects"]["$"]["args"] == {"n": 5}
+    assert _result(run_python(repo, "import gitpack, json\nprint('RESULT ' + json.dumps(gitpack.load('m.gitpack').n))")) == 5
+    # A package whose name another module already has: one line saying which form to use.
+    write_files(repo, {"src/json/__init__.py": "", "src/json/shapes.py": "X = 1\n"})
+    _one_line_error(gitpack_cli(repo, "save", "src/json/shapes.py:X", "-o", "j.gitpack"), "is module json.shapes",
+                    "gitpack save json.shapes:ATTR")
+
+
 def test_src_layout_found_by_an_editable_finder_is_pinned(repo):
     write_files(repo / "src", MODEL_AND_HELPER)
     finder = FINDER.format(src=str(repo / "src"))
@@ -478,8 +549,13 @@ def test_src_layout_found_by_an_editable_finder_is_pinned(repo):
 
 def test_a_venv_inside_the_repo_and_odd_directory_names_do_not_break_loading(repo):
     (repo / ".gitignore").write_text(".venv/\n")
-    made = run(repo, "python", "-m", "venv", "--system-site-packages", "--without-pip", ".venv")
+    made = run(repo, sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", ".venv")
     assert made.returncode == 0, made.stderr
+    # The inner venv sees the packages this interpreter sees (gitpack, torch), whether it is the base interpreter
+    # or itself a virtualenv (--system-site-packages alone reaches only the base's).
+    inner = next((repo / ".venv").glob("lib/python*/site-packages"))
+    (inner / "outer.pth").write_text("import site; " + "; ".join(f"site.addsitedir({p!r})"
+                                                                 for p in site.getsitepackages()) + "\n")
     write_files(repo / "sub dir é", {"model.py": "class M:\n    def f(self):\n        return 7\n"})
     venv_python = str(repo / ".venv" / "bin" / "python")
     saved = run(repo / "sub dir é", venv_python, "-m", "gitpack", "save", "model:M", "-o", "../m.gitpack")
@@ -497,13 +573,14 @@ def test_namespace_packages_load_from_the_snapshot(repo):
 
 
 def test_a_module_left_out_of_the_snapshot_refuses_the_save(repo):
-    (repo / "model.py").write_text("# " + "x" * 200 + "\nclass M:\n    pass\n")
-    git(repo, "add", "model.py")
-    git(repo, "commit", "-q", "-m", "m")
-    (repo / "model.py").write_text("# " + "y" * 200 + "\nclass M:\n    pass\n")
-    _one_line_error(gitpack_cli(repo, "save", "model:M", "-o", "m.gitpack", "--size-cap", "100"), "model", "left out")
+    (repo / "model.py").write_text("# " + "y" * 200 + "\nclass M:\n    pass\n")  # untracked, over the cap
+    _one_line_error(gitpack_cli(repo, "save", "model:M", "-o", "m.gitpack", "--size-cap", "100"), "model", "left out",
+                    "--include model.py")
     assert not (repo / "m.gitpack").exists()
     assert git(repo, "rev-parse", "--verify", "-q", "gitpack", check=False) == ""
+    # Tracked, the same file is always taken, whatever its size.
+    git(repo, "add", "model.py")
+    assert gitpack_cli(repo, "save", "model:M", "-o", "m.gitpack", "--size-cap", "100").returncode == 0
 
 
 def test_save_warns_when_the_default_policy_would_refuse_the_archive(repo):

@@ -21,7 +21,7 @@ from gitpack import snapshot
 from gitpack.archive import MAGIC
 from gitpack.git import Repo
 from gitpack.git.objects import NeedsIndex as _NeedsIndex
-from gitpack.snapshot import DEFAULT_SIZE_CAP
+from gitpack.snapshot import Limits
 from gitpack.snapshot.index import write_via_index
 from gitpack.snapshot.overlay import write_overlay
 
@@ -31,18 +31,21 @@ def _index_digest(repo: Path) -> str | None:
     return hashlib.sha256(index.read_bytes()).hexdigest() if index.exists() else None
 
 
-def both_ways(path: Path, *, size_cap: int = DEFAULT_SIZE_CAP, exclude=frozenset(), expect_overlay: bool = True):
-    """(overlay snapshot or None when it hands over, index snapshot); the user's index never changes."""
+def both_ways(path: Path, *, expect_overlay: bool = True, **limits):
+    """(overlay snapshot or None when it hands over, index snapshot); the user's index never changes.
+
+    *limits* are :class:`~gitpack.snapshot.Limits` fields (size_cap, budget, include, exclude)."""
     before = _index_digest(path)
     repo = Repo.discover(path)
+    bounds = Limits(**limits)
     try:
         try:
-            fast = write_overlay(repo, size_cap, set(exclude))
+            fast = write_overlay(repo, bounds)
         except _NeedsIndex:
             fast = None
         assert (fast is not None) == expect_overlay
-        general = write_via_index(repo, size_cap, set(exclude))
-        public = snapshot.write_tree(repo, size_cap=size_cap, exclude=set(exclude))
+        general = write_via_index(repo, bounds)
+        public = snapshot.write_tree(repo, bounds)
     finally:
         repo.close()
     assert _index_digest(path) == before
@@ -167,14 +170,42 @@ def test_size_cap_archives_and_tracked_archives_stay_out(base):
     (base / "committed.gitpack").write_bytes(MAGIC + b"\0" * 100)
     git(base, "add", "-f", "committed.gitpack")
     git(base, "commit", "-q", "-m", "an archive got committed")
-    (base / "pkg" / "a.py").write_text("x" * 5000)  # tracked, now over the cap
+    (base / "pkg" / "a.py").write_text("x" * 5000)  # tracked, now over the cap: tracked files are always taken
     (base / "big.bin").write_bytes(b"\1" * 5000)  # untracked, over the cap
     (base / "model.pt").write_bytes(MAGIC + b"payload")  # an archive under another name
     (base / "keep.txt").write_text("small\n")
     fast, general = both_ways(base, size_cap=1000, exclude={"keep.txt"})
     assert_same(fast, general)
     reasons = dict(fast.excluded)
-    assert set(reasons) == {"pkg/a.py", "big.bin", "model.pt", "committed.gitpack", "keep.txt"}
+    assert set(reasons) == {"big.bin", "model.pt", "committed.gitpack", "keep.txt"}
+    assert "untracked, 5.0 kB: larger than the size cap of 1.0 kB" in reasons["big.bin"]
+    assert "--include big.bin" in reasons["big.bin"]
+    assert git(base, "cat-file", "-p", f"{fast.tree}:pkg/a.py") == "x" * 5000
+
+
+def test_untracked_files_past_the_budget_stay_out_largest_first(base):
+    (base / "data").mkdir()
+    for i, size in enumerate([400, 300, 300, 200, 100]):
+        (base / "data" / f"shard{i}.bin").write_bytes(bytes([i]) * size)
+    (base / "pkg" / "a.py").write_text("y" * 3000)  # tracked: never counted against the budget, never left out
+    fast, general = both_ways(base, size_cap=1000, budget=700)
+    assert_same(fast, general)
+    reasons = dict(fast.excluded)
+    # 1300 bytes of untracked files for a budget of 700: the 400 and one 300 go, largest first.
+    assert set(reasons) == {"data/shard0.bin", "data/shard1.bin"}
+    assert all("past the budget of 700 bytes" in why for why in reasons.values())
+    taken = git(base, "ls-tree", "-r", "--name-only", fast.tree).split()
+    assert {"data/shard2.bin", "data/shard3.bin", "data/shard4.bin", "pkg/a.py"} <= set(taken)
+    # What the user includes is taken whatever its size, and does not count against the budget.
+    fast, general = both_ways(base, size_cap=1000, budget=700, include=("data/shard0.bin",))
+    assert_same(fast, general)
+    assert set(dict(fast.excluded)) == {"data/shard1.bin"}
+    fast, general = both_ways(base, size_cap=100, budget=700, include=("data",))
+    assert_same(fast, general)
+    assert fast.excluded == []
+    fast, general = both_ways(base, size_cap=100, budget=10**6, include=("data/shard[34].bin",))
+    assert_same(fast, general)
+    assert set(dict(fast.excluded)) == {"data/shard0.bin", "data/shard1.bin", "data/shard2.bin"}
 
 
 def test_unborn_head(repo):
@@ -287,7 +318,7 @@ def test_a_racily_clean_edit_is_seen_by_both_ways(repo: Path):
 
     r = Repo.discover(repo)
     try:
-        for snap in (write_overlay(r, DEFAULT_SIZE_CAP, set()), write_via_index(r, DEFAULT_SIZE_CAP, set())):
+        for snap in (write_overlay(r, Limits()), write_via_index(r, Limits())):
             assert git(repo, "cat-file", "-p", f"{snap.tree}:model.py") == "VALUE = 2"
     finally:
         r.close()

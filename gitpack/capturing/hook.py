@@ -79,14 +79,91 @@ def _call_sites(code: types.CodeType) -> dict[int, tuple[int, tuple[str, ...]]]:
     return table
 
 
+_LOADS = frozenset({"LOAD_FAST", "LOAD_DEREF", "LOAD_NAME", "LOAD_GLOBAL", "LOAD_CLOSURE", "LOAD_FAST_CHECK"})
+_ex_cache: dict[int, tuple[types.CodeType, dict[int, tuple]]] = {}
+
+
+def _ex_sites(code: types.CodeType) -> dict[int, tuple]:
+    """Offset of each ``f(*args, **kwargs)`` call (CALL_FUNCTION_EX) in *code* -> how to read what it passes:
+    ``(positional, keywords)``, each ``("const", n)``, ``("name", var)`` (a variable holding the tuple or dict),
+    ``("list", n, var)`` (``f(a, b, *var)``) or ``("none",)``; ``("unknown",)`` for any other shape."""
+    entry = _ex_cache.get(id(code))
+    if entry is not None and entry[0] is code:
+        return entry[1]
+    ins = [i for i in dis.get_instructions(code) if i.opname not in ("CACHE", "EXTENDED_ARG", "NOP")]
+    table: dict[int, tuple] = {}
+    for k, call in enumerate(ins):
+        if call.opname != "CALL_FUNCTION_EX" or not isinstance(call.arg, int):
+            continue
+        j = k - 1
+        keywords: tuple = ("none",)
+        if call.arg & 1:
+            keywords = ("unknown",)
+            if j >= 2 and ins[j].opname == "DICT_MERGE" and ins[j - 1].opname in _LOADS \
+                    and ins[j - 2].opname == "BUILD_MAP" and ins[j - 2].arg == 0:
+                keywords, j = ("name", ins[j - 1].argval), j - 3
+            elif j >= 0 and ins[j].opname in _LOADS:
+                keywords, j = ("name", ins[j].argval), j - 1
+            else:
+                j = -1
+        positional: tuple = ("unknown",)
+        if j >= 0 and ins[j].opname == "LOAD_CONST" and isinstance(ins[j].argval, tuple):
+            positional = ("const", len(ins[j].argval))
+        elif j >= 0 and ins[j].opname in _LOADS:
+            positional = ("name", ins[j].argval)
+        elif j >= 3 and ins[j].opname == "LIST_TO_TUPLE" and ins[j - 1].opname == "LIST_EXTEND" \
+                and ins[j - 2].opname in _LOADS and ins[j - 3].opname == "BUILD_LIST":
+            positional = ("list", ins[j - 3].arg, ins[j - 2].argval)
+        table[call.offset] = (positional, keywords)
+    _ex_cache[id(code)] = (code, table)
+    return table
+
+
+def _variable(frame: Any, name: Any) -> Any:
+    if not isinstance(name, str):
+        return MISSING
+    for scope in (frame.f_locals, frame.f_globals, frame.f_builtins):
+        if name in scope:
+            return scope[name]
+    return MISSING
+
+
+def _ex_site(caller: Any) -> tuple[int, tuple[str, ...]] | None:
+    """``(argument count, keyword names)`` of the ``f(*args, **kwargs)`` call the caller is making, read from the
+    variables it unpacks (still as they were: the caller waits on this call); None when that is not readable."""
+    spec = _ex_sites(caller.f_code).get(caller.f_lasti)
+    if spec is None:
+        return None
+    positional, keywords = spec
+    if positional[0] == "const":
+        npos = positional[1]
+    elif positional[0] in ("name", "list"):
+        value = _variable(caller, positional[-1])
+        if type(value) not in (tuple, list):
+            return None
+        npos = len(value) + (positional[1] if positional[0] == "list" else 0)
+    else:
+        return None
+    names: tuple[str, ...] = ()
+    if keywords[0] == "name":
+        value = _variable(caller, keywords[1])
+        if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+            return None
+        names = tuple(value)
+    elif keywords[0] != "none":
+        return None
+    return npos + len(names), names
+
+
 def _passed_names(caller: Any, positional: tuple[str, ...], kwonly: tuple[str, ...],
                   varargs: str | None, varkw: str | None) -> set[str] | None:
-    """Which parameters the caller passed explicitly, from its call instruction; None when unknowable."""
+    """Which parameters the caller passed explicitly, from its call instruction (for ``f(**kwargs)``, from the
+    dict it unpacks); None when unknowable."""
     if caller is None:
         return None
-    site = _call_sites(caller.f_code).get(caller.f_lasti)
+    site = _call_sites(caller.f_code).get(caller.f_lasti) or _ex_site(caller)
     if site is None:
-        return None  # f(*args, **kwargs), or a call made from C (map, partial, ...)
+        return None  # a call made from C (map, partial, ...), or an unpacking this cannot read
     argc, kwnames = site
     npos = argc - len(kwnames)
     if npos < 0 or (npos > len(positional) and varargs is None):

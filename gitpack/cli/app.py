@@ -53,8 +53,17 @@ def save(
     branch: Optional[str] = typer.Option(
         None, "--branch", help="snapshot branch (default: gitpack, or git config gitpack.branch)"
     ),
-    size_cap: Optional[int] = typer.Option(
-        None, "--size-cap", help="leave files larger than this many bytes out of the snapshot"
+    size_cap: Optional[str] = typer.Option(
+        None, "--size-cap", help="leave untracked files larger than this out of the snapshot (bytes, or 10m; "
+        "default 10 MB, git config gitpack.sizecap)"
+    ),
+    untracked_budget: Optional[str] = typer.Option(
+        None, "--untracked-budget", help="at most this much of untracked files in all, the largest left out first "
+        "(default 20 MB, git config gitpack.untrackedBudget)"
+    ),
+    include: list[str] = typer.Option(
+        [], "--include", help="snapshot this untracked path (file, directory or glob) whatever its size; repeatable "
+        "(also: git config --add gitpack.include PATH)"
     ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar"),
     sign: bool = typer.Option(
@@ -70,16 +79,22 @@ def save(
 
     Constructor arguments of repo objects are captured while TARGET is imported and called.
     """
+    import warnings
+
+    from ..errors import GitpackWarning
     from . import targets
 
     _quiet(quiet)
     params = targets.parse_params(param)
+    cap, budget = targets.parse_size_option("--size-cap", size_cap), \
+        targets.parse_size_option("--untracked-budget", untracked_budget)
     with api.capture():  # on before TARGET is imported, so module-level construction is seen too
         obj = targets.resolve(target, params)
-    info = api.save(obj, output, name=name, params=params, message=message, branch=branch, size_cap=size_cap, sign=sign,
-                    allow_stale=allow_stale)
-    for path, reason in info.excluded:
-        _note(f"left out of the snapshot: {path} ({reason})")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GitpackWarning)  # printed below, once, as gitpack's own lines
+        info = api.save(obj, output, name=name, params=params, message=message, branch=branch, size_cap=cap,
+                        sign=sign, allow_stale=allow_stale, include=include, untracked_budget=budget)
+    _left_out(info.excluded)
     for warning in info.warnings:
         _note(f"warning: {warning}")
     if info.path is not None:
@@ -90,18 +105,39 @@ def save(
     _out(f"digest {info.digest}")
 
 
+LEFT_OUT_SHOWN = 20  # files left out of a snapshot named one per line; the rest are counted
+
+
+def _left_out(excluded: list[tuple[str, str]]) -> None:
+    """One line per file a save left out (the first LEFT_OUT_SHOWN), then how to take them anyway."""
+    from ..snapshot.exclude import is_size_exclusion
+
+    for path, reason in excluded[:LEFT_OUT_SHOWN]:
+        _note(f"left out of the snapshot: {path} ({reason})")
+    if len(excluded) > LEFT_OUT_SHOWN:
+        _note(f"... and {len(excluded) - LEFT_OUT_SHOWN} more left out (gitpack inspect --json lists them all)")
+    by_size = [p for p, why in excluded if is_size_exclusion(why)]
+    if len(by_size) > 1:
+        _note(f"{len(by_size)} untracked files left out by size; to snapshot one anyway: --include PATH, or for every "
+              "save: git config --add gitpack.include PATH (or raise --untracked-budget / --size-cap)")
+
+
 @app.command()
 def load(
     path: str = typer.Argument(..., help="archive file, or stored artifact NAME, NAME@v2, NAME@latest"),
     apply: Optional[str] = typer.Option(
-        None, "--apply", help="run preprocess -> forward (batch of one) -> postprocess on INPUT, print JSON"
+        None, "--apply", help="run preprocess -> forward (batch of one) -> postprocess on INPUT, print JSON; a torch "
+        "module without them takes INPUT as JSON (a number or nested lists) on a batch of one"
     ),
     map_location: Optional[str] = typer.Option(None, "--map-location", help="device for tensors, e.g. cpu or cuda:0"),
     mmap: bool = typer.Option(False, "--mmap", help="map tensor data from the archive instead of reading it"),
     trust: bool = typer.Option(
         False, "--trust", help="allow any global and by-value code (only for archives you trust)"
     ),
-    allow: list[str] = typer.Option([], "--allow", help="also allow global module:qualname; repeatable"),
+    allow: list[str] = typer.Option(
+        [], "--allow", help="also allow global module:qualname (or module.qualname), or the classes of a package "
+        "(--allow transformers); repeatable; also: git config --add gitpack.allow ENTRY"
+    ),
     require_signed: bool = typer.Option(
         False,
         "--require-signed",
@@ -115,12 +151,12 @@ def load(
     from ..pickling.policy import parse_allow
 
     _quiet(quiet)
-    allowed = parse_allow(allow)  # a bad --allow fails before anything is fetched
+    parse_allow(allow)  # a bad --allow fails before anything is fetched
     if fetch:  # pull first, here, so that the code each new snapshot brings is listed before it is loaded
         report = api.pull(remote)
         _report(report)
         _incoming(report)
-    obj = api.load(path, map_location=map_location, mmap=mmap, trust=trust, allow=allowed,
+    obj = api.load(path, map_location=map_location, mmap=mmap, trust=trust, allow=allow,
                    require_signed=require_signed or None)
     if apply is not None:
         _out(json.dumps(api.apply(obj, apply), default=str))
@@ -137,7 +173,9 @@ def load(
 @app.command()
 def scan(
     path: str = typer.Argument(..., help="archive file, or stored artifact NAME[@VERSION]"),
-    allow: list[str] = typer.Option([], "--allow", help="count global module:qualname as allowed; repeatable"),
+    allow: list[str] = typer.Option(
+        [], "--allow", help="count global module:qualname (or a package's classes) as allowed; repeatable"
+    ),
     as_json: bool = typer.Option(False, "--json", help="everything found, as JSON"),
 ) -> None:
     """List every global, repo reference and by-value code the archive's pickle would use, without running it.
@@ -146,7 +184,8 @@ def scan(
     """
     from ..pickling.policy import parse_allow
 
-    report = api.scan(path, allow=parse_allow(allow))
+    parse_allow(allow)
+    report = api.scan(path, allow=allow)
     if as_json:
         _out(json.dumps(report.as_json(), indent=2))
     else:
@@ -184,6 +223,10 @@ def verify(
 def inspect(
     path: str = typer.Argument(..., help="archive file, or stored artifact NAME[@VERSION]"),
     as_json: bool = typer.Option(False, "--json", help="print the whole manifest as JSON"),
+    depth: Optional[int] = typer.Option(
+        None, "--depth", min=0, help="show torch modules down to N levels (default: a summary that fits a screen)"
+    ),
+    full: bool = typer.Option(False, "--full", help="show every module and tensor"),
 ) -> None:
     """Show what an archive records (code, parameters, environment) without unpickling it."""
     manifest = api.inspect(path)
@@ -196,7 +239,7 @@ def inspect(
         return
     from . import render as show
 
-    show.manifest(manifest)
+    show.manifest(manifest, depth=depth, full=full)
 
 
 @app.command()
@@ -343,6 +386,70 @@ def init() -> None:
         _out(line)
     if not done:
         _out("already set up")
+
+
+cache_app = typer.Typer(
+    help="The load cache: materialised snapshots and copies of stored archives (every entry can be rebuilt).",
+    no_args_is_help=False, rich_markup_mode=None,
+)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.callback(invoke_without_command=True)
+def cache(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="every entry, as JSON"),
+) -> None:
+    """Show the load cache's size, its entries in use, and its limit (git config gitpack.cacheMaxSize)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from ..sizes import size_text
+
+    usage, limit = api.cache_usage()
+    if as_json:
+        _out(json.dumps({**usage.as_json(), "max_size": limit}, indent=2))
+        return
+    _out(f"cache    {usage.root}")
+    for kind, label in (("tree", "snapshot trees"), ("archive", "stored archives")):
+        entries = [e for e in usage.entries if e.kind == kind]
+        busy = sum(1 for e in entries if e.in_use)
+        _out(f"{kind + 's':<9}{len(entries)} {label}, {size_text(sum(e.size for e in entries))}"
+             + (f" ({busy} in use)" if busy else ""))
+    _out(f"total    {size_text(usage.size)} of at most {size_text(limit)} (git config gitpack.cacheMaxSize); "
+         "`gitpack cache prune` frees it")
+
+
+@cache_app.command("prune")
+def cache_prune(
+    older_than: Optional[str] = typer.Option(
+        None, "--older-than", help="remove entries unused for this long: 30d, 12h, 90m (a plain number is days)"
+    ),
+    max_size: Optional[str] = typer.Option(
+        None, "--max-size", help="then remove the least recently used until the cache fits: 1g, 500MB"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="what was removed and kept, as JSON"),
+) -> None:
+    """Remove cache entries no process is using (with no option: all of them). Loads rebuild what they need."""
+    from ..errors import GitpackError
+    from ..sizes import parse_duration, parse_size, size_text
+
+    try:
+        age = parse_duration(older_than) if older_than is not None else None
+    except ValueError:
+        raise GitpackError(f"--older-than {older_than!r} is not a duration; give e.g. 30d, 12h or 90m") from None
+    try:
+        limit = parse_size(max_size) if max_size is not None else None
+    except ValueError:
+        raise GitpackError(f"--max-size {max_size!r} is not a size; give e.g. 1g, 500MB or bytes") from None
+    pruned = api.cache_prune(older_than=age, max_size=limit)
+    if as_json:
+        _out(json.dumps(pruned.as_json(), indent=2))
+        return
+    trees = sum(1 for e in pruned.removed if e.kind == "tree")
+    archives = len(pruned.removed) - trees
+    _out(f"removed {trees} snapshot trees and {archives} stored archives ({size_text(pruned.freed)})"
+         + (f"; kept {len(pruned.kept_in_use)} in use" if pruned.kept_in_use else "")
+         + f"; the cache now holds {size_text(pruned.size_after)}")
 
 
 @app.command()

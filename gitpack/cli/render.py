@@ -181,29 +181,76 @@ def _counts(entry: Any) -> str:
     return text + (f", {_value(entry.get('bytes'))} bytes" if entry.get("bytes") is not None else ", 0 B")
 
 
-def _structure(root: Tree, structure: dict[str, Any]) -> None:
-    """torch modules nested by path, each with its counts and its own tensors."""
+SCREEN = 30  # module and tensor lines the default `inspect` shows of a structure: a summary that fits a screen
+
+
+def path_depth(path: str) -> int:
+    """How deep a path from the saved root is: ``$`` 0, ``$.bert`` 1, ``$.blocks[0].attn`` 3."""
+    return path.count(".") + path.count("[")
+
+
+def _shown_depth(entries: list[dict], depth: int | None, full: bool) -> tuple[int | None, bool]:
+    """(the deepest level of modules shown, None for all; whether each module's tensors are shown).
+
+    ``--full`` shows everything; ``--depth N`` the modules down to N levels; by default everything when it fits
+    a screen, else the deepest levels of modules that do, without tensors."""
+    if full:
+        return None, True
+    deepest = max((path_depth(_s(e.get("path"))) for e in entries), default=0)
+    if depth is not None:
+        return depth, depth >= deepest
+    tensors = sum(len(_d(e.get("tensors"))) for e in entries)
+    if len(entries) + tensors <= SCREEN:
+        return None, True
+    counts: dict[int, int] = {}
+    for e in entries:
+        d = path_depth(_s(e.get("path")))
+        counts[d] = counts.get(d, 0) + 1
+    shown, total = 1, 0
+    for level in range(deepest + 1):
+        total += counts.get(level, 0)
+        if total > SCREEN:
+            break
+        shown = max(level, 1)
+    return shown, False
+
+
+def _structure(root: Tree, structure: dict[str, Any], depth: int | None = None, full: bool = False) -> None:
+    """torch modules nested by path, each with its counts and its own tensors; deeper levels folded into a count
+    on their nearest shown module when the whole tree would not fit (see :func:`_shown_depth`)."""
     node = root.add(_text(("structure", "bold"), "  ", _counts(structure.get("total"))))
     nodes: dict[str, Tree] = {}
     modules = _l(structure.get("modules"))
+    limit, with_tensors = _shown_depth([e for e in modules[:LIST_LIMIT] if isinstance(e, dict)], depth, full)
+    hidden: dict[str, int] = {}  # shown path -> modules folded below it
+    labels: dict[str, Text] = {}
     for entry in modules[:LIST_LIMIT]:
         if not isinstance(entry, dict):
             node.add(_text(_value(entry), ("  (not a module entry)", "yellow")))
             continue
         path = _s(entry.get("path"))
         parent = node
+        parent_path = None
         prefix = path
         for _ in range(RENDER_DEPTH):  # the nearest ancestor shown; a path of thousands of dots costs no more
             if "." not in prefix:
                 break
             prefix = prefix.rsplit(".", 1)[0]
             if prefix in nodes:
-                parent = nodes[prefix]
+                parent, parent_path = nodes[prefix], prefix
                 break
+        if limit is not None and path_depth(path) > limit:
+            if parent_path is not None:
+                hidden[parent_path] = hidden.get(parent_path, 0) + 1
+            continue
         extra = entry.get("extra_repr")
         extra = f"({_s(extra)})" if extra else ""
-        label = _text((path, "bold"), "  ", _s(entry.get("class")) + extra, "  ", (_counts(entry), "dim"))
+        name = path[len(parent_path) + 1:] if parent_path is not None else path  # the tree shows the rest
+        label = _text((name, "bold"), "  ", _s(entry.get("class")) + extra, "  ", (_counts(entry), "dim"))
+        labels[path] = label
         nodes[path] = parent.add(label)
+        if not with_tensors:
+            continue
         tensors = entry.get("tensors")
         for name, t in list(_d(tensors).items())[:LIST_LIMIT]:
             if not isinstance(t, dict):
@@ -214,7 +261,13 @@ def _structure(root: Tree, structure: dict[str, Any]) -> None:
             frozen = "" if t.get("requires_grad") or t.get("kind") != "parameter" else " frozen"
             nodes[path].add(_text(f"{_s(name)}  {_s(t.get('kind'))}{frozen} {shape or 'scalar'} "
                                   f"{_s(t.get('dtype'))} on {_s(t.get('device'))}"))
+    for path, count in hidden.items():
+        labels[path].append(f"  (+{count} submodule{'s' if count > 1 else ''})", style="dim")
     _more(node, LIST_LIMIT, len(modules))
+    if limit is not None or not with_tensors:
+        where = f"down to depth {limit}" if limit is not None else "without their tensors"
+        node.add(_text((f"modules shown {where}: gitpack inspect --depth N for more levels, --full for every module "
+                        "and tensor", "dim")))
 
 
 def _environment(node: Tree, env: dict[str, Any]) -> None:
@@ -245,8 +298,10 @@ def _members(members: Any) -> str:
     return text
 
 
-def manifest(m: Any, console: Console | None = None) -> None:
-    """Print manifest *m* (any JSON value) as a tree; shows what it can, never fails on a field's shape."""
+def manifest(m: Any, console: Console | None = None, *, depth: int | None = None, full: bool = False) -> None:
+    """Print manifest *m* (any JSON value) as a tree; shows what it can, never fails on a field's shape.
+
+    The structure is summarised to fit a screen unless *full*, or shown to *depth* levels of modules."""
     console = console or Console(highlight=False)
     if not isinstance(m, dict):
         console.print(_text(("not a manifest object: ", "bold"), _value(m)))
@@ -280,7 +335,7 @@ def manifest(m: Any, console: Console | None = None) -> None:
     _code_notes(root, m)
     structure = m.get("structure")
     if isinstance(structure, dict) and structure.get("modules"):
-        _structure(root, structure)
+        _structure(root, structure, depth, full)
     elif structure and not isinstance(structure, dict):
         root.add(_text(("structure", "bold"), " ", _value(structure)))
     env = m.get("environment")
@@ -359,8 +414,8 @@ def scan_lines(report) -> list[str]:
         why = f"  -- {refused}" if refused else ""
         lines.append(f"{verdict}  global    {dotted}{times}{why}{where}")
     for p in report.persistent_ids:
-        if p.kind == "storage":
-            continue
+        if p.kind in ("storage", "tensor"):
+            continue  # counted below
         shown = ":".join(str(x) for x in p.parts[1:]) if p.known else repr(p.parts)[:120]
         lines.append(f"{'snapshot' if p.known else 'UNKNOWN '}  {p.kind or 'id':9} {shown}")
     for f in report.functions:
@@ -375,7 +430,7 @@ def scan_lines(report) -> list[str]:
     if report.pending:
         lines.append(f"pending   {report.pending} check(s) need the snapshot's classes; `gitpack load` makes them "
                      "(run scan inside a clone that has the snapshot to read them from source)")
-    storages = sum(1 for p in report.persistent_ids if p.kind == "storage")
+    storages = sum(1 for p in report.persistent_ids if p.kind in ("storage", "tensor"))
     lines.append(f"{len(report.globals)} globals ({len(report.refused)} refused), {storages} tensor storages, "
                  f"{len(report.functions)} rebuilt functions, {len(report.code)} by-value code objects"
                  + (f", {report.nested} nested pickles" if report.nested else ""))

@@ -30,12 +30,27 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
+def parse_size_option(flag: str, value: str | None) -> int | None:
+    """``--size-cap 10m`` and the like: bytes, or a number with k, m, g (1024s) or kB, MB, GB (1000s)."""
+    if value is None:
+        return None
+    from ..sizes import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError:
+        raise TargetError(f"{flag} {value!r} is not a size; give bytes (20000000) or a number with a unit (20MB, 20m)")
+
+
 def _import_target_module(spec: str) -> Any:
     cwd = os.getcwd()
     if spec.endswith(".py") or os.sep in spec or "/" in spec:
         file = Path(spec).absolute()
         if not file.is_file():
             raise TargetError(f"{spec}: no such file; {_USAGE}")
+        root, dotted = source_root(file)
+        if dotted is not None:
+            return _import_from_root(spec, file, root, dotted)
         directory = str(file.parent)
         if directory not in sys.path:
             sys.path.insert(0, directory)
@@ -56,6 +71,39 @@ def _import_target_module(spec: str) -> Any:
     if cwd not in sys.path and "" not in sys.path:
         sys.path.insert(0, cwd)
     return importlib.import_module(spec)
+
+
+def source_root(file: Path) -> tuple[Path, str | None]:
+    """The source root above *file* and its dotted module name there, when *file* lies in a package
+    (``src/pkg/mod.py`` with ``src/pkg/__init__.py``: ``(src, "pkg.mod")``); else ``(its directory, None)``."""
+    parts = [file.stem] if file.name != "__init__.py" else []
+    directory = file.parent
+    while (directory / "__init__.py").is_file() and directory.name.isidentifier() and directory.parent != directory:
+        parts.insert(0, directory.name)
+        directory = directory.parent
+    if directory == file.parent or not all(p.isidentifier() for p in parts):
+        return file.parent, None
+    return directory, ".".join(parts)
+
+
+def _import_from_root(spec: str, file: Path, root: Path, dotted: str) -> Any:
+    """``src/pkg/mod.py`` imported as ``pkg.mod`` with ``src`` on the path, so its relative imports work and its
+    classes are saved under the name every other import uses; refused, saying which form to use, when ``pkg``
+    resolves to another copy (an installed one, another directory on the path)."""
+    form = f"{dotted}:ATTR from {root}" if root != Path.cwd() else f"{dotted}:ATTR"
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        module = importlib.import_module(dotted)
+    except ImportError as exc:
+        raise TargetError(f"{spec} is module {dotted} of source root {root}, which cannot be imported ({exc}); "
+                          f"run `gitpack save {form}` where {dotted.split('.')[0]} is importable") from None
+    found = getattr(module, "__file__", None)
+    if not (isinstance(found, str) and os.path.realpath(found) == os.path.realpath(file)):
+        raise TargetError(f"{spec} is module {dotted} of source root {root}, but `import {dotted}` finds "
+                          f"{found or 'another module'}; save it as `gitpack save {form}` in an environment "
+                          f"where that is the package {dotted.split('.')[0]} that is imported")
+    return module
 
 
 def resolve(target: str, params: dict[str, Any]) -> Any:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..errors import GitpackError
 from ..fsutil import TEMP_MARK, atomic_write, remove_stale, writing
+from . import cache
 from .sources import SourceTree
 
 LISTING = ".gitpack-dir.json"  # written last: the directory's files are all there
@@ -50,6 +51,7 @@ class Materializer:
         self._names: dict[str, dict | None] = {}
         self._prefetched: dict[str, bytes] = {}  # blob -> bytes, for the directory being written
         self._lock = threading.RLock()
+        cache.hold(self.root)  # in use while this process lives: a prune (gitpack.isolation.cache) keeps it
 
     def names(self, rel: str) -> dict | None:
         """``{"files": [...], "dirs": [...]}`` of a directory, *without* writing its files.
@@ -124,6 +126,7 @@ class Materializer:
         self._prefetched = {}
         listing = {"files": files, "dirs": dirs}
         atomic_write(target / LISTING, json.dumps(listing).encode())
+        cache.note_written()
         return listing
 
     def _write_entry(self, target: Path, name: str, kind: str, ref: str, rel: str) -> None:

@@ -29,6 +29,8 @@ def check_deferred(item: Deferred, obj: Any) -> str | None:
         if how == "call":
             return _snapshot_call(obj, name, item.detail)
         return _snapshot_new(obj, name) if item.detail else None
+    if item.what == "allowed-global":  # resolving it through the policy checked it (Policy.find_class)
+        return None
     if not isinstance(obj, type):
         return f"{name} is not a class"
     if item.what == "call":

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import PolicyError
-from . import calls, classchecks, opcodes, states
+from . import calls, classchecks, opcodes, refusals, states
 from .gcpause import gc_paused
 from .policy import Policy
 from .standins import (
@@ -47,7 +47,6 @@ from .standins import (
 MAX_NESTING = 3  # pickles inside bytes arguments of refused calls, scanned for the report only
 NESTED_BUDGET = 8 << 20  # bytes of nested pickles one trace scans, all depths together
 MAX_NESTED = 16  # nested pickles one trace scans
-MAX_SHOWN = 6  # refusals named in one error line
 _BY_VALUE_CODE = ("dill._dill", "_create_code")  # bytecode carried in the pickle (only --trust loads it)
 
 
@@ -80,6 +79,7 @@ class Trace:
     opcodes: int = 0
     _seq: int = 0
     _stand_ins: dict = field(default_factory=dict)
+    _user_allowed: set = field(default_factory=set)  # globals --allow admits, each given one resolving check
     _budget: _NestedBudget | None = None  # what is left for nested pickles, shared by all depths
 
     # ---------------------------------------------------------------- results
@@ -102,18 +102,13 @@ class Trace:
         return not self.violations and self.error is None
 
     def refusal(self) -> str | None:
-        """One line naming every refused construct (the first few, then a count), or None."""
-        problems = ([f"malformed pickle ({self.error})"] if self.error else []) + _unique(self.violations)
-        if not problems:
-            return None
-        shown = "; ".join(problems[:MAX_SHOWN])
-        more = f"; and {len(problems) - MAX_SHOWN} more" if len(problems) > MAX_SHOWN else ""
-        return shown + more
+        """One line naming every refused global and the first few other refused constructs, or None."""
+        return refusals.summary(self)
 
     def raise_if_refused(self, where: str) -> None:
         text = self.refusal()
         if text is not None:
-            raise PolicyError(f"{where}: the load policy refuses {text}{_hint(self)}")
+            raise PolicyError(f"{where}: the load policy refuses {text}{refusals.hint(self)}")
 
     # ---------------------------------------------------------------- dry run
     def run(self, data: bytes, *, buffers: int = 0) -> Trace:
@@ -161,6 +156,9 @@ class Trace:
         ref = Ref("global", module, name, None if why else self.policy.category(module, name), why)
         if why:
             self.violations.append(f"global {_short(ref.dotted)} ({why})")
+        elif self.policy.user_allowed(module, name) and (module, name) not in self._user_allowed:
+            self._user_allowed.add((module, name))
+            self.deferred.append(Deferred("allowed-global", ref))  # resolving it checks it (Policy.find_class)
         return self._stand_in(ref)
 
     def _persistent(self, pid: Any) -> Any:
@@ -336,10 +334,6 @@ def _short(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _unique(items: list[str]) -> list[str]:
-    return list(dict.fromkeys(items))
-
-
 def _unique_deferred(items: list[Deferred]) -> list[Deferred]:
     seen, out = set(), []
     for item in items:
@@ -355,15 +349,3 @@ def _unique_deferred(items: list[Deferred]) -> list[Deferred]:
 
 def _looks_like_pickle(value: bytes | bytearray) -> bool:
     return len(value) >= 4 and value[0] == 0x80 and value[1] <= 5 and value[-1:] == b"."
-
-
-def _hint(trace: Trace) -> str:
-    refused = [r for r in trace.refused]
-    if any((r.module or "").startswith("dill") for r in refused):
-        return "; it carries code or dill constructors: load it only if you trust its author (--trust / trust=True)"
-    exact = sorted({f"--allow {r.module}:{r.name}" for r in refused if r.module and r.name and "." not in r.name})
-    if exact and len(exact) == len(_unique(trace.violations)):
-        return f"; if you trust the archive, allow them: {' '.join(exact)}"
-    return "; if you trust the archive's author, load it with --trust (trust=True)"
-
-

@@ -42,7 +42,9 @@ def _tensor(real: Callable, name: str) -> Callable:
                 or not _shape(size) or not _shape(stride) or len(size) != len(stride):
             raise _refuse(f"torch._utils.{name} with malformed arguments")
         dtype = rest[2] if name == "_rebuild_tensor_v3" and len(rest) > 2 else storage.dtype
-        if not view_fits(storage.nbytes(), offset, size, stride, dtype.itemsize):
+        # (TypedStorage.nbytes() warns that TypedStorage is deprecated, on every load of a buffer torch pickled)
+        nbytes = storage._nbytes() if hasattr(storage, "_nbytes") else storage.nbytes()
+        if not view_fits(nbytes, offset, size, stride, dtype.itemsize):
             raise _refuse(f"torch._utils.{name} with a view beyond its storage")
         if rest and (type(rest[0]) is not bool or (len(rest) > 1 and not _no_hooks(rest[1]))):
             raise _refuse(f"torch._utils.{name} with backward hooks")

@@ -110,7 +110,7 @@ class ModuleMap:
         if rel in self._left_out:
             raise PicklingError(
                 f"the object uses module {canonical_module_name(module_name)} ({rel}), which the snapshot left out "
-                f"({self._left_out[rel]}); its code would not be pinned: raise --size-cap or move what makes it large"
+                f"({self._left_out[rel]}); its code would not be pinned"
             )
         if not self._in_snapshot(rel):
             return None  # ignored by git (a .venv inside the repo, build output): third-party

@@ -13,7 +13,10 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import types
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import PolicyError
@@ -118,22 +121,55 @@ _DILL_SAFE_TYPES = set(
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
-def parse_allow(entries: Iterable[str | tuple[str, str]]) -> set[tuple[str, str]]:
-    """``module:qualname`` strings (as typed on the CLI), or ``(module, qualname)`` pairs, to pairs."""
-    pairs = set()
+@dataclass(frozen=True)
+class AllowList:
+    """What ``--allow`` / ``allow=`` / ``git config gitpack.allow`` entries admit beyond the default policy.
+
+    *exact* pairs are trusted fully (any use), as an exact name is a deliberate choice; a *package* admits
+    only the classes defined in it and its sub-packages, and only as the default policy admits library
+    classes (:data:`CLASS`: built empty, given plain attribute state), never its functions.
+    """
+
+    exact: frozenset[tuple[str, str]] = frozenset()
+    packages: frozenset[str] = frozenset()
+
+
+def parse_allow(entries: Iterable[str | tuple[str, str]], where: str = "allow entry") -> AllowList:
+    """``module:qualname``, the dotted ``module.qualname`` that ``gitpack scan`` prints, a package name
+    (``transformers``), or ``(module, qualname)`` pairs, to an :class:`AllowList`.
+
+    A dotted entry ``a.b.C`` means both the global ``a.b:C`` and the classes of a package ``a.b.C``: which one
+    applies is told by what the pickle names, so nothing is imported to decide.  (Should ``a.b:C`` turn out to
+    be a module, :meth:`Policy.find_class` refuses it: a package allow never trusts a module object.)
+    """
+    exact: set[tuple[str, str]] = set()
+    packages: set[str] = set()
     for entry in entries:
         if isinstance(entry, tuple) and len(entry) == 2:
             module, name = entry
-        elif isinstance(entry, str):
-            module, sep, name = entry.partition(":")
-            if not sep:
-                module = ""
+        elif isinstance(entry, str) and ":" in entry:
+            module, _, name = entry.partition(":")
+        elif isinstance(entry, str) and _DOTTED.match(entry.strip()):
+            dotted = entry.strip()
+            packages.add(dotted)
+            parent, _, last = dotted.rpartition(".")
+            if parent:
+                exact.add((parent, last))
+            continue
         else:
             module = name = ""
         if not (isinstance(module, str) and isinstance(name, str) and _DOTTED.match(module) and _DOTTED.match(name)):
-            raise PolicyError(f"allow entry {entry!r} must look like module:qualname, e.g. mylib.layers:Norm")
-        pairs.add((module, name))
-    return pairs
+            raise PolicyError(f"{where} {entry!r} must look like module:qualname (mylib.layers:Norm), its dotted form "
+                              "(mylib.layers.Norm) or a package whose classes to allow (mylib)")
+        exact.add((module, name))
+    return AllowList(frozenset(exact), frozenset(packages))
+
+
+def _in_package(module: str, packages: AbstractSet[str]) -> bool:
+    if not packages:
+        return False
+    parts = module.split(".")
+    return any(".".join(parts[:i]) in packages for i in range(1, len(parts) + 1))
 
 
 def _in_class_family(module: str) -> bool:
@@ -143,12 +179,15 @@ def _in_class_family(module: str) -> bool:
 class Policy:
     """Resolves globals for the unpickler, refusing anything not explicitly allowed."""
 
-    def __init__(self, extra: Iterable[tuple[str, str] | str] = ()):
-        self.extra = parse_allow(extra)
+    def __init__(self, extra: Iterable[tuple[str, str] | str] | AllowList = ()):
+        allowed = extra if isinstance(extra, AllowList) else parse_allow(extra)
+        self.extra: frozenset[tuple[str, str]] = allowed.exact
+        self.packages: frozenset[str] = allowed.packages
 
     def category(self, module: str, name: str) -> str:
         """How an allowed global may be used: :data:`RECONSTRUCTOR`, :data:`VALUE_TYPE`, :data:`CLASS`,
-        :data:`VALUE` or :data:`TRUSTED` (an exact ``--allow``).  Only for pairs :meth:`refusal` allows."""
+        :data:`VALUE` or :data:`TRUSTED` (an exact ``--allow``).  Only for pairs :meth:`refusal` allows.
+        A class of an allowed package is a :data:`CLASS`, as torch's own layers are."""
         if (module, name) in self.extra and (module, name) not in _CATEGORIES:
             return TRUSTED
         found = _CATEGORIES.get((module, name))
@@ -156,7 +195,19 @@ class Policy:
             return found
         if module in _FUNCTION_MODULES:
             return VALUE
-        return CLASS  # the class families
+        return CLASS  # the class families, and the classes of allowed packages
+
+    def from_package(self, module: str, name: str) -> bool:
+        """Whether the pair is allowed only because its module lies in an allowed package (so it must turn out
+        to be a plain class defined there: :meth:`find_class` checks)."""
+        return ((module, name) not in _ALLOW and (module, name) not in self.extra and not _in_class_family(module)
+                and not (module in _FUNCTION_MODULES and not name.startswith("_"))
+                and _IDENT.match(name) is not None and _in_package(module, self.packages))
+
+    def user_allowed(self, module: str, name: str) -> bool:
+        """Whether the pair is allowed by ``--allow`` (exactly or by its package) rather than by the default
+        policy: resolving it, which the gate then does before anything runs, checks what it turned out to be."""
+        return ((module, name) in self.extra and (module, name) not in _ALLOW) or self.from_package(module, name)
 
     def allows(self, module: str, name: str) -> bool:
         """Static check (no import): is this pair allowed?  Used by ``scan`` too."""
@@ -174,6 +225,8 @@ class Policy:
             return None
         if "." in name:
             return "dotted name: attribute walking is not allowed"
+        if _IDENT.match(name) and _in_package(module, self.packages):
+            return None
         return "not on the allowlist"
 
     def find_class(self, module: str, name: str) -> Any:
@@ -201,18 +254,52 @@ class Policy:
             raise PolicyError(
                 f"{module}.{name} named by the archive does not exist here; is a package version different?"
             ) from None
+        if isinstance(obj, types.ModuleType):  # never a module object, however it was allowed: BUILD would rewrite it
+            raise PolicyError(f"{module}.{name} is a module, not a class or function; refusing it")
         if _in_class_family(module) and (module, name) not in _ALLOW and (module, name) not in self.extra:
             if not isinstance(obj, type):
                 raise PolicyError(f"{module}.{name} is not a class; refusing it")
         if module in _FUNCTION_MODULES and (module, name) not in self.extra:
             if not (inspect.isfunction(obj) or inspect.isbuiltin(obj)) or getattr(obj, "__module__", None) != module:
                 raise PolicyError(f"{module}.{name} is not a function defined in {module}; refusing it")
+        if self.from_package(module, name):
+            _check_package_class(obj, module, name)
         declared = getattr(obj, "__module__", None) if isinstance(obj, type) or callable(obj) else None
         if isinstance(declared, str) and declared != module and not _same_module(declared, module):
             raise PolicyError(
                 f"{module}.{name} says it lives in {declared}; refusing a global whose module does not agree"
             )
         return obj
+
+
+# Where a class of an allowed package may inherit what runs on an empty instance from: object and the builtin
+# types, and torch's layers (nn.Module.__setstate__ only fills in defaults).
+_PLAIN_PROTOCOL = ("__new__", "__setstate__", "__del__")
+
+
+def _check_package_class(obj: Any, module: str, name: str) -> None:
+    """A global admitted only as a class of an allowed package: a class *defined* there, whose construction
+    (``__new__``), state (``__setstate__``) and finalisation (``__del__``) are plain.
+
+    Classes a package defines are built the way torch's layers are (empty, then given attribute state), so
+    what the pickle can reach must be only that: ``subprocess.Popen`` is a class, but an empty one given
+    state runs its ``__del__`` with that state; a function of the package is never admitted this way.
+    """
+    where = module.split(".")[0]
+    if not isinstance(obj, type):
+        raise PolicyError(f"{module}.{name} is not a class: allowing package {where} admits its classes only; "
+                          f"a function needs its exact name (--allow {module}:{name}), if you trust the archive")
+    if obj.__module__ != module or obj.__qualname__ != name:
+        raise PolicyError(f"{module}.{name} is {obj.__module__}.{obj.__qualname__}, not a class defined in {module}; "
+                          "refusing it")
+    for method in _PLAIN_PROTOCOL:
+        definer = next((k for k in obj.__mro__ if method in vars(k)), None)
+        if definer is None or definer.__module__ == "builtins" or _in_class_family(definer.__module__):
+            continue
+        raise PolicyError(f"{module}.{name} defines its own {method} (in {definer.__module__}."
+                          f"{definer.__qualname__}), which a pickle could drive with state it chooses; allowing "
+                          f"package {where} admits only plain classes (--allow {module}:{name} if you trust the "
+                          "archive)")
 
 
 def _same_module(declared: str, claimed: str) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 from ..archive import ArchiveReader
 from ..errors import ArchiveError, PolicyError
 from . import gate
-from .policy import Policy
+from .policy import AllowList, Policy
 
 PICKLE_MEMBER = "pickle"  # the archive member holding the pickle (api.PICKLE_MEMBER)
 
@@ -55,7 +55,7 @@ class PersistentRef:
 
     @property
     def known(self) -> bool:
-        return self.kind in ("class", "function", "global", "module", "storage", "rebuild")
+        return self.kind in ("class", "function", "global", "module", "storage", "tensor", "columns", "rebuild")
 
 
 @dataclass(frozen=True)
@@ -272,7 +272,7 @@ def _library_class(dotted: str) -> Any:
         return None
 
 
-def scan(path: str | os.PathLike, *, allow: Iterable[tuple[str, str] | str] = (),
+def scan(path: str | os.PathLike, *, allow: Iterable[tuple[str, str] | str] | AllowList = (),
          repo: str | os.PathLike | None = None) -> ScanReport:
     """Run the trust gate over an archive's pickle and report what it found.
 

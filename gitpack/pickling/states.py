@@ -39,6 +39,8 @@ def check_state(trace: Any, made: Made, state: Any) -> Verdict:
         return refuse(f"BUILD on the {made.kind} returned by {short(made.callee.dotted)}")
     if cls.kind == "global" and cls.category == TRUSTED:
         return Verdict()
+    if cls.kind == "global" and cls.refused:
+        return Verdict()  # the refused global is reported already; its state is judged once it is allowed
     special = _STATES.get(cls.dotted)
     if special is not None:
         return special(made, state)
@@ -185,6 +187,8 @@ def check_mutation(trace: Any, made: Made, how: str) -> Verdict:
         return refuse(f"fills the {made.kind} returned by {short(made.callee.dotted)} with items")
     if cls.kind in ("class", "legacy") or (cls.kind == "global" and cls.category == TRUSTED):
         return Verdict()
+    if cls.kind == "global" and cls.refused:
+        return Verdict()  # reported already, as for state
     if how in _FILLABLE.get(cls.dotted, ()):
         return Verdict()
     return refuse(f"fills {short(cls.dotted)} with items ({how})")

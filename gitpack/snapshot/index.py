@@ -11,16 +11,15 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Set as AbstractSet
 
 from ..fsutil import TEMP_MARK
 from ..git import Repo
-from .exclude import exclusion_reason
-from .status import STATUS_ARGS, changed_paths, staged_only
+from .exclude import Limits, left_out
+from .status import STATUS_ARGS, changed_paths, staged_only, untracked_paths
 from .tree import SnapshotTree, temp_prefix
 
 
-def write_via_index(repo: Repo, size_cap: int, exclude: AbstractSet[str]) -> SnapshotTree:
+def write_via_index(repo: Repo, limits: Limits) -> SnapshotTree:
     """The general way: ``git add`` the changed paths in a private copy of the user's index."""
     user_index = repo.git_dir / "index"
     fd, temp_index = tempfile.mkstemp(prefix=temp_prefix("index"), dir=str(repo.git_dir))
@@ -40,10 +39,13 @@ def write_via_index(repo: Repo, size_cap: int, exclude: AbstractSet[str]) -> Sna
         dirty = bool(changed)
         to_add: list[str] = []
         excluded: list[tuple[str, str]] = []
+        untracked = untracked_paths(status)
+        reasons = left_out(repo.root, [(p, p in untracked) for p in changed if TEMP_MARK not in os.path.basename(p)],
+                           limits)
         for path in changed:
             if TEMP_MARK in os.path.basename(path):
                 continue  # another save's archive, still being written: never snapshot, nothing to report
-            reason = exclusion_reason(repo.root, path, size_cap, exclude)
+            reason = reasons.get(path)
             if reason:
                 excluded.append((path, reason))
             elif path not in settled:

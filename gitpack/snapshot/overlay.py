@@ -15,14 +15,13 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 from ..errors import GitError
 from ..fsutil import TEMP_MARK
 from ..git import Repo, runner
 from ..git.objects import NeedsIndex, TreeWriter
-from .exclude import exclusion_reason
+from .exclude import Limits, left_out
 from .status import READ_ONLY, STATUS_ARGS, branch_headers
 from .tree import SnapshotTree, temp_prefix
 
@@ -32,7 +31,7 @@ def _index_entry(mode: str, sha: str | None) -> tuple[str, str] | None:
     return None if mode == "000000" or sha is None else (mode, sha)
 
 
-def write_overlay(repo: Repo, size_cap: int, exclude: AbstractSet[str]) -> SnapshotTree:
+def write_overlay(repo: Repo, limits: Limits) -> SnapshotTree:
     """The working tree as a tree: HEAD's tree with only the paths ``git status`` reports rewritten.
 
     Raises :class:`NeedsIndex` where that could differ from ``git add -A`` (a changed submodule, a
@@ -76,6 +75,7 @@ def write_overlay(repo: Repo, size_cap: int, exclude: AbstractSet[str]) -> Snaps
     from_worktree: dict[str, str] = {}  # path -> mode, for files to hash
     links: list[str] = []
     attribute_files = [p for p in tracked if p.rpartition("/")[2] == ".gitattributes"]
+    entries: list[tuple[str, str, str, str | None, str | None]] = []  # path, xy, index mode and sha, worktree mode
     for record in records:
         if record[0] == "?":
             path = record[2:]
@@ -83,13 +83,15 @@ def write_overlay(repo: Repo, size_cap: int, exclude: AbstractSet[str]) -> Snaps
                 # An untracked nested repository: git cannot snapshot into it.
                 warnings.append(f"{path} is a nested git repository and is not captured")
                 continue
-            xy, mode_index, sha_index, mode_worktree = "??", "000000", None, None
+            entries.append((path, "??", "000000", None, None))
         else:
             fields = record.split(" ", 8)
             if len(fields) != 9 or fields[2] != "N...":
                 raise NeedsIndex("a submodule changed")  # git add decides its gitlink
-            xy, mode_worktree, sha_index, path = fields[1], fields[5], fields[7], fields[8]
-            mode_index = fields[4]
+            entries.append((fields[8], fields[1], fields[4], fields[7], fields[5]))
+    reasons = left_out(repo.root, [(e[0], e[1] == "??") for e in entries if TEMP_MARK not in os.path.basename(e[0])],
+                       limits)
+    for path, xy, mode_index, sha_index, mode_worktree in entries:
         if "\n" in path or path.startswith('"'):
             raise NeedsIndex("a path git's line-based plumbing would misread")
         changed.append(path)
@@ -99,7 +101,7 @@ def write_overlay(repo: Repo, size_cap: int, exclude: AbstractSet[str]) -> Snaps
             # Another save's archive, still being written: never snapshot, nothing to report.
             changes[path] = _index_entry(mode_index, sha_index)
             continue
-        reason = exclusion_reason(repo.root, path, size_cap, exclude)
+        reason = reasons.get(path)
         if reason:
             excluded.append((path, reason))
             changes[path] = None

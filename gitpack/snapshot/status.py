@@ -23,6 +23,11 @@ def staged_only(out: str) -> set[str]:
     return settled - untracked
 
 
+def untracked_paths(out: str) -> set[str]:
+    """Paths ``git status`` reports untracked (not ignored): what the snapshot's budget bounds."""
+    return {record[2:] for record in out.split("\0") if record.startswith("? ") and not record.endswith("/")}
+
+
 def branch_headers(out: str) -> tuple[str | None, str | None]:
     """HEAD's commit (None when unborn) and branch ref (None when detached) from porcelain v2 ``--branch`` headers."""
     head = head_branch = None
