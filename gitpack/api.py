@@ -146,10 +146,11 @@ def export(ref: str | os.PathLike, output: str | os.PathLike, *, portable: bool 
 
 
 # ---------------------------------------------------------------------- git integration and ergonomics
-def init(*, repo: str | os.PathLike | None = None) -> list[str]:
-    """Set the repository up for archives: .gitattributes (binary, -delta, diff=gitpack) and git config."""
+def init(*, lfs: bool = False, repo: str | os.PathLike | None = None) -> list[str]:
+    """Set the repository up for archives: .gitattributes (binary, -delta, diff=gitpack) and git config;
+    *lfs* also stores committed archives with Git LFS."""
     with Repo.discover(repo) as git_repo:
-        return gitsetup.init(git_repo)
+        return gitsetup.init(git_repo, use_lfs=lfs)
 
 
 def textconv(path: str | os.PathLike) -> str:

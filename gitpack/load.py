@@ -54,6 +54,8 @@ def load(
         require_signed: refuse unless the snapshot commit has a trusted signature (None: ``gitpack.requireSigned``).
         repo: the repository (default: the one containing the current directory).
         fetch: run ``gitpack pull`` (from *remote*, default the upstream or origin) first.
+        remote: where --fetch pulls from, and where an archive stored in Git LFS is downloaded from when this
+            clone lacks it (it always is, on demand: only that one object).
     Returns:
         The object, running the code of the snapshot it was saved with.
     Example:
@@ -70,7 +72,7 @@ def load(
     if fetch:
         with Repo.discover(repo) as git_repo:
             sync.pull(git_repo, remote)
-    path, _ = artifacts.locate(path, repo=repo)
+    path, _ = artifacts.locate(path, repo=repo, remote=remote)
     with open_verified(path, repo=repo, require_signed=require_signed, trust=trust) as checked:
         plan = checked.plan
         if plan.by_value_code and not trust:

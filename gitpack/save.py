@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import artifacts, environment, progress, signing, snapshot
+from . import artifacts, environment, lfs, progress, signing, snapshot
 from ._version import __version__
 from .archive import ArchiveWriter, manifest_digest, sealed_manifest
 from .capturing import build_tree, paused, summary_lines
@@ -101,6 +101,8 @@ def save(
     with Repo.discover(repo) as git_repo:
         branch = branch or git_repo.config("gitpack.branch") or DEFAULT_BRANCH
         cap = size_cap if size_cap is not None else int(git_repo.config("gitpack.sizecap") or DEFAULT_SIZE_CAP)
+        if name is not None:
+            lfs.settings(git_repo)  # a malformed gitpack.lfs* fails here, before the snapshot branch moves
         # Store-only saves build the archive beside the object database and never publish the file.
         dest = Path(os.path.abspath(path)) if path is not None else git_repo.common_dir / f"{name}.gitpack"
         exclude = set()
