@@ -272,14 +272,28 @@ def default_remote(repo: Repo) -> str:
     return remote if remote and remote != "." else "origin"
 
 
+def endpoint(repo: Repo, remote: str) -> str:
+    """*remote* as git-lfs takes it: a remote's name or a URL as they are, a repository's path as a file:// URL.
+
+    git-lfs turns a configured remote whose URL is a path into its file:// endpoint itself, but reads a bare
+    path given on the command line as an ssh address.  git resolves a relative path from the repository's root.
+    """
+    if "://" in remote or repo.config(f"remote.{remote}.url"):
+        return remote
+    path = Path(os.path.expanduser(remote))
+    path = path if path.is_absolute() else repo.root / path
+    return path.resolve().as_uri() if path.is_dir() else remote
+
+
 def fetch(repo: Repo, pointer: Pointer, commit: str, *, remote: str | None, label: str) -> Path:
     """Download one object (the one *commit*'s tree points at) with git-lfs, verify it, return its path."""
     remote = remote or default_remote(repo)
-    require_client(repo, f"{label} is stored with Git LFS and its archive is not in this clone; downloading it")
     # Only this commit's tree is scanned (its one pointer); a fetchinclude/-exclude set for checkouts must not
     # filter out archive.gitpack.
-    args = ["-c", "lfs.fetchinclude=", "-c", "lfs.fetchexclude=", "lfs", "fetch", remote, commit]
+    args = ["-c", "lfs.fetchinclude=", "-c", "lfs.fetchexclude=", "lfs", "fetch", endpoint(repo, remote), commit]
     ok, detail = _transfer(repo, args, f"downloading {label}", pointer.size)
+    if not ok:
+        require_client(repo, f"{label} is stored with Git LFS and its archive is not in this clone; downloading it")
     if not ok or not has_object(repo, pointer):
         raise LfsError(f"cannot download {label} ({human(pointer.size)}, Git LFS object {pointer.short}) from "
                        f"{remote}: {detail or 'git-lfs fetched nothing'}; check that it was pushed "
@@ -295,10 +309,11 @@ def push(repo: Repo, remote: str, label: str, pointers: Iterable[Pointer]) -> No
         return
     total = sum(p.size for p in wanted_objects)
     what = f"{len(wanted_objects)} Git LFS object(s) ({human(total)})"
-    require_client(repo, f"pushing {what}")
     for oids in _batches([p.oid for p in wanted_objects]):
-        ok, detail = _transfer(repo, ["lfs", "push", "--object-id", remote, *oids], f"uploading to {remote}", total)
+        args = ["lfs", "push", "--object-id", endpoint(repo, remote), *oids]
+        ok, detail = _transfer(repo, args, f"uploading to {remote}", total)
         if not ok:
+            require_client(repo, f"pushing {what}")
             raise LfsError(f"cannot upload {what} to {label}: {detail}; nothing was pushed and every save is kept "
                            "here - check the remote's LFS server and your access, then `gitpack push` again")
 

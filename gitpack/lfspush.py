@@ -40,6 +40,9 @@ class Target(Protocol):
     @property
     def label(self) -> str: ...
 
+    @property
+    def tracking(self) -> str: ...  # gitpack's remote-tracking refs of this remote: "refs/gitpack-remotes/<key>/"
+
 
 def _labels(updates: Iterable[Update]) -> dict[str, str]:
     """``{version commit: "clf@v2"}`` for the store refs among *updates* (a version ref's label wins)."""
@@ -67,15 +70,23 @@ def archive_entry(repo: Repo, commit: str) -> tuple[str, int, lfs.Pointer | None
     return blob, size, pointer
 
 
-def move_into_lfs(repo: Repo, updates: list[Update], published: set[str]) -> list[str]:
-    """Put the unpublished versions among *updates* that belong in LFS there; returns one note per version."""
+def move_into_lfs(repo: Repo, updates: list[Update], tracking: str) -> list[str]:
+    """Put the unpublished versions among *updates* that belong in LFS there; returns one note per version.
+
+    Unpublished: no remote-tracking ref under *tracking* (every remote's) holds the commit.
+    """
     if lfs.settings(repo).mode == "never":
         return []
     moved: dict[str, str] = {}
     notes = []
+    published: set[str] | None = None
     for sha, label in _labels(updates).items():
-        entry = None if sha in published else archive_entry(repo, sha)
+        entry = archive_entry(repo, sha)
         if entry is None or entry[2] is not None or not lfs.wanted(repo, entry[1]):
+            continue
+        if published is None:
+            published = set(repo.refs(tracking.rstrip("/")).values())
+        if sha in published:
             continue
         blob, size, _ = entry
         moved[sha] = _with_pointer(repo, sha, lfs.store_blob(repo, blob, size, f"moving {label} into Git LFS"))
@@ -107,12 +118,17 @@ def _with_pointer(repo: Repo, commit: str, pointer: lfs.Pointer) -> str:
     return repo.git("commit-tree", tree, *parents, "-F", "-", input=message, env=env)
 
 
-def upload(repo: Repo, remote: Target, updates: list[Update], remote_has: set[str]) -> None:
+def upload(repo: Repo, remote: Target, updates: list[Update]) -> None:
     """Upload the LFS objects of the versions among *updates* that *remote* does not have yet."""
     pointers = []
+    remote_has: set[str] | None = None
     for sha, label in _labels(updates).items():
-        entry = None if sha in remote_has else archive_entry(repo, sha)
+        entry = archive_entry(repo, sha)
         if entry is None or entry[2] is None:
+            continue
+        if remote_has is None:  # as last fetched: a version renumbered there is still there
+            remote_has = set(repo.refs(remote.tracking.rstrip("/")).values())
+        if sha in remote_has:
             continue
         pointer = entry[2]
         if not lfs.has_object(repo, pointer):

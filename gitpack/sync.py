@@ -558,11 +558,11 @@ def push(repo: Repo, remote: str | None = None) -> SyncReport:
         updates = _outgoing(repo, target, branch)
         if not updates:
             return report
-        moved = lfspush.move_into_lfs(repo, updates, set(Store(repo).refs(TRACKING.rstrip("/")).values()))
+        moved = lfspush.move_into_lfs(repo, updates, TRACKING)
         if moved:
             report.notes += moved
             updates = _outgoing(repo, target, branch)
-        lfspush.upload(repo, target, updates, set(_tracked(repo, target).values()))
+        lfspush.upload(repo, target, updates)
         outcome, detail = _try_push(repo, target, updates, atomic)
         if outcome == "unsupported":
             atomic = False

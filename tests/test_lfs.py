@@ -312,9 +312,16 @@ def test_refused_large_blob_says_how_to_use_lfs_and_push_then_moves_it_into_lfs(
     assert pointer is not None and pointer.size == int(git(a, "cat-file", "-s", f"{old}:archive.gitpack"))
     assert set(lfs_objects(remote / "lfs")) == {pointer.oid} and largest_blob(remote) < LIMIT
 
-    b = clone(remote.as_uri(), tmp_path / "b")
+    # A clone whose origin is a plain path: git-lfs is given its file:// endpoint.
+    b = clone(str(remote), tmp_path / "b")
     ok(gitpack_cli(b, "pull"))
     assert results(b, "clf@v1") == results(a, "clf@v1")
+    assert set(lfs_objects(b / ".git" / "lfs")) == {pointer.oid}
+
+    # A remote given as a path on the command line, too.
+    other = bare_remote(tmp_path / "other.git")
+    ok(gitpack_cli(a, "push", str(other)))
+    assert set(lfs_objects(other / "lfs")) == {pointer.oid}
 
 
 def test_lfs_settings_always_never_threshold_and_bad_values(tmp_path):
