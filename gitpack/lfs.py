@@ -37,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -193,7 +193,7 @@ def store_file(repo: Repo, path: Path, description: str) -> Pointer:
     """Copy the file into the LFS store, hashing on the way; returns its pointer."""
     size = path.stat().st_size
     with open(path, "rb") as src:
-        return _store_stream(repo, src, size, description, None)
+        return _store_stream(repo, src, size, description)
 
 
 def store_blob(repo: Repo, blob: str, size: int, description: str) -> Pointer:
@@ -201,19 +201,25 @@ def store_blob(repo: Repo, blob: str, size: int, description: str) -> Pointer:
     proc = runner.start(["cat-file", "blob", blob], cwd=repo.root, stderr=False)
     git_hash = hashlib.sha1() if len(blob) == 40 else hashlib.sha256()
     git_hash.update(b"blob %d\0" % size)
+
+    def intact() -> None:
+        if proc.wait() != 0 or git_hash.hexdigest() != blob:
+            raise StoreError(f"blob {blob[:12]} could not be read back intact; the repository may be damaged "
+                             "(`git fsck`)")
+
     try:
         assert proc.stdout is not None
-        pointer = _store_stream(repo, proc.stdout, size, description, git_hash)
+        return _store_stream(repo, proc.stdout, size, description, git_hash, intact)
     finally:
-        returncode = proc.wait()
-    if returncode != 0 or git_hash.hexdigest() != blob:
-        object_path(repo, pointer).unlink(missing_ok=True)
-        raise StoreError(f"blob {blob[:12]} could not be read back intact; the repository may be damaged (`git fsck`)")
-    return pointer
+        if proc.poll() is None:
+            proc.popen.kill()
+        proc.close()
 
 
-def _store_stream(repo: Repo, src: IO[bytes], size: int, description: str, also: object | None) -> Pointer:
-    """Write *src* into the store's temp dir while hashing it, then rename it to its content's name."""
+def _store_stream(repo: Repo, src: IO[bytes], size: int, description: str, also: hashlib._Hash | None = None,
+                  check: Callable[[], None] | None = None) -> Pointer:
+    """Write *src* into the store's temp dir while hashing it (and into *also*), then, when *check* passes,
+    rename it to its content's name."""
     tmp_dir = storage_dir(repo) / "tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="gitpack-", dir=str(tmp_dir))
@@ -224,7 +230,7 @@ def _store_stream(repo: Repo, src: IO[bytes], size: int, description: str, also:
             while chunk := src.read(CHUNK):
                 digest.update(chunk)
                 if also is not None:
-                    also.update(chunk)  # type: ignore[attr-defined]
+                    also.update(chunk)
                 out.write(chunk)
                 written += len(chunk)
                 bar.advance(len(chunk))
@@ -232,6 +238,8 @@ def _store_stream(repo: Repo, src: IO[bytes], size: int, description: str, also:
             os.fsync(out.fileno())
         if written != size:
             raise StoreError(f"expected {size} bytes, read {written}; the file changed while it was stored")
+        if check is not None:
+            check()
         pointer = Pointer(digest.hexdigest(), size)
         dest = object_path(repo, pointer)
         dest.parent.mkdir(parents=True, exist_ok=True)

