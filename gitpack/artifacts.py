@@ -272,6 +272,8 @@ class Store:
         ``gitpack.compression`` (default 0); the version number is claimed with a
         compare-and-swap ref creation, so concurrent saves in one clone each get
         their own number.
+
+        Above ``gitpack.lfsThreshold`` the bytes go into Git LFS instead (:meth:`_archive_entry`).
         """
         validate_name(name)
         size = archive.stat().st_size
@@ -291,14 +293,6 @@ class Store:
         number = self._claim_number(name, commit)
         self._advance_latest(name, number, commit)
         return self.resolve(Reference(name, f"v{number}"))
-
-    def _archive_entry(self, name: str, archive: Path, size: int) -> str:
-        """The blob the version's tree holds: the archive itself, or an LFS pointer to it (:mod:`gitpack.lfs`)."""
-        if lfs.wanted(self.repo, size):
-            pointer = lfs.store_file(self.repo, archive, f"storing {name} in Git LFS")
-            return self.repo.git("hash-object", "-w", "--no-filters", "--stdin", input=pointer.text().encode())
-        level = self.repo.config("gitpack.compression") or DEFAULT_COMPRESSION
-        return self.repo.git("-c", f"core.compression={level}", "hash-object", "-w", "--no-filters", "--", str(archive))
 
     def _claim_number(self, name: str, commit: str) -> int:
         for _ in range(1000):
@@ -358,6 +352,14 @@ class Store:
 
     def _pointer(self, blob: str, size: int) -> lfs.Pointer | None:
         return lfs.parse_pointer(self.repo.read_object(blob)[1]) if size < lfs.POINTER_MAX else None
+
+    def _archive_entry(self, name: str, archive: Path, size: int) -> str:
+        """The blob the version's tree holds: the archive itself, or an LFS pointer to it (:mod:`gitpack.lfs`)."""
+        if lfs.wanted(self.repo, size):
+            pointer = lfs.store_file(self.repo, archive, f"storing {name} in Git LFS")
+            return self.repo.git("hash-object", "-w", "--no-filters", "--stdin", input=pointer.text().encode())
+        level = self.repo.config("gitpack.compression") or DEFAULT_COMPRESSION
+        return self.repo.git("-c", f"core.compression={level}", "hash-object", "-w", "--no-filters", "--", str(archive))
 
     def archive_file(self, version: ArtifactVersion, *, remote: str | None = None) -> Path:
         """A file holding the version's archive.

@@ -28,7 +28,7 @@ from typing import Any
 from . import lfs, textsafe
 from .archive import read_manifest
 from .errors import ArchiveError
-from .git import Repo
+from .git import Repo, runner
 
 ATTRIBUTES_LINE = "*.gitpack binary -delta diff=gitpack"
 LFS_LINE = "*.gitpack filter=lfs"
@@ -90,8 +90,17 @@ def track_with_lfs(repo: Repo) -> list[str]:
             fh.write(f"{prefix}# gitpack archives: stored with Git LFS, still diffed as their manifest\n{LFS_LINE}\n")
         done.append(f"wrote '{LFS_LINE}' to {attributes} (commit it so every clone gets it)")
     if done or not repo.config("filter.lfs.process"):
-        repo.git("lfs", "install", "--local")
-        done.append("ran `git lfs install --local` (the LFS filter and hooks for this repository)")
+        result = runner.run(["lfs", "install", "--local"], cwd=repo.root, check=False)
+        said = (result.stdout + result.stderr).decode("utf-8", "replace")
+        if result.returncode == 0:
+            done.append("ran `git lfs install --local` (the LFS filter and hooks for this repository)")
+        elif "Hook already exists" in said:  # the filter is set; a hook of the user's own is left alone
+            done.append("warning: git-lfs left your own git hooks alone: add `git lfs pre-push \"$@\"` to your "
+                        "pre-push hook (`git lfs update --manual` shows how), or a plain `git push` will not "
+                        "upload the archives' LFS objects")
+        else:
+            raise lfs.LfsError(f"`git lfs install --local` failed: {runner.failure_detail(said) or said.strip()}; "
+                               "fix that and run `gitpack init --lfs` again")
     return done
 
 

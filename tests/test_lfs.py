@@ -330,6 +330,16 @@ def test_lfs_settings_always_never_threshold_and_bad_values(tmp_path):
     ok(save(repo, "clf", "v1"))  # a tiny archive
     pointer = pointer_of(repo, "refs/gitpack/artifacts/clf/v1")
     assert pointer is not None and pointer.oid in lfs_objects(repo / ".git" / "lfs")
+    # Stored as git-lfs itself stores it: its fsck checks the object against the version's pointer, and its
+    # own pointer for the object's bytes is the blob the version holds, byte for byte.
+    obj = lfs_objects(repo / ".git" / "lfs")[pointer.oid]
+    assert "Git LFS fsck OK" in git(repo, "lfs", "fsck", "--objects", "refs/gitpack/artifacts/clf/v1")
+    assert git(repo, "lfs", "pointer", f"--file={obj}") == pointer.text().strip()
+    good = obj.read_bytes()
+    obj.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    assert subprocess.run(["git", "lfs", "fsck", "--objects", "refs/gitpack/artifacts/clf/v1"], cwd=repo,
+                          capture_output=True).returncode != 0
+    obj.write_bytes(good)
 
     git(repo, "config", "gitpack.lfs", "never")
     ok(save(repo, "clf", "v2"))
@@ -377,6 +387,16 @@ def test_init_lfs_tracks_committed_archives_and_git_diff_still_shows_manifests(t
     diff = git(repo, "diff", "HEAD~1", "HEAD", "--", "model.gitpack").splitlines()
     assert "-    threshold = 0.3" in diff and "+    threshold = 0.7" in diff
     assert not any("oid sha256:" in line for line in diff)
+
+    # A repository with a pre-push hook of its own: the filter is set, the hook left alone, and init says so.
+    hooked = make_project(tmp_path / "hooked")
+    hook = hooked / ".git" / "hooks" / "pre-push"
+    hook.write_text("#!/bin/sh\necho mine\n")
+    hook.chmod(0o755)
+    said = ok(gitpack_cli(hooked, "init", "--lfs")).stdout
+    assert "git lfs pre-push" in said and "git lfs update --manual" in said
+    assert hook.read_text() == "#!/bin/sh\necho mine\n"
+    assert git(hooked, "check-attr", "filter", "--", "m.gitpack") == "m.gitpack: filter: lfs"
 
     no_lfs = tmp_path / "no-lfs"
     no_lfs.mkdir()
@@ -437,3 +457,30 @@ def test_the_same_over_http_with_a_real_lfs_server(team, tmp_path):
         assert v1 is not None and set(lfs_objects(b / ".git" / "lfs")) == {v1.oid}
     finally:
         server.stop()
+
+
+SPEC = "version https://git-lfs.github.com/spec/v1\n"
+OID = "oid sha256:" + "ab" * 32 + "\n"
+
+
+@pytest.mark.parametrize("text, expected", [
+    (SPEC + OID + "size 12\n", Pointer("ab" * 32, 12)),
+    (SPEC + "ext-0-foo sha256:" + "cd" * 32 + "\n" + OID + "size 0\n", Pointer("ab" * 32, 0)),  # extension key
+    (OID + SPEC + "size 12\n", None),                       # version must come first
+    (SPEC + "size 12\n" + OID, None),                       # keys in order
+    (SPEC + OID + "size 12\n" + "size 13\n", None),        # each key once
+    (SPEC + OID.upper() + "size 12\n", None),               # lower-case hex only
+    (SPEC + OID + "size 012\n", None),                      # a plain decimal size
+    (SPEC + OID + "size -1\n", None),
+    (SPEC + OID, None),                                      # no size
+    (SPEC + OID + "size 12", None),                          # the last line ends too
+    (SPEC.replace("\n", "\r\n") + OID + "size 12\n", None),  # LF only
+    ("version https://example.com/spec\n" + OID + "size 12\n", None),
+    (SPEC + "oid sha256:" + "ab" * 31 + "\nsize 12\n", None),  # 64 digits
+    (SPEC + OID + "size 12\n" + "x" * 1024, None),           # pointers are small
+    ("\x89GPK" + "\0" * 60, None),                           # an archive
+])
+def test_pointer_parsing_is_strict(text, expected):
+    assert parse_pointer(text.encode("latin-1")) == expected
+    if expected is not None and "ext-" not in text:
+        assert expected.text() == text  # canonical: what git lfs writes
