@@ -346,11 +346,8 @@ class Store:
             )
         return blob, int(self.repo.git("cat-file", "-s", blob))
 
-    def archive_pointer(self, version: ArtifactVersion) -> lfs.Pointer | None:
-        """The LFS pointer the version's tree holds, or None when it holds the archive itself."""
-        return self._pointer(*self.archive_blob(version))
-
     def _pointer(self, blob: str, size: int) -> lfs.Pointer | None:
+        """The LFS pointer the version's tree holds, or None when it holds the archive itself."""
         return lfs.parse_pointer(self.repo.read_object(blob)[1]) if size < lfs.POINTER_MAX else None
 
     def _archive_entry(self, name: str, archive: Path, size: int) -> str:

@@ -322,7 +322,7 @@ def push(repo: Repo, remote: str, label: str, pointers: Iterable[Pointer]) -> No
         ok, detail = _transfer(repo, args, f"uploading to {remote}", total)
         if not ok:
             require_client(repo, f"pushing {what}")
-            raise LfsError(f"cannot upload {what} to {label}: {detail}; nothing was pushed and every save is kept "
+            raise LfsError(f"cannot upload {what} to {label}: {detail}; no ref was pushed and every save is kept "
                            "here - check the remote's LFS server and your access, then `gitpack push` again")
 
 

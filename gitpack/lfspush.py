@@ -118,9 +118,9 @@ def _with_pointer(repo: Repo, commit: str, pointer: lfs.Pointer) -> str:
     return repo.git("commit-tree", tree, *parents, "-F", "-", input=message, env=env)
 
 
-def upload(repo: Repo, remote: Target, updates: list[Update]) -> None:
-    """Upload the LFS objects of the versions among *updates* that *remote* does not have yet."""
-    pointers = []
+def upload(repo: Repo, remote: Target, updates: list[Update]) -> list[str]:
+    """Upload the LFS objects of the versions among *updates* that *remote* does not have yet; a note saying so."""
+    pointers: list[tuple[str, lfs.Pointer]] = []
     remote_has: set[str] | None = None
     for sha, label in _labels(updates).items():
         entry = archive_entry(repo, sha)
@@ -137,8 +137,12 @@ def upload(repo: Repo, remote: Target, updates: list[Update]) -> None:
                 f"so it cannot be pushed to {remote.label}; download it first (`gitpack load {label} --remote "
                 "<the remote it came from>`), then `gitpack push` again (nothing was pushed)"
             )
-        pointers.append(pointer)
-    lfs.push(repo, remote.argument, remote.label, pointers)
+        pointers.append((label, pointer))
+    if not pointers:
+        return []
+    lfs.push(repo, remote.argument, remote.label, [p for _, p in pointers])
+    return [f"uploaded the Git LFS objects of {', '.join(label for label, _ in pointers)} "
+            f"({lfs.human(sum(p.size for _, p in pointers))}) to {remote.argument}"]
 
 
 def refusal_advice(repo: Repo, updates: list[Update]) -> str:

@@ -54,8 +54,8 @@ def load(
         require_signed: refuse unless the snapshot commit has a trusted signature (None: ``gitpack.requireSigned``).
         repo: the repository (default: the one containing the current directory).
         fetch: run ``gitpack pull`` (from *remote*, default the upstream or origin) first.
-        remote: where --fetch pulls from, and where an archive stored in Git LFS is downloaded from when this
-            clone lacks it (it always is, on demand: only that one object).
+        remote: where *fetch* pulls from, and where an archive stored in Git LFS that this clone lacks is
+            downloaded from (only that one object; default: the upstream, else origin).
     Returns:
         The object, running the code of the snapshot it was saved with.
     Example:

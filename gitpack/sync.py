@@ -562,7 +562,7 @@ def push(repo: Repo, remote: str | None = None) -> SyncReport:
         if moved:
             report.notes += moved
             updates = _outgoing(repo, target, branch)
-        lfspush.upload(repo, target, updates)
+        uploaded = lfspush.upload(repo, target, updates)
         outcome, detail = _try_push(repo, target, updates, atomic)
         if outcome == "unsupported":
             atomic = False
@@ -571,6 +571,7 @@ def push(repo: Repo, remote: str | None = None) -> SyncReport:
             repo.git("-c", "core.logAllRefUpdates=false", "update-ref", "--stdin",
                      input="".join(f"update {target.tracking_ref(ref)} {new}\n" for ref, new, _ in updates).encode())
             report.pushed = [ref for ref, _, _ in updates]
+            report.notes += uploaded
             return report
         if outcome == "refused":
             raise RemoteError(

@@ -198,6 +198,7 @@ def test_stored_large_archive_is_an_lfs_pointer_and_push_puts_its_bytes_in_the_r
 
     # The push needed no configuration; the remote's git holds no large blob, its LFS store holds the bytes.
     assert "pushed 4 ref(s)" in team["pushed"].stdout
+    assert "uploaded the Git LFS objects of clf@v1, clf@v2 (59.8 MiB)" in team["pushed"].stderr
     assert largest_blob(remote) < LIMIT
     theirs = lfs_objects(remote / "lfs")
     assert set(theirs) == set(local) and all(sha256(f) == oid for oid, f in theirs.items())
@@ -250,6 +251,12 @@ def test_missing_git_lfs_missing_object_and_a_damaged_object_are_one_line_errors
     one_line_error(gitpack_cli(b, "load", "clf@v1", env=no_lfs), "clf@v1 is stored with Git LFS",
                    "install git-lfs")
     assert lfs_objects(b / ".git" / "lfs") == {}
+
+    # Pushing elsewhere what this clone never downloaded: refused before any ref moves, saying what to do.
+    elsewhere = bare_remote(tmp_path / "elsewhere.git")
+    one_line_error(gitpack_cli(b, "push", elsewhere.as_uri()), "clf@v1's archive", "is not in this clone",
+                   "gitpack load clf@v1 --remote")
+    assert git(elsewhere, "for-each-ref") == ""
 
     # A remote that has the pointers but not the bytes (someone pushed with plain git).
     bare = tmp_path / "pointers-only.git"
