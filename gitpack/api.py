@@ -210,10 +210,11 @@ def _jsonable_output(value: Any, torch: Any, depth: int = 0) -> Any:
 
 
 # ---------------------------------------------------------------------- git integration and ergonomics
-def init(*, repo: str | os.PathLike | None = None) -> list[str]:
-    """Set the repository up for archives: .gitattributes (binary, -delta, diff=gitpack) and git config."""
+def init(*, lfs: bool = False, repo: str | os.PathLike | None = None) -> list[str]:
+    """Set the repository up for archives: .gitattributes (binary, -delta, diff=gitpack) and git config;
+    *lfs* also stores committed archives with Git LFS."""
     with Repo.discover(repo) as git_repo:
-        return gitsetup.init(git_repo)
+        return gitsetup.init(git_repo, use_lfs=lfs)
 
 
 def textconv(path: str | os.PathLike) -> str:

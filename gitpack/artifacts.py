@@ -9,7 +9,8 @@ beyond git is needed::
 
 A *version commit* has a one-entry tree, ``archive.gitpack`` (the archive's
 bytes, stored by ``git hash-object -w`` straight from the file, never read into
-Python), and one parent: the snapshot commit whose code the archive runs.  So
+Python; or, above ``gitpack.lfsThreshold``, a Git LFS pointer to them: see
+:mod:`gitpack.lfs`), and one parent: the snapshot commit whose code the archive runs.  So
 fetching a version fetches its code, and the version cannot outlive it.  Its
 message carries ``Gitpack-*`` trailers (snapshot, object type, digest, size,
 params) so that :meth:`Store.versions` is one ``for-each-ref`` with no blob
@@ -41,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import progress, trailers
+from . import lfs, progress, trailers
 from .archive import read_manifest
 from .errors import GitError, NotARepoError, StoreError
 from .fsutil import TEMP_MARK, owner_tag, remove_stale, writing
@@ -289,12 +290,12 @@ class Store:
 
         The bytes go in with ``hash-object -w`` from the file (git streams files
         above ``core.bigFileThreshold`` straight into a pack), deflated at
-        ``gitpack.compression`` (default 0).
+        ``gitpack.compression`` (default 0).  Above ``gitpack.lfsThreshold`` the
+        bytes go into Git LFS instead (:meth:`_archive_entry`).
         """
         validate_name(name)
         size = archive.stat().st_size
-        level = self.repo.config("gitpack.compression") or DEFAULT_COMPRESSION
-        blob = self.repo.git("-c", f"core.compression={level}", "hash-object", "-w", "--no-filters", "--", str(archive))
+        blob = self._archive_entry(name, archive, size)
         tree = self.repo.git("mktree", input=f"100644 blob {blob}\t{ARCHIVE_ENTRY}\n".encode())
         params_json = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
         message = "\n".join([
@@ -340,24 +341,46 @@ class Store:
             )
         return blob, int(self.repo.git("cat-file", "-s", blob))
 
-    def archive_file(self, version: ArtifactVersion) -> Path:
-        """A file holding the version's archive: a content-addressed copy in the cache, written once.
+    def _pointer(self, blob: str, size: int) -> lfs.Pointer | None:
+        """The LFS pointer the version's tree holds, or None when it holds the archive itself."""
+        return lfs.parse_pointer(self.repo.read_object(blob)[1]) if size < lfs.POINTER_MAX else None
 
-        The copy is named by its blob id and rehashed as it streams out of git,
-        so a cached file is exactly the stored blob; the archive's own digests
-        and the snapshot commit still vouch for it at load.
+    def _archive_entry(self, name: str, archive: Path, size: int) -> str:
+        """The blob the version's tree holds: the archive itself, or an LFS pointer to it (:mod:`gitpack.lfs`)."""
+        if lfs.wanted(self.repo, size):
+            pointer = lfs.store_file(self.repo, archive, f"storing {name} in Git LFS")
+            return self.repo.git("hash-object", "-w", "--no-filters", "--stdin", input=pointer.text().encode())
+        level = self.repo.config("gitpack.compression") or DEFAULT_COMPRESSION
+        return self.repo.git("-c", f"core.compression={level}", "hash-object", "-w", "--no-filters", "--", str(archive))
+
+    def archive_file(self, version: ArtifactVersion, *, remote: str | None = None) -> Path:
+        """A file holding the version's archive.
+
+        An archive in Git LFS is read straight from its object file, downloaded
+        from *remote* (default: upstream, else origin) the first time and
+        hashed against its pointer then.  Any other is a content-addressed copy
+        in the cache, written once, named by its blob id and rehashed as it
+        streams out of git, so a cached file is exactly the stored blob.  Either
+        way the archive's own digests and the snapshot commit vouch for it at load.
         """
         blob, size = self.archive_blob(version)
-        dest = cache_root() / "store" / f"{blob}.gitpack"
-        try:
-            cached = dest.stat().st_size == size
-        except FileNotFoundError:
-            cached = False
-        if not cached:
-            with writing(dest.parent, CACHE_HINT):
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                remove_stale(dest.parent, "." + TEMP_GLOB)  # copies that killed loads left
-                self.copy_blob(blob, size, dest, f"reading {version.label}")
+        pointer = self._pointer(blob, size)
+        if pointer is not None:
+            if lfs.has_object(self.repo, pointer):
+                dest = lfs.object_path(self.repo, pointer)
+            else:
+                dest = lfs.fetch(self.repo, pointer, version.commit, remote=remote, label=version.label)
+        else:
+            dest = cache_root() / "store" / f"{blob}.gitpack"
+            try:
+                cached = dest.stat().st_size == size
+            except FileNotFoundError:
+                cached = False
+            if not cached:
+                with writing(dest.parent, CACHE_HINT):
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    remove_stale(dest.parent, "." + TEMP_GLOB)  # copies that killed loads left
+                    self.copy_blob(blob, size, dest, f"reading {version.label}")
         if read_manifest(dest).get("commit") != version.snapshot:
             raise StoreError(
                 f"{version.label} ({version.commit[:12]}) holds an archive of another snapshot than its parent "
@@ -394,11 +417,13 @@ class Store:
 
 
 # ------------------------------------------------------------------ name or path
-def locate(target: str | os.PathLike, *, repo: str | os.PathLike | None = None) -> tuple[Path, ArtifactVersion | None]:
+def locate(target: str | os.PathLike, *, repo: str | os.PathLike | None = None,
+           remote: str | None = None) -> tuple[Path, ArtifactVersion | None]:
     """The archive file *target* means, by the documented rule, and the version when it is an artifact.
 
-    ``os.PathLike`` objects are always paths.  An artifact is copied into the
-    cache (once per blob) so the ordinary archive reader can read it.
+    ``os.PathLike`` objects are always paths.  An artifact is read from its Git
+    LFS object (downloaded from *remote* when missing) or copied into the cache
+    (once per blob), so the ordinary archive reader can read it.
     """
     if not isinstance(target, str):
         return Path(target), None
@@ -430,6 +455,6 @@ def locate(target: str | os.PathLike, *, repo: str | os.PathLike | None = None) 
                 f"or {ref.name}@latest (or @vN) for the artifact"
             )
         version = store.resolve(ref)
-        return store.archive_file(version), version
+        return store.archive_file(version, remote=remote), version
     finally:
         git_repo.close()

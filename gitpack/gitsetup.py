@@ -24,12 +24,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import textsafe
+from . import lfs, textsafe
 from .archive import read_manifest
 from .errors import ArchiveError
-from .git import Repo
+from .git import Repo, runner
 
 ATTRIBUTES_LINE = "*.gitpack binary -delta diff=gitpack"
+LFS_LINE = "*.gitpack filter=lfs"
 BIG_FILE_THRESHOLD = "64m"
 
 
@@ -48,8 +49,12 @@ def textconv_command() -> str:
             f"gitpack textconv \"$1\" 2>/dev/null || {{ {raw}; }}; }}; gitpack_textconv")
 
 
-def init(repo: Repo) -> list[str]:
-    """Write the attributes and config (idempotent); returns what was done, one line each."""
+def init(repo: Repo, *, use_lfs: bool = False) -> list[str]:
+    """Write the attributes and config (idempotent); returns what was done, one line each.
+
+    *use_lfs* also stores committed archives with Git LFS (:func:`track_with_lfs`); without it, the first run
+    offers that when git-lfs is installed.
+    """
     done = []
     attributes = repo.root / ".gitattributes"
     existing = attributes.read_text(encoding="utf-8") if attributes.exists() else ""
@@ -66,6 +71,43 @@ def init(repo: Repo) -> list[str]:
     if repo.config("core.bigFileThreshold") is None:
         repo.git("config", "core.bigFileThreshold", BIG_FILE_THRESHOLD)
         done.append(f"set git config core.bigFileThreshold = {BIG_FILE_THRESHOLD}")
+    if use_lfs:
+        done += track_with_lfs(repo)
+    elif done and lfs.installed(repo) and LFS_LINE not in existing.splitlines():
+        done.append("git-lfs is installed: `gitpack init --lfs` also stores committed *.gitpack files in Git LFS")
+    return done
+
+
+def track_with_lfs(repo: Repo) -> list[str]:
+    """``*.gitpack filter=lfs`` in ``.gitattributes``, and git-lfs's filter and hooks in this repository.
+
+    The line adds only the filter to ``*.gitpack binary -delta diff=gitpack``, so
+    ``git diff`` still shows manifests: git hands textconv the smudged archive,
+    not the pointer.  ``git lfs install --local`` sets the filter (without it
+    ``git add`` would store the whole file) and the pre-push hook that uploads
+    the objects on a plain ``git push``.
+    """
+    lfs.require_client(repo, "`gitpack init --lfs`")
+    done = []
+    attributes = repo.root / ".gitattributes"
+    existing = attributes.read_text(encoding="utf-8") if attributes.exists() else ""
+    if LFS_LINE not in existing.splitlines():
+        prefix = "" if not existing or existing.endswith("\n") else "\n"
+        with open(attributes, "a", encoding="utf-8") as fh:
+            fh.write(f"{prefix}# gitpack archives: stored with Git LFS, still diffed as their manifest\n{LFS_LINE}\n")
+        done.append(f"wrote '{LFS_LINE}' to {attributes} (commit it so every clone gets it)")
+    if done or not repo.config("filter.lfs.process"):
+        result = runner.run(["lfs", "install", "--local"], cwd=repo.root, check=False)
+        said = (result.stdout + result.stderr).decode("utf-8", "replace")
+        if result.returncode == 0:
+            done.append("ran `git lfs install --local` (the LFS filter and hooks for this repository)")
+        elif "Hook already exists" in said:  # the filter is set; a hook of the user's own is left alone
+            done.append("warning: git-lfs left your own git hooks alone: add `git lfs pre-push \"$@\"` to your "
+                        "pre-push hook (`git lfs update --manual` shows how), or a plain `git push` will not "
+                        "upload the archives' LFS objects")
+        else:
+            raise lfs.LfsError(f"`git lfs install --local` failed: {runner.failure_detail(said) or said.strip()}; "
+                               "fix that and run `gitpack init --lfs` again")
     return done
 
 

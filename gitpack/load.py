@@ -58,6 +58,8 @@ def load(
         require_signed: refuse unless the snapshot commit has a trusted signature (None: ``gitpack.requireSigned``).
         repo: the repository (default: the one containing the current directory).
         fetch: run ``gitpack pull`` (from *remote*, default the upstream or origin) first.
+        remote: where *fetch* pulls from, and where an archive stored in Git LFS that this clone lacks is
+            downloaded from (only that one object; default: the upstream, else origin).
     Returns:
         The object, running the code of the snapshot it was saved with.
     Example:
@@ -74,7 +76,7 @@ def load(
     if fetch:
         with Repo.discover(repo) as git_repo:
             sync.pull(git_repo, remote)
-    path = _located(path, repo)
+    path = _located(path, repo, remote)
     with open_verified(path, repo=repo, require_signed=require_signed, trust=trust) as checked:
         plan = checked.plan
         if plan.by_value_code and not trust:
@@ -104,12 +106,13 @@ def load(
     return obj
 
 
-def _located(target: str | os.PathLike, repo: str | os.PathLike | None) -> Any:
+def _located(target: str | os.PathLike, repo: str | os.PathLike | None, remote: str | None) -> Any:
     """The archive file *target* means; a stored archive's copy in the cache is held in use (a concurrent
-    ``gitpack cache prune`` keeps it), and copied again should a prune have taken it just before."""
+    ``gitpack cache prune`` keeps it), and copied again should a prune have taken it just before.  One in
+    Git LFS is read in place from the repository's LFS store, which no prune touches."""
     for _ in range(3):
-        path, version = artifacts.locate(target, repo=repo)
-        if version is None:
+        path, version = artifacts.locate(target, repo=repo, remote=remote)
+        if version is None or not cache.inside(path):
             return path
         cache.hold(path, directory=False)
         if path.exists():

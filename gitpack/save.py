@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import allowlist, artifacts, environment, progress, signing, snapshot
+from . import allowlist, artifacts, environment, lfs, progress, signing, snapshot
 from ._version import __version__
 from .archive import ArchiveWriter, manifest_digest, sealed_manifest
 from .capturing import build_tree, paused, sources, summary_lines
@@ -113,6 +113,8 @@ def save(
     params = _jsonable(params or {})
     with Repo.discover(repo) as git_repo:
         branch = branch or git_repo.config("gitpack.branch") or DEFAULT_BRANCH
+        if name is not None:
+            lfs.settings(git_repo)  # a malformed gitpack.lfs* fails here, before the snapshot branch moves
         # Store-only saves build the archive beside the object database and never publish the file.
         dest = Path(os.path.abspath(path)) if path is not None else git_repo.common_dir / f"{name}.gitpack"
         exclude = set()

@@ -27,6 +27,8 @@ remote only moves from the state we merged, so nobody's saves are ever
 overwritten.  When someone pushed in between, the lease fails, and push simply
 integrates again and retries.  A remote that refuses the push (a hook, a
 permission) or cannot be reached is one clear error, and nothing local is lost.
+The Git LFS objects of the versions a push publishes go first
+(:mod:`gitpack.lfspush`), so a remote never holds a pointer without its bytes.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-from . import progress
+from . import lfspush, progress
 from .artifacts import (
     ARCHIVE_ENTRY,
     LATEST,
@@ -556,6 +558,11 @@ def push(repo: Repo, remote: str | None = None) -> SyncReport:
         updates = _outgoing(repo, target, branch)
         if not updates:
             return report
+        moved = lfspush.move_into_lfs(repo, updates, TRACKING)
+        if moved:
+            report.notes += moved
+            updates = _outgoing(repo, target, branch)
+        uploaded = lfspush.upload(repo, target, updates)
         outcome, detail = _try_push(repo, target, updates, atomic)
         if outcome == "unsupported":
             atomic = False
@@ -564,11 +571,12 @@ def push(repo: Repo, remote: str | None = None) -> SyncReport:
             repo.git("-c", "core.logAllRefUpdates=false", "update-ref", "--stdin",
                      input="".join(f"update {target.tracking_ref(ref)} {new}\n" for ref, new, _ in updates).encode())
             report.pushed = [ref for ref, _, _ in updates]
+            report.notes += uploaded
             return report
         if outcome == "refused":
             raise RemoteError(
                 f"{target.label} refused the push ({detail}); nothing was pushed and every save is kept here - "
-                "fix what the remote objects to, then `gitpack push` again"
+                "fix what the remote objects to, then `gitpack push` again" + lfspush.refusal_advice(repo, updates)
             )
         if outcome == "error":
             raise RemoteError(

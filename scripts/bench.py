@@ -545,12 +545,20 @@ def main() -> None:
     ap.add_argument("--runs", type=int, help="runs per median (default 7, quick 3)")
     ap.add_argument("--files", type=int, help="files in the synthetic repository (default 20000, quick 2000)")
     ap.add_argument("--keep", help="work in this directory and keep it")
+    ap.add_argument("--lfs", action="store_true",
+                    help="only the Git LFS rows: push and load of a 1 GB stored artifact (scripts/bench_lfs.py)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--arg", action="append", default=[], help=argparse.SUPPRESS)
     opts = ap.parse_args()
     size = {"width": 1024, "depth": 10} if opts.quick else {"width": 2048, "depth": 24}
     runs = opts.runs or (3 if opts.quick else 7)
+    if opts.lfs:  # its own script: a 1 GB artifact, a server, minutes (`bench_lfs.py --help` for its options)
+        import bench_lfs
+
+        bench_lfs.main(["--runs", str(opts.runs or 5)] + (["--keep", opts.keep] if opts.keep else [])
+                       + (["--size-mb", "128"] if opts.quick else []))
+        return
 
     if opts.child:
         work = Path(opts.work)

@@ -144,7 +144,9 @@ def load(
         help="refuse unless the snapshot commit has a trusted signature (also: git config gitpack.requireSigned)",
     ),
     fetch: bool = typer.Option(False, "--fetch", help="`gitpack pull` first, then load"),
-    remote: Optional[str] = typer.Option(None, "--remote", help="remote for --fetch (default: upstream, else origin)"),
+    remote: Optional[str] = typer.Option(
+        None, "--remote", help="remote for --fetch and for Git LFS downloads (default: upstream, else origin)"
+    ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar"),
 ) -> None:
     """Load an archive (a file or a stored artifact) against the code it was saved with, in isolation."""
@@ -157,7 +159,7 @@ def load(
         _report(report)
         _incoming(report)
     obj = api.load(path, map_location=map_location, mmap=mmap, trust=trust, allow=allow,
-                   require_signed=require_signed or None)
+                   require_signed=require_signed or None, remote=remote)
     if apply is not None:
         _out(json.dumps(api.apply(obj, apply), default=str))
         return
@@ -379,9 +381,11 @@ def export(
 
 
 @app.command()
-def init() -> None:
+def init(
+    lfs: bool = typer.Option(False, "--lfs", help="also store committed *.gitpack files with Git LFS (needs git-lfs)"),
+) -> None:
     """Set this repository up for archives: .gitattributes (binary, -delta, diff=gitpack) and git config."""
-    done = api.init()
+    done = api.init(lfs=lfs)
     for line in done:
         _out(line)
     if not done:

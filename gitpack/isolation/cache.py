@@ -101,6 +101,13 @@ def hold(path: Path, *, directory: bool = True) -> bool:
         return False
 
 
+def inside(path: Path) -> bool:
+    """Whether *path* is a cache entry's (an archive read in place from the repository's Git LFS store is not)."""
+    from .materialise import cache_root
+
+    return Path(os.path.abspath(path)).is_relative_to(Path(os.path.abspath(cache_root())))
+
+
 def _hold(path: Path, directory: bool) -> bool:
     key = str(path)
     with _lock:
