@@ -152,35 +152,43 @@ def _probe(root: Path, mode: str, *extra: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=15)
-    args = parser.parse_args()
+def measure(runs: int) -> dict:
+    """Median import times with recording off and on (fresh processes, interleaved), the hook alone, and the
+    per-save comparison; what :func:`main` prints and ``scripts/bench.py`` puts in its table."""
     with tempfile.TemporaryDirectory(prefix="gitpack-bench-imports-") as tmp:
         root = Path(tmp) / "project"
         _project(root)
         on, off = [], []
-        for _ in range(args.runs):  # interleaved, so that load on the machine hits both sides alike
+        for _ in range(runs):  # interleaved, so that load on the machine hits both sides alike
             off.append(_probe(root, "off")["import_s"])
             found = _probe(root, "on")
             assert found["recorded"] >= MODULES, found
             on.append(found["import_s"])
         per_save = _probe(root, "on", "save")
-    median_on, median_off = statistics.median(on), statistics.median(off)
+    return {"modules": MODULES, "runs": runs, "import_off_s": statistics.median(off),
+            "import_on_s": statistics.median(on), **per_save}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=15)
+    args = parser.parse_args()
+    found = measure(args.runs)
+    median_on, median_off = found["import_on_s"], found["import_off_s"]
     added = median_on / median_off - 1
     print(f"imports of {MODULES} modules, median of {args.runs} fresh processes each")
     print(f"  recording off   {median_off * 1e3:8.2f} ms")
     print(f"  recording on    {median_on * 1e3:8.2f} ms   ratio {median_on / median_off:.3f}  "
           f"(+{added * 100:.1f}%, target <= 5%)")
-    hook = per_save["get_code_on_s"] - per_save["get_code_off_s"]
+    hook = found["get_code_on_s"] - found["get_code_off_s"]
     print(f"the hook alone: get_code of {MODULES} modules, median of 41 interleaved rounds in one process")
-    print(f"  without hook    {per_save['get_code_off_s'] * 1e3:8.2f} ms")
-    print(f"  with hook       {per_save['get_code_on_s'] * 1e3:8.2f} ms   "
+    print(f"  without hook    {found['get_code_off_s'] * 1e3:8.2f} ms")
+    print(f"  with hook       {found['get_code_on_s'] * 1e3:8.2f} ms   "
           f"added {hook * 1e6 / MODULES:.1f} us per module = {hook / median_off * 100:.1f}% of the import time above")
     print(f"per save: comparing {MODULES} recorded modules with the disk, median of 200")
-    print(f"  compare         {per_save['compare_s'] * 1e3:8.2f} ms   (target <= 5 ms)")
-    print(f"  whole save      {per_save['save_s'] * 1e3:8.2f} ms   compare / save = "
-          f"{per_save['compare_s'] / per_save['save_s']:.3f}")
+    print(f"  compare         {found['compare_s'] * 1e3:8.2f} ms   (target <= 5 ms)")
+    print(f"  whole save      {found['save_s'] * 1e3:8.2f} ms   compare / save = "
+          f"{found['compare_s'] / found['save_s']:.3f}")
 
 
 if __name__ == "__main__":
