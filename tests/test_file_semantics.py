@@ -137,6 +137,7 @@ print("DONE", flush=True)
 
 def test_killed_loads_of_a_stored_artifact_leave_no_partial_copies(tmp_path):
     repo = _project(tmp_path)
+    git(repo, "config", "gitpack.lfs", "never")  # a git blob, copied into the cache (LFS objects are read in place)
     assert gitpack_cli(repo, "save", "pkg.model:M", "-p", f"n={96 << 20}", "--name", "big", "-q").returncode == 0
     cache = tmp_path / "cache"
     env = {**os.environ, **QUIET_ENV, "GITPACK_CACHE": str(cache)}
