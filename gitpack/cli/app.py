@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Optional, Protocol, cast
+from typing import Annotated, Any, Optional, Protocol, cast
 
 import typer
 
@@ -37,43 +37,62 @@ def _note(text: str) -> None:
     sys.stderr.write(f"gitpack: {textsafe.line(text)}\n")
 
 
+# Parameters several commands share, declared once so that their flags and help cannot drift apart.
+_Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="no progress bar")]
+_ArchiveRef = Annotated[str, typer.Argument(help="archive file, or stored artifact NAME[@VERSION]")]
+_Remote = Annotated[
+    Optional[str], typer.Argument(help="remote name or URL (default: the branch's upstream, else origin)")
+]
+
+
 @app.command()
 def save(
-    target: str = typer.Argument(
-        ..., help="module:attr or path/to/file.py:attr; a function or class is called with the -p values"
-    ),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="archive file to write"),
-    name: Optional[str] = typer.Option(
-        None, "--name", help="also (or, without -o, only) store it as the next version of artifact NAME"
-    ),
-    param: list[str] = typer.Option(
-        [], "-p", "--param", help="key=value (JSON where it parses, else a string); repeatable"
-    ),
-    message: Optional[str] = typer.Option(None, "-m", "--message", help="note recorded in the snapshot commit"),
-    branch: Optional[str] = typer.Option(
-        None, "--branch", help="snapshot branch (default: gitpack, or git config gitpack.branch)"
-    ),
-    size_cap: Optional[str] = typer.Option(
-        None, "--size-cap", help="leave untracked files larger than this out of the snapshot (bytes, or 10m; "
-        "default 10 MB, git config gitpack.sizecap)"
-    ),
-    untracked_budget: Optional[str] = typer.Option(
-        None, "--untracked-budget", help="at most this much of untracked files in all, the largest left out first "
-        "(default 20 MB, git config gitpack.untrackedBudget)"
-    ),
-    include: list[str] = typer.Option(
-        [], "--include", help="snapshot this untracked path (file, directory or glob) whatever its size; repeatable "
-        "(also: git config --add gitpack.include PATH)"
-    ),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar"),
-    sign: bool = typer.Option(
-        False, "--sign", help="sign the snapshot commit with your git signing key (also: git config commit.gpgsign)"
-    ),
-    allow_stale: bool = typer.Option(
-        False,
-        "--allow-stale",
-        help="save even if code changed on disk after it was imported (recorded in the archive and commit)",
-    ),
+    target: Annotated[
+        str,
+        typer.Argument(help="module:attr or path/to/file.py:attr; a function or class is called with the -p values"),
+    ],
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="archive file to write")] = None,
+    name: Annotated[
+        Optional[str],
+        typer.Option("--name", help="also (or, without -o, only) store it as the next version of artifact NAME"),
+    ] = None,
+    param: Annotated[
+        Optional[list[str]],
+        typer.Option("-p", "--param", help="key=value (JSON where it parses, else a string); repeatable"),
+    ] = None,
+    message: Annotated[
+        Optional[str], typer.Option("-m", "--message", help="note recorded in the snapshot commit")
+    ] = None,
+    branch: Annotated[
+        Optional[str],
+        typer.Option("--branch", help="snapshot branch (default: gitpack, or git config gitpack.branch)"),
+    ] = None,
+    size_cap: Annotated[
+        Optional[str],
+        typer.Option("--size-cap", help="leave untracked files larger than this out of the snapshot (bytes, or 10m; "
+                     "default 10 MB, git config gitpack.sizecap)"),
+    ] = None,
+    untracked_budget: Annotated[
+        Optional[str],
+        typer.Option("--untracked-budget", help="at most this much of untracked files in all, the largest left out "
+                     "first (default 20 MB, git config gitpack.untrackedBudget)"),
+    ] = None,
+    include: Annotated[
+        Optional[list[str]],
+        typer.Option("--include", help="snapshot this untracked path (file, directory or glob) whatever its size; "
+                     "repeatable (also: git config --add gitpack.include PATH)"),
+    ] = None,
+    quiet: _Quiet = False,
+    sign: Annotated[
+        bool,
+        typer.Option("--sign", help="sign the snapshot commit with your git signing key (also: git config "
+                     "commit.gpgsign)"),
+    ] = False,
+    allow_stale: Annotated[
+        bool,
+        typer.Option("--allow-stale", help="save even if code changed on disk after it was imported (recorded in "
+                     "the archive and commit)"),
+    ] = False,
 ) -> None:
     """Snapshot the working tree and save TARGET's object with its code pinned to that commit.
 
@@ -85,7 +104,7 @@ def save(
     from . import targets
 
     _quiet(quiet)
-    params = targets.parse_params(param)
+    params = targets.parse_params(param or [])
     cap, budget = targets.parse_size_option("--size-cap", size_cap), \
         targets.parse_size_option("--untracked-budget", untracked_budget)
     with api.capture():  # on before TARGET is imported, so module-level construction is seen too
@@ -93,7 +112,7 @@ def save(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GitpackWarning)  # printed below, once, as gitpack's own lines
         info = api.save(obj, output, name=name, params=params, message=message, branch=branch, size_cap=cap,
-                        sign=sign, allow_stale=allow_stale, include=include, untracked_budget=budget)
+                        sign=sign, allow_stale=allow_stale, include=include or [], untracked_budget=budget)
     _left_out(info.excluded)
     for warning in info.warnings:
         _note(f"warning: {warning}")
@@ -124,35 +143,43 @@ def _left_out(excluded: list[tuple[str, str]]) -> None:
 
 @app.command()
 def load(
-    path: str = typer.Argument(..., help="archive file, or stored artifact NAME, NAME@v2, NAME@latest"),
-    apply: Optional[str] = typer.Option(
-        None, "--apply", help="run preprocess -> forward (batch of one) -> postprocess on INPUT, print JSON; a torch "
-        "module without them takes INPUT as JSON (a number or nested lists) on a batch of one"
-    ),
-    map_location: Optional[str] = typer.Option(None, "--map-location", help="device for tensors, e.g. cpu or cuda:0"),
-    mmap: bool = typer.Option(False, "--mmap", help="map tensor data from the archive instead of reading it"),
-    trust: bool = typer.Option(
-        False, "--trust", help="allow any global and by-value code (only for archives you trust)"
-    ),
-    allow: list[str] = typer.Option(
-        [], "--allow", help="also allow global module:qualname (or module.qualname), or the classes of a package "
-        "(--allow transformers); repeatable; also: git config --add gitpack.allow ENTRY"
-    ),
-    require_signed: bool = typer.Option(
-        False,
-        "--require-signed",
-        help="refuse unless the snapshot commit has a trusted signature (also: git config gitpack.requireSigned)",
-    ),
-    fetch: bool = typer.Option(False, "--fetch", help="`gitpack pull` first, then load"),
-    remote: Optional[str] = typer.Option(
-        None, "--remote", help="remote for --fetch and for Git LFS downloads (default: upstream, else origin)"
-    ),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar"),
+    path: Annotated[str, typer.Argument(help="archive file, or stored artifact NAME, NAME@v2, NAME@latest")],
+    apply: Annotated[
+        Optional[str],
+        typer.Option("--apply", help="run preprocess -> forward (batch of one) -> postprocess on INPUT, print JSON; "
+                     "a torch module without them takes INPUT as JSON (a number or nested lists) on a batch of one"),
+    ] = None,
+    map_location: Annotated[
+        Optional[str], typer.Option("--map-location", help="device for tensors, e.g. cpu or cuda:0")
+    ] = None,
+    mmap: Annotated[
+        bool, typer.Option("--mmap", help="map tensor data from the archive instead of reading it")
+    ] = False,
+    trust: Annotated[
+        bool, typer.Option("--trust", help="allow any global and by-value code (only for archives you trust)")
+    ] = False,
+    allow: Annotated[
+        Optional[list[str]],
+        typer.Option("--allow", help="also allow global module:qualname (or module.qualname), or the classes of a "
+                     "package (--allow transformers); repeatable; also: git config --add gitpack.allow ENTRY"),
+    ] = None,
+    require_signed: Annotated[
+        bool,
+        typer.Option("--require-signed", help="refuse unless the snapshot commit has a trusted signature (also: git "
+                     "config gitpack.requireSigned)"),
+    ] = False,
+    fetch: Annotated[bool, typer.Option("--fetch", help="`gitpack pull` first, then load")] = False,
+    remote: Annotated[
+        Optional[str],
+        typer.Option("--remote", help="remote for --fetch and for Git LFS downloads (default: upstream, else origin)"),
+    ] = None,
+    quiet: _Quiet = False,
 ) -> None:
     """Load an archive (a file or a stored artifact) against the code it was saved with, in isolation."""
     from ..pickling.policy import parse_allow
 
     _quiet(quiet)
+    allow = allow or []
     parse_allow(allow)  # a bad --allow fails before anything is fetched
     if fetch:  # pull first, here, so that the code each new snapshot brings is listed before it is loaded
         report = api.pull(remote)
@@ -174,11 +201,12 @@ def load(
 
 @app.command()
 def scan(
-    path: str = typer.Argument(..., help="archive file, or stored artifact NAME[@VERSION]"),
-    allow: list[str] = typer.Option(
-        [], "--allow", help="count global module:qualname (or a package's classes) as allowed; repeatable"
-    ),
-    as_json: bool = typer.Option(False, "--json", help="everything found, as JSON"),
+    path: _ArchiveRef,
+    allow: Annotated[
+        Optional[list[str]],
+        typer.Option("--allow", help="count global module:qualname (or a package's classes) as allowed; repeatable"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="everything found, as JSON")] = False,
 ) -> None:
     """List every global, repo reference and by-value code the archive's pickle would use, without running it.
 
@@ -186,6 +214,7 @@ def scan(
     """
     from ..pickling.policy import parse_allow
 
+    allow = allow or []
     parse_allow(allow)
     report = api.scan(path, allow=allow)
     if as_json:
@@ -200,11 +229,11 @@ def scan(
 
 @app.command()
 def verify(
-    path: str = typer.Argument(..., help="archive file, or stored artifact NAME[@VERSION]"),
-    require_signed: bool = typer.Option(
-        False, "--require-signed", help="fail unless the snapshot commit has a trusted signature"
-    ),
-    as_json: bool = typer.Option(False, "--json", help="what was checked, as JSON"),
+    path: _ArchiveRef,
+    require_signed: Annotated[
+        bool, typer.Option("--require-signed", help="fail unless the snapshot commit has a trusted signature")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="what was checked, as JSON")] = False,
 ) -> None:
     """Check every byte of an archive, the snapshot commit that vouches for it, and its signature."""
     report = api.verify(path, require_signed=require_signed or None)
@@ -223,12 +252,14 @@ def verify(
 
 @app.command()
 def inspect(
-    path: str = typer.Argument(..., help="archive file, or stored artifact NAME[@VERSION]"),
-    as_json: bool = typer.Option(False, "--json", help="print the whole manifest as JSON"),
-    depth: Optional[int] = typer.Option(
-        None, "--depth", min=0, help="show torch modules down to N levels (default: a summary that fits a screen)"
-    ),
-    full: bool = typer.Option(False, "--full", help="show every module and tensor"),
+    path: _ArchiveRef,
+    as_json: Annotated[bool, typer.Option("--json", help="print the whole manifest as JSON")] = False,
+    depth: Annotated[
+        Optional[int],
+        typer.Option("--depth", min=0, help="show torch modules down to N levels (default: a summary that fits a "
+                     "screen)"),
+    ] = None,
+    full: Annotated[bool, typer.Option("--full", help="show every module and tensor")] = False,
 ) -> None:
     """Show what an archive records (code, parameters, environment) without unpickling it."""
     manifest = api.inspect(path)
@@ -246,9 +277,9 @@ def inspect(
 
 @app.command()
 def log(
-    as_json: bool = typer.Option(False, "--json", help="all fields, as JSON"),
-    branch: Optional[str] = typer.Option(None, "--branch", help="snapshot branch"),
-    limit: Optional[int] = typer.Option(None, "-n", "--limit", help="show at most this many saves"),
+    as_json: Annotated[bool, typer.Option("--json", help="all fields, as JSON")] = False,
+    branch: Annotated[Optional[str], typer.Option("--branch", help="snapshot branch")] = None,
+    limit: Annotated[Optional[int], typer.Option("-n", "--limit", help="show at most this many saves")] = None,
 ) -> None:
     """List the saves recorded on the snapshot branch, newest first."""
     entries = api.log(branch=branch, limit=limit)
@@ -263,12 +294,14 @@ def log(
 
 @app.command()
 def diff(
-    a: str = typer.Argument(..., help="archive file, or stored artifact NAME[@VERSION]"),
-    b: Optional[str] = typer.Argument(None, help="second archive; without it, A is compared with the working tree"),
-    all_files: bool = typer.Option(
-        False, "--all", help="code diff of every file, not only the repo modules the objects use"
-    ),
-    as_json: bool = typer.Option(False, "--json", help="everything, as JSON"),
+    a: _ArchiveRef,
+    b: Annotated[
+        Optional[str], typer.Argument(help="second archive; without it, A is compared with the working tree")
+    ] = None,
+    all_files: Annotated[
+        bool, typer.Option("--all", help="code diff of every file, not only the repo modules the objects use")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="everything, as JSON")] = False,
 ) -> None:
     """Compare two saves: parameters, environment and code. Reads manifests and git only; never unpickles."""
     report = api.diff(a, b, all_files=all_files)
@@ -288,8 +321,8 @@ def _quiet(quiet: bool) -> None:
 
 @app.command("list")
 def list_(
-    name: Optional[str] = typer.Argument(None, help="only this artifact"),
-    as_json: bool = typer.Option(False, "--json", help="all fields, as JSON"),
+    name: Annotated[Optional[str], typer.Argument(help="only this artifact")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="all fields, as JSON")] = False,
 ) -> None:
     """List the stored artifacts: names, versions, aliases, dates, snapshot commits and sizes."""
     versions = api.list_artifacts(name)
@@ -307,8 +340,8 @@ def list_(
 
 @app.command("alias")
 def alias_(
-    ref: str = typer.Argument(..., help="the version: NAME@v2 (or NAME@ALIAS)"),
-    alias_name: str = typer.Argument(..., metavar="ALIAS", help="alias to point at it, e.g. prod"),
+    ref: Annotated[str, typer.Argument(help="the version: NAME@v2 (or NAME@ALIAS)")],
+    alias_name: Annotated[str, typer.Argument(metavar="ALIAS", help="alias to point at it, e.g. prod")],
 ) -> None:
     """Point NAME@ALIAS at a stored version (aliases move; versions never do)."""
     version = api.alias(ref, alias_name)
@@ -330,12 +363,7 @@ def _incoming(report) -> None:
 
 
 @app.command()
-def push(
-    remote: Optional[str] = typer.Argument(
-        None, help="remote name or URL (default: the branch's upstream, else origin)"
-    ),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar"),
-) -> None:
+def push(remote: _Remote = None, quiet: _Quiet = False) -> None:
     """Push the snapshot branch and the artifacts (merging others' saves first; never force)."""
     _quiet(quiet)
     report = api.push(remote)
@@ -348,12 +376,7 @@ def push(
 
 
 @app.command()
-def pull(
-    remote: Optional[str] = typer.Argument(
-        None, help="remote name or URL (default: the branch's upstream, else origin)"
-    ),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar"),
-) -> None:
+def pull(remote: _Remote = None, quiet: _Quiet = False) -> None:
     """Fetch the snapshot branch and the artifacts and merge them into this clone's."""
     _quiet(quiet)
     report = api.pull(remote)
@@ -367,12 +390,12 @@ def pull(
 
 @app.command()
 def export(
-    ref: str = typer.Argument(..., help="stored artifact NAME[@VERSION], or an archive file"),
-    output: str = typer.Option(..., "-o", "--output", help="file to write"),
-    portable: bool = typer.Option(
-        False, "--portable", help="embed the snapshot's source: loads with no repository at all"
-    ),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar"),
+    ref: Annotated[str, typer.Argument(help="stored artifact NAME[@VERSION], or an archive file")],
+    output: Annotated[str, typer.Option("-o", "--output", help="file to write")],
+    portable: Annotated[
+        bool, typer.Option("--portable", help="embed the snapshot's source: loads with no repository at all")
+    ] = False,
+    quiet: _Quiet = False,
 ) -> None:
     """Write a stored artifact to a file; --portable embeds its source, verified by git hashes at load."""
     _quiet(quiet)
@@ -382,7 +405,9 @@ def export(
 
 @app.command()
 def init(
-    lfs: bool = typer.Option(False, "--lfs", help="also store committed *.gitpack files with Git LFS (needs git-lfs)"),
+    lfs: Annotated[
+        bool, typer.Option("--lfs", help="also store committed *.gitpack files with Git LFS (needs git-lfs)")
+    ] = False,
 ) -> None:
     """Set this repository up for archives: .gitattributes (binary, -delta, diff=gitpack) and git config."""
     done = api.init(lfs=lfs)
@@ -402,7 +427,7 @@ app.add_typer(cache_app, name="cache")
 @cache_app.callback(invoke_without_command=True)
 def cache(
     ctx: typer.Context,
-    as_json: bool = typer.Option(False, "--json", help="every entry, as JSON"),
+    as_json: Annotated[bool, typer.Option("--json", help="every entry, as JSON")] = False,
 ) -> None:
     """Show the load cache's size, its entries in use, and its limit (git config gitpack.cacheMaxSize)."""
     if ctx.invoked_subcommand is not None:
@@ -425,13 +450,16 @@ def cache(
 
 @cache_app.command("prune")
 def cache_prune(
-    older_than: Optional[str] = typer.Option(
-        None, "--older-than", help="remove entries unused for this long: 30d, 12h, 90m (a plain number is days)"
-    ),
-    max_size: Optional[str] = typer.Option(
-        None, "--max-size", help="then remove the least recently used until the cache fits: 1g, 500MB"
-    ),
-    as_json: bool = typer.Option(False, "--json", help="what was removed and kept, as JSON"),
+    older_than: Annotated[
+        Optional[str],
+        typer.Option("--older-than", help="remove entries unused for this long: 30d, 12h, 90m (a plain number is "
+                     "days)"),
+    ] = None,
+    max_size: Annotated[
+        Optional[str],
+        typer.Option("--max-size", help="then remove the least recently used until the cache fits: 1g, 500MB"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="what was removed and kept, as JSON")] = False,
 ) -> None:
     """Remove cache entries no process is using (with no option: all of them). Loads rebuild what they need."""
     from ..errors import GitpackError
@@ -458,7 +486,9 @@ def cache_prune(
 
 @app.command()
 def repair(
-    branch: Optional[str] = typer.Option(None, "--branch", help="snapshot branch (default: gitpack.branch or gitpack)"),
+    branch: Annotated[
+        Optional[str], typer.Option("--branch", help="snapshot branch (default: gitpack.branch or gitpack)")
+    ] = None,
 ) -> None:
     """Mend snapshot and artifact refs that point at missing objects (e.g. after `git gc --prune=now` raced a save).
 
@@ -473,7 +503,7 @@ def repair(
 
 
 @app.command()
-def textconv(path: str = typer.Argument(..., help="archive file (git passes a temp file)")) -> None:
+def textconv(path: Annotated[str, typer.Argument(help="archive file (git passes a temp file)")]) -> None:
     """Print an archive's manifest as text, for git diff (never unpickles, never imports torch)."""
     sys.stdout.write(api.textconv(path))
 
