@@ -16,6 +16,8 @@ import typer
 
 from .. import api, textsafe
 from ..errors import GitpackError
+from . import store_commands
+from .output import Quiet, note, out, set_quiet
 
 app = typer.Typer(
     name="gitpack",
@@ -27,22 +29,8 @@ app = typer.Typer(
 )
 
 
-def _out(text: str) -> None:
-    """One or more lines on stdout; control characters that reached them anyway are shown escaped."""
-    sys.stdout.write(textsafe.block(text) + "\n")
-
-
-def _note(text: str) -> None:
-    """One line on stderr (a message quoting an archive's or a commit's text cannot break it or drive the terminal)."""
-    sys.stderr.write(f"gitpack: {textsafe.line(text)}\n")
-
-
-# Parameters several commands share, declared once so that their flags and help cannot drift apart.
-_Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="no progress bar")]
+# Declared once for the commands that read an archive, so that their help cannot drift apart.
 _ArchiveRef = Annotated[str, typer.Argument(help="archive file, or stored artifact NAME[@VERSION]")]
-_Remote = Annotated[
-    Optional[str], typer.Argument(help="remote name or URL (default: the branch's upstream, else origin)")
-]
 
 
 @app.command()
@@ -82,7 +70,7 @@ def save(
         typer.Option("--include", help="snapshot this untracked path (file, directory or glob) whatever its size; "
                      "repeatable (also: git config --add gitpack.include PATH)"),
     ] = None,
-    quiet: _Quiet = False,
+    quiet: Quiet = False,
     sign: Annotated[
         bool,
         typer.Option("--sign", help="sign the snapshot commit with your git signing key (also: git config "
@@ -103,7 +91,7 @@ def save(
     from ..errors import GitpackWarning
     from . import targets
 
-    _quiet(quiet)
+    set_quiet(quiet)
     params = targets.parse_params(param or [])
     cap, budget = targets.parse_size_option("--size-cap", size_cap), \
         targets.parse_size_option("--untracked-budget", untracked_budget)
@@ -115,13 +103,13 @@ def save(
                         sign=sign, allow_stale=allow_stale, include=include or [], untracked_budget=budget)
     _left_out(info.excluded)
     for warning in info.warnings:
-        _note(f"warning: {warning}")
+        note(f"warning: {warning}")
     if info.path is not None:
-        _out(f"saved {info.object_type} to {info.path}")
+        out(f"saved {info.object_type} to {info.path}")
     if info.artifact is not None:
-        _out(f"stored {info.object_type} as {info.artifact}")
-    _out(f"snapshot {info.commit} on {info.branch}")
-    _out(f"digest {info.digest}")
+        out(f"stored {info.object_type} as {info.artifact}")
+    out(f"snapshot {info.commit} on {info.branch}")
+    out(f"digest {info.digest}")
 
 
 LEFT_OUT_SHOWN = 20  # files left out of a snapshot named one per line; the rest are counted
@@ -132,12 +120,12 @@ def _left_out(excluded: list[tuple[str, str]]) -> None:
     from ..snapshot.exclude import is_size_exclusion
 
     for path, reason in excluded[:LEFT_OUT_SHOWN]:
-        _note(f"left out of the snapshot: {path} ({reason})")
+        note(f"left out of the snapshot: {path} ({reason})")
     if len(excluded) > LEFT_OUT_SHOWN:
-        _note(f"... and {len(excluded) - LEFT_OUT_SHOWN} more left out (gitpack inspect --json lists them all)")
+        note(f"... and {len(excluded) - LEFT_OUT_SHOWN} more left out (gitpack inspect --json lists them all)")
     by_size = [p for p, why in excluded if is_size_exclusion(why)]
     if len(by_size) > 1:
-        _note(f"{len(by_size)} untracked files left out by size; to snapshot one anyway: --include PATH, or for every "
+        note(f"{len(by_size)} untracked files left out by size; to snapshot one anyway: --include PATH, or for every "
               "save: git config --add gitpack.include PATH (or raise --untracked-budget / --size-cap)")
 
 
@@ -173,30 +161,30 @@ def load(
         Optional[str],
         typer.Option("--remote", help="remote for --fetch and for Git LFS downloads (default: upstream, else origin)"),
     ] = None,
-    quiet: _Quiet = False,
+    quiet: Quiet = False,
 ) -> None:
     """Load an archive (a file or a stored artifact) against the code it was saved with, in isolation."""
     from ..pickling.policy import parse_allow
 
-    _quiet(quiet)
+    set_quiet(quiet)
     allow = allow or []
     parse_allow(allow)  # a bad --allow fails before anything is fetched
     if fetch:  # pull first, here, so that the code each new snapshot brings is listed before it is loaded
         report = api.pull(remote)
-        _report(report)
-        _incoming(report)
+        store_commands.report_notes(report)
+        store_commands.report_incoming(report)
     obj = api.load(path, map_location=map_location, mmap=mmap, trust=trust, allow=allow,
                    require_signed=require_signed or None, remote=remote)
     if apply is not None:
-        _out(json.dumps(api.apply(obj, apply), default=str))
+        out(json.dumps(api.apply(obj, apply), default=str))
         return
     manifest = api.inspect(path)
     kind = manifest.get("object")
-    _out(f"object  {textsafe.line(kind.get('type') if isinstance(kind, dict) else kind)}")
+    out(f"object  {textsafe.line(kind.get('type') if isinstance(kind, dict) else kind)}")
     source = api.source_of(obj) or type(obj).__module__
-    _out(f"class   {textsafe.line(type(obj).__qualname__)} from {textsafe.line(source)}")
-    _out(f"commit  {textsafe.line(manifest.get('commit'))}")
-    _out(f"params  {textsafe.json_value(manifest.get('params') or {}, limit=None, max_depth=64)}")
+    out(f"class   {textsafe.line(type(obj).__qualname__)} from {textsafe.line(source)}")
+    out(f"commit  {textsafe.line(manifest.get('commit'))}")
+    out(f"params  {textsafe.json_value(manifest.get('params') or {}, limit=None, max_depth=64)}")
 
 
 @app.command()
@@ -218,12 +206,12 @@ def scan(
     parse_allow(allow)
     report = api.scan(path, allow=allow)
     if as_json:
-        _out(json.dumps(report.as_json(), indent=2))
+        out(json.dumps(report.as_json(), indent=2))
     else:
         from . import render as show
 
         for line in show.scan_lines(report):
-            _out(line)
+            out(line)
     report.raise_if_unsafe()
 
 
@@ -238,16 +226,16 @@ def verify(
     """Check every byte of an archive, the snapshot commit that vouches for it, and its signature."""
     report = api.verify(path, require_signed=require_signed or None)
     if as_json:
-        _out(json.dumps(report.as_json(), indent=2))
+        out(json.dumps(report.as_json(), indent=2))
         return
-    _out(f"archive    ok: {report.members} members, {report.size} bytes, every digest matches")
+    out(f"archive    ok: {report.members} members, {report.size} bytes, every digest matches")
     if report.portable and report.signature is None:
-        _out(f"source     ok: embedded snapshot {report.commit[:12]} matches git's hashes")
+        out(f"source     ok: embedded snapshot {report.commit[:12]} matches git's hashes")
     else:
-        _out(f"commit     {textsafe.line(report.commit)} holds tree {textsafe.line(report.tree[:12])} and vouches for "
+        out(f"commit     {textsafe.line(report.commit)} holds tree {textsafe.line(report.tree[:12])} and vouches for "
              f"{textsafe.line(report.payload_digest, 200)}"
              + (" and the manifest" if report.manifest_vouched else ""))
-    _out(f"signature  {report.signature.describe() if report.signature else 'not checked (no repository)'}")
+    out(f"signature  {report.signature.describe() if report.signature else 'not checked (no repository)'}")
 
 
 @app.command()
@@ -268,7 +256,7 @@ def inspect(
             text = json.dumps(manifest, indent=2, sort_keys=True)
         except RecursionError:  # nested too deeply for the indenting encoder: the compact one
             text = json.dumps(manifest, sort_keys=True)
-        _out(text)
+        out(text)
         return
     from . import render as show
 
@@ -284,12 +272,12 @@ def log(
     """List the saves recorded on the snapshot branch, newest first."""
     entries = api.log(branch=branch, limit=limit)
     if as_json:
-        _out(json.dumps([{**e.as_json(), "capture": e.capture()} for e in entries], indent=2))
+        out(json.dumps([{**e.as_json(), "capture": e.capture()} for e in entries], indent=2))
         return
     from . import render as show
 
     for line in show.log_lines(entries):
-        _out(line)
+        out(line)
 
 
 @app.command()
@@ -306,101 +294,14 @@ def diff(
     """Compare two saves: parameters, environment and code. Reads manifests and git only; never unpickles."""
     report = api.diff(a, b, all_files=all_files)
     if as_json:
-        _out(json.dumps(report.as_json(), indent=2, default=str))
+        out(json.dumps(report.as_json(), indent=2, default=str))
         return
     from ..compare import format_text
 
     sys.stdout.write(format_text(report))
 
 
-def _quiet(quiet: bool) -> None:
-    from .. import progress
-
-    progress.set_quiet(quiet)
-
-
-@app.command("list")
-def list_(
-    name: Annotated[Optional[str], typer.Argument(help="only this artifact")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="all fields, as JSON")] = False,
-) -> None:
-    """List the stored artifacts: names, versions, aliases, dates, snapshot commits and sizes."""
-    versions = api.list_artifacts(name)
-    if as_json:
-        _out(json.dumps([v.as_json() for v in versions], indent=2))
-        return
-    if not versions:
-        _note("no artifacts here yet (`gitpack save TARGET --name NAME` stores one, `gitpack pull` fetches others')")
-        return
-    from . import render as show
-
-    for line in show.artifact_table(versions):
-        _out(line)
-
-
-@app.command("alias")
-def alias_(
-    ref: Annotated[str, typer.Argument(help="the version: NAME@v2 (or NAME@ALIAS)")],
-    alias_name: Annotated[str, typer.Argument(metavar="ALIAS", help="alias to point at it, e.g. prod")],
-) -> None:
-    """Point NAME@ALIAS at a stored version (aliases move; versions never do)."""
-    version = api.alias(ref, alias_name)
-    _out(f"{version.name}@{alias_name} -> {version.label}")
-
-
-def _report(report) -> None:
-    for note in report.notes:
-        _note(note)
-
-
-def _incoming(report) -> None:
-    """One line per commit the pull brought in: its sha and the paths it changes (code nobody here has seen yet)."""
-    if report.incoming or report.incoming_left_out:
-        from . import render as show
-
-        for line in show.incoming_lines(report):
-            _out(line)
-
-
-@app.command()
-def push(remote: _Remote = None, quiet: _Quiet = False) -> None:
-    """Push the snapshot branch and the artifacts (merging others' saves first; never force)."""
-    _quiet(quiet)
-    report = api.push(remote)
-    _report(report)
-    _incoming(report)
-    if report.pushed:
-        _out(f"pushed {len(report.pushed)} ref(s) to {report.remote}")
-    else:
-        _out(f"{report.remote} is up to date")
-
-
-@app.command()
-def pull(remote: _Remote = None, quiet: _Quiet = False) -> None:
-    """Fetch the snapshot branch and the artifacts and merge them into this clone's."""
-    _quiet(quiet)
-    report = api.pull(remote)
-    _report(report)
-    _incoming(report)
-    if report.notes or report.incoming:
-        _out(f"pulled from {report.remote}")
-    else:
-        _out(f"already up to date with {report.remote}")
-
-
-@app.command()
-def export(
-    ref: Annotated[str, typer.Argument(help="stored artifact NAME[@VERSION], or an archive file")],
-    output: Annotated[str, typer.Option("-o", "--output", help="file to write")],
-    portable: Annotated[
-        bool, typer.Option("--portable", help="embed the snapshot's source: loads with no repository at all")
-    ] = False,
-    quiet: _Quiet = False,
-) -> None:
-    """Write a stored artifact to a file; --portable embeds its source, verified by git hashes at load."""
-    _quiet(quiet)
-    path = api.export(ref, output, portable=portable)
-    _out(f"wrote {'portable ' if portable else ''}archive {path}")
+store_commands.register(app)  # list, alias, push, pull, export: here, so `gitpack --help` lists them in this order
 
 
 @app.command()
@@ -412,9 +313,9 @@ def init(
     """Set this repository up for archives: .gitattributes (binary, -delta, diff=gitpack) and git config."""
     done = api.init(lfs=lfs)
     for line in done:
-        _out(line)
+        out(line)
     if not done:
-        _out("already set up")
+        out("already set up")
 
 
 cache_app = typer.Typer(
@@ -436,15 +337,15 @@ def cache(
 
     usage, limit = api.cache_usage()
     if as_json:
-        _out(json.dumps({**usage.as_json(), "max_size": limit}, indent=2))
+        out(json.dumps({**usage.as_json(), "max_size": limit}, indent=2))
         return
-    _out(f"cache    {usage.root}")
+    out(f"cache    {usage.root}")
     for kind, label in (("tree", "snapshot trees"), ("archive", "stored archives")):
         entries = [e for e in usage.entries if e.kind == kind]
         busy = sum(1 for e in entries if e.in_use)
-        _out(f"{kind + 's':<9}{len(entries)} {label}, {size_text(sum(e.size for e in entries))}"
+        out(f"{kind + 's':<9}{len(entries)} {label}, {size_text(sum(e.size for e in entries))}"
              + (f" ({busy} in use)" if busy else ""))
-    _out(f"total    {size_text(usage.size)} of at most {size_text(limit)} (git config gitpack.cacheMaxSize); "
+    out(f"total    {size_text(usage.size)} of at most {size_text(limit)} (git config gitpack.cacheMaxSize); "
          "`gitpack cache prune` frees it")
 
 
@@ -475,11 +376,11 @@ def cache_prune(
         raise GitpackError(f"--max-size {max_size!r} is not a size; give e.g. 1g, 500MB or bytes") from None
     pruned = api.cache_prune(older_than=age, max_size=limit)
     if as_json:
-        _out(json.dumps(pruned.as_json(), indent=2))
+        out(json.dumps(pruned.as_json(), indent=2))
         return
     trees = sum(1 for e in pruned.removed if e.kind == "tree")
     archives = len(pruned.removed) - trees
-    _out(f"removed {trees} snapshot trees and {archives} stored archives ({size_text(pruned.freed)})"
+    out(f"removed {trees} snapshot trees and {archives} stored archives ({size_text(pruned.freed)})"
          + (f"; kept {len(pruned.kept_in_use)} in use" if pruned.kept_in_use else "")
          + f"; the cache now holds {size_text(pruned.size_after)}")
 
@@ -497,9 +398,9 @@ def repair(
     """
     done = api.repair(branch=branch)
     for item in done:
-        _out(item.note)
+        out(item.note)
     if not done:
-        _out("nothing to repair: every snapshot and artifact ref points at intact objects")
+        out("nothing to repair: every snapshot and artifact ref points at intact objects")
 
 
 @app.command()
@@ -555,29 +456,29 @@ def main(argv: list[str] | None = None) -> None:
     except GitpackError as exc:
         if debug:
             raise
-        _note(f"error: {exc}")  # one line, whatever text of an archive or commit the message quotes
+        note(f"error: {exc}")  # one line, whatever text of an archive or commit the message quotes
         sys.exit(1)
     except _NO_ARGS as exc:  # `gitpack` alone prints help
         problem = _click_problem(exc)
         if problem.ctx is not None:
-            _out(problem.ctx.get_help())
+            out(problem.ctx.get_help())
         sys.exit(0)
     except _USAGE as exc:
         problem = _click_problem(exc)
         command = problem.ctx.command_path if problem.ctx is not None else "gitpack"
-        _note(f"error: {problem.format_message()} (see `{command} --help`)")
+        note(f"error: {problem.format_message()} (see `{command} --help`)")
         sys.exit(2)
     except _CLICK_ERROR as exc:
         problem = _click_problem(exc)
-        _note(f"error: {problem.format_message()}")
+        note(f"error: {problem.format_message()}")
         sys.exit(problem.exit_code or 1)
     except _ABORT:
-        _note("aborted")
+        note("aborted")
         sys.exit(130)
     except _EXIT as exc:
         sys.exit(getattr(exc, "exit_code", 0))
     except KeyboardInterrupt:
-        _note("interrupted")
+        note("interrupted")
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
@@ -588,7 +489,7 @@ def main(argv: list[str] | None = None) -> None:
 
         where = f"{exc.filename}: " if exc.filename else ""
         reason = exc.strerror or str(exc)
-        _note(f"error: {where}{reason}; {disk_advice(reason) or 'check the path and try again'}")
+        note(f"error: {where}{reason}; {disk_advice(reason) or 'check the path and try again'}")
         sys.exit(1)
     if isinstance(result, int):
         sys.exit(result)
