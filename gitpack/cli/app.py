@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Optional, Protocol, cast
+from typing import Annotated, Any, Optional, Protocol, cast
 
 import typer
 
 from .. import api, textsafe
 from ..errors import GitpackError
+from . import store_commands
+from .output import Quiet, note, out, set_quiet
 
 app = typer.Typer(
     name="gitpack",
@@ -27,53 +29,58 @@ app = typer.Typer(
 )
 
 
-def _out(text: str) -> None:
-    """One or more lines on stdout; control characters that reached them anyway are shown escaped."""
-    sys.stdout.write(textsafe.block(text) + "\n")
-
-
-def _note(text: str) -> None:
-    """One line on stderr (a message quoting an archive's or a commit's text cannot break it or drive the terminal)."""
-    sys.stderr.write(f"gitpack: {textsafe.line(text)}\n")
+# Declared once for the commands that read an archive, so that their help cannot drift apart.
+_ArchiveRef = Annotated[str, typer.Argument(help="archive file, or stored artifact NAME[@VERSION]")]
 
 
 @app.command()
 def save(
-    target: str = typer.Argument(
-        ..., help="module:attr or path/to/file.py:attr; a function or class is called with the -p values"
-    ),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="archive file to write"),
-    name: Optional[str] = typer.Option(
-        None, "--name", help="also (or, without -o, only) store it as the next version of artifact NAME"
-    ),
-    param: list[str] = typer.Option(
-        [], "-p", "--param", help="key=value (JSON where it parses, else a string); repeatable"
-    ),
-    message: Optional[str] = typer.Option(None, "-m", "--message", help="note recorded in the snapshot commit"),
-    branch: Optional[str] = typer.Option(
-        None, "--branch", help="snapshot branch (default: gitpack, or git config gitpack.branch)"
-    ),
-    size_cap: Optional[str] = typer.Option(
-        None, "--size-cap", help="leave untracked files larger than this out of the snapshot (bytes, or 10m; "
-        "default 10 MB, git config gitpack.sizecap)"
-    ),
-    untracked_budget: Optional[str] = typer.Option(
-        None, "--untracked-budget", help="at most this much of untracked files in all, the largest left out first "
-        "(default 20 MB, git config gitpack.untrackedBudget)"
-    ),
-    include: list[str] = typer.Option(
-        [], "--include", help="snapshot this untracked path (file, directory or glob) whatever its size; repeatable "
-        "(also: git config --add gitpack.include PATH)"
-    ),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar"),
-    sign: bool = typer.Option(
-        False, "--sign", help="sign the snapshot commit with your git signing key (also: git config commit.gpgsign)"
-    ),
-    allow_stale: bool = typer.Option(
-        False,
-        "--allow-stale",
-        help="save even if code changed on disk after it was imported (recorded in the archive and commit)",
-    ),
+    target: Annotated[
+        str,
+        typer.Argument(help="module:attr or path/to/file.py:attr; a function or class is called with the -p values"),
+    ],
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="archive file to write")] = None,
+    name: Annotated[
+        Optional[str],
+        typer.Option("--name", help="also (or, without -o, only) store it as the next version of artifact NAME"),
+    ] = None,
+    param: Annotated[
+        Optional[list[str]],
+        typer.Option("-p", "--param", help="key=value (JSON where it parses, else a string); repeatable"),
+    ] = None,
+    message: Annotated[
+        Optional[str], typer.Option("-m", "--message", help="note recorded in the snapshot commit")
+    ] = None,
+    branch: Annotated[
+        Optional[str],
+        typer.Option("--branch", help="snapshot branch (default: gitpack, or git config gitpack.branch)"),
+    ] = None,
+    size_cap: Annotated[
+        Optional[str],
+        typer.Option("--size-cap", help="leave untracked files larger than this out of the snapshot (bytes, or 10m; "
+                     "default 10 MB, git config gitpack.sizecap)"),
+    ] = None,
+    untracked_budget: Annotated[
+        Optional[str],
+        typer.Option("--untracked-budget", help="at most this much of untracked files in all, the largest left out "
+                     "first (default 20 MB, git config gitpack.untrackedBudget)"),
+    ] = None,
+    include: Annotated[
+        Optional[list[str]],
+        typer.Option("--include", help="snapshot this untracked path (file, directory or glob) whatever its size; "
+                     "repeatable (also: git config --add gitpack.include PATH)"),
+    ] = None,
+    quiet: Quiet = False,
+    sign: Annotated[
+        bool,
+        typer.Option("--sign", help="sign the snapshot commit with your git signing key (also: git config "
+                     "commit.gpgsign)"),
+    ] = False,
+    allow_stale: Annotated[
+        bool,
+        typer.Option("--allow-stale", help="save even if code changed on disk after it was imported (recorded in "
+                     "the archive and commit)"),
+    ] = False,
 ) -> None:
     """Snapshot the working tree and save TARGET's object with its code pinned to that commit.
 
@@ -84,8 +91,8 @@ def save(
     from ..errors import GitpackWarning
     from . import targets
 
-    _quiet(quiet)
-    params = targets.parse_params(param)
+    set_quiet(quiet)
+    params = targets.parse_params(param or [])
     cap, budget = targets.parse_size_option("--size-cap", size_cap), \
         targets.parse_size_option("--untracked-budget", untracked_budget)
     with api.capture():  # on before TARGET is imported, so module-level construction is seen too
@@ -93,16 +100,16 @@ def save(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GitpackWarning)  # printed below, once, as gitpack's own lines
         info = api.save(obj, output, name=name, params=params, message=message, branch=branch, size_cap=cap,
-                        sign=sign, allow_stale=allow_stale, include=include, untracked_budget=budget)
+                        sign=sign, allow_stale=allow_stale, include=include or [], untracked_budget=budget)
     _left_out(info.excluded)
     for warning in info.warnings:
-        _note(f"warning: {warning}")
+        note(f"warning: {warning}")
     if info.path is not None:
-        _out(f"saved {info.object_type} to {info.path}")
+        out(f"saved {info.object_type} to {info.path}")
     if info.artifact is not None:
-        _out(f"stored {info.object_type} as {info.artifact}")
-    _out(f"snapshot {info.commit} on {info.branch}")
-    _out(f"digest {info.digest}")
+        out(f"stored {info.object_type} as {info.artifact}")
+    out(f"snapshot {info.commit} on {info.branch}")
+    out(f"digest {info.digest}")
 
 
 LEFT_OUT_SHOWN = 20  # files left out of a snapshot named one per line; the rest are counted
@@ -113,72 +120,81 @@ def _left_out(excluded: list[tuple[str, str]]) -> None:
     from ..snapshot.exclude import is_size_exclusion
 
     for path, reason in excluded[:LEFT_OUT_SHOWN]:
-        _note(f"left out of the snapshot: {path} ({reason})")
+        note(f"left out of the snapshot: {path} ({reason})")
     if len(excluded) > LEFT_OUT_SHOWN:
-        _note(f"... and {len(excluded) - LEFT_OUT_SHOWN} more left out (gitpack inspect --json lists them all)")
+        note(f"... and {len(excluded) - LEFT_OUT_SHOWN} more left out (gitpack inspect --json lists them all)")
     by_size = [p for p, why in excluded if is_size_exclusion(why)]
     if len(by_size) > 1:
-        _note(f"{len(by_size)} untracked files left out by size; to snapshot one anyway: --include PATH, or for every "
+        note(f"{len(by_size)} untracked files left out by size; to snapshot one anyway: --include PATH, or for every "
               "save: git config --add gitpack.include PATH (or raise --untracked-budget / --size-cap)")
 
 
 @app.command()
 def load(
-    path: str = typer.Argument(..., help="archive file, or stored artifact NAME, NAME@v2, NAME@latest"),
-    apply: Optional[str] = typer.Option(
-        None, "--apply", help="run preprocess -> forward (batch of one) -> postprocess on INPUT, print JSON; a torch "
-        "module without them takes INPUT as JSON (a number or nested lists) on a batch of one"
-    ),
-    map_location: Optional[str] = typer.Option(None, "--map-location", help="device for tensors, e.g. cpu or cuda:0"),
-    mmap: bool = typer.Option(False, "--mmap", help="map tensor data from the archive instead of reading it"),
-    trust: bool = typer.Option(
-        False, "--trust", help="allow any global and by-value code (only for archives you trust)"
-    ),
-    allow: list[str] = typer.Option(
-        [], "--allow", help="also allow global module:qualname (or module.qualname), or the classes of a package "
-        "(--allow transformers); repeatable; also: git config --add gitpack.allow ENTRY"
-    ),
-    require_signed: bool = typer.Option(
-        False,
-        "--require-signed",
-        help="refuse unless the snapshot commit has a trusted signature (also: git config gitpack.requireSigned)",
-    ),
-    fetch: bool = typer.Option(False, "--fetch", help="`gitpack pull` first, then load"),
-    remote: Optional[str] = typer.Option(
-        None, "--remote", help="remote for --fetch and for Git LFS downloads (default: upstream, else origin)"
-    ),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar"),
+    path: Annotated[str, typer.Argument(help="archive file, or stored artifact NAME, NAME@v2, NAME@latest")],
+    apply: Annotated[
+        Optional[str],
+        typer.Option("--apply", help="run preprocess -> forward (batch of one) -> postprocess on INPUT, print JSON; "
+                     "a torch module without them takes INPUT as JSON (a number or nested lists) on a batch of one"),
+    ] = None,
+    map_location: Annotated[
+        Optional[str], typer.Option("--map-location", help="device for tensors, e.g. cpu or cuda:0")
+    ] = None,
+    mmap: Annotated[
+        bool, typer.Option("--mmap", help="map tensor data from the archive instead of reading it")
+    ] = False,
+    trust: Annotated[
+        bool, typer.Option("--trust", help="allow any global and by-value code (only for archives you trust)")
+    ] = False,
+    allow: Annotated[
+        Optional[list[str]],
+        typer.Option("--allow", help="also allow global module:qualname (or module.qualname), or the classes of a "
+                     "package (--allow transformers); repeatable; also: git config --add gitpack.allow ENTRY"),
+    ] = None,
+    require_signed: Annotated[
+        bool,
+        typer.Option("--require-signed", help="refuse unless the snapshot commit has a trusted signature (also: git "
+                     "config gitpack.requireSigned)"),
+    ] = False,
+    fetch: Annotated[bool, typer.Option("--fetch", help="`gitpack pull` first, then load")] = False,
+    remote: Annotated[
+        Optional[str],
+        typer.Option("--remote", help="remote for --fetch and for Git LFS downloads (default: upstream, else origin)"),
+    ] = None,
+    quiet: Quiet = False,
 ) -> None:
     """Load an archive (a file or a stored artifact) against the code it was saved with, in isolation."""
     from ..pickling.policy import parse_allow
 
-    _quiet(quiet)
+    set_quiet(quiet)
+    allow = allow or []
     parse_allow(allow)  # a bad --allow fails before anything is fetched
     if fetch:  # pull first, here, so that the code each new snapshot brings is listed before it is loaded
         report = api.pull(remote)
-        _report(report)
-        _incoming(report)
+        store_commands.report_notes(report)
+        store_commands.report_incoming(report)
     obj = api.load(path, map_location=map_location, mmap=mmap, trust=trust, allow=allow,
                    require_signed=require_signed or None, remote=remote)
     if apply is not None:
-        _out(json.dumps(api.apply(obj, apply), default=str))
+        out(json.dumps(api.apply(obj, apply), default=str))
         return
     manifest = api.inspect(path)
     kind = manifest.get("object")
-    _out(f"object  {textsafe.line(kind.get('type') if isinstance(kind, dict) else kind)}")
+    out(f"object  {textsafe.line(kind.get('type') if isinstance(kind, dict) else kind)}")
     source = api.source_of(obj) or type(obj).__module__
-    _out(f"class   {textsafe.line(type(obj).__qualname__)} from {textsafe.line(source)}")
-    _out(f"commit  {textsafe.line(manifest.get('commit'))}")
-    _out(f"params  {textsafe.json_value(manifest.get('params') or {}, limit=None, max_depth=64)}")
+    out(f"class   {textsafe.line(type(obj).__qualname__)} from {textsafe.line(source)}")
+    out(f"commit  {textsafe.line(manifest.get('commit'))}")
+    out(f"params  {textsafe.json_value(manifest.get('params') or {}, limit=None, max_depth=64)}")
 
 
 @app.command()
 def scan(
-    path: str = typer.Argument(..., help="archive file, or stored artifact NAME[@VERSION]"),
-    allow: list[str] = typer.Option(
-        [], "--allow", help="count global module:qualname (or a package's classes) as allowed; repeatable"
-    ),
-    as_json: bool = typer.Option(False, "--json", help="everything found, as JSON"),
+    path: _ArchiveRef,
+    allow: Annotated[
+        Optional[list[str]],
+        typer.Option("--allow", help="count global module:qualname (or a package's classes) as allowed; repeatable"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="everything found, as JSON")] = False,
 ) -> None:
     """List every global, repo reference and by-value code the archive's pickle would use, without running it.
 
@@ -186,49 +202,52 @@ def scan(
     """
     from ..pickling.policy import parse_allow
 
+    allow = allow or []
     parse_allow(allow)
     report = api.scan(path, allow=allow)
     if as_json:
-        _out(json.dumps(report.as_json(), indent=2))
+        out(json.dumps(report.as_json(), indent=2))
     else:
         from . import render as show
 
         for line in show.scan_lines(report):
-            _out(line)
+            out(line)
     report.raise_if_unsafe()
 
 
 @app.command()
 def verify(
-    path: str = typer.Argument(..., help="archive file, or stored artifact NAME[@VERSION]"),
-    require_signed: bool = typer.Option(
-        False, "--require-signed", help="fail unless the snapshot commit has a trusted signature"
-    ),
-    as_json: bool = typer.Option(False, "--json", help="what was checked, as JSON"),
+    path: _ArchiveRef,
+    require_signed: Annotated[
+        bool, typer.Option("--require-signed", help="fail unless the snapshot commit has a trusted signature")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="what was checked, as JSON")] = False,
 ) -> None:
     """Check every byte of an archive, the snapshot commit that vouches for it, and its signature."""
     report = api.verify(path, require_signed=require_signed or None)
     if as_json:
-        _out(json.dumps(report.as_json(), indent=2))
+        out(json.dumps(report.as_json(), indent=2))
         return
-    _out(f"archive    ok: {report.members} members, {report.size} bytes, every digest matches")
+    out(f"archive    ok: {report.members} members, {report.size} bytes, every digest matches")
     if report.portable and report.signature is None:
-        _out(f"source     ok: embedded snapshot {report.commit[:12]} matches git's hashes")
+        out(f"source     ok: embedded snapshot {report.commit[:12]} matches git's hashes")
     else:
-        _out(f"commit     {textsafe.line(report.commit)} holds tree {textsafe.line(report.tree[:12])} and vouches for "
+        out(f"commit     {textsafe.line(report.commit)} holds tree {textsafe.line(report.tree[:12])} and vouches for "
              f"{textsafe.line(report.payload_digest, 200)}"
              + (" and the manifest" if report.manifest_vouched else ""))
-    _out(f"signature  {report.signature.describe() if report.signature else 'not checked (no repository)'}")
+    out(f"signature  {report.signature.describe() if report.signature else 'not checked (no repository)'}")
 
 
 @app.command()
 def inspect(
-    path: str = typer.Argument(..., help="archive file, or stored artifact NAME[@VERSION]"),
-    as_json: bool = typer.Option(False, "--json", help="print the whole manifest as JSON"),
-    depth: Optional[int] = typer.Option(
-        None, "--depth", min=0, help="show torch modules down to N levels (default: a summary that fits a screen)"
-    ),
-    full: bool = typer.Option(False, "--full", help="show every module and tensor"),
+    path: _ArchiveRef,
+    as_json: Annotated[bool, typer.Option("--json", help="print the whole manifest as JSON")] = False,
+    depth: Annotated[
+        Optional[int],
+        typer.Option("--depth", min=0, help="show torch modules down to N levels (default: a summary that fits a "
+                     "screen)"),
+    ] = None,
+    full: Annotated[bool, typer.Option("--full", help="show every module and tensor")] = False,
 ) -> None:
     """Show what an archive records (code, parameters, environment) without unpickling it."""
     manifest = api.inspect(path)
@@ -237,7 +256,7 @@ def inspect(
             text = json.dumps(manifest, indent=2, sort_keys=True)
         except RecursionError:  # nested too deeply for the indenting encoder: the compact one
             text = json.dumps(manifest, sort_keys=True)
-        _out(text)
+        out(text)
         return
     from . import render as show
 
@@ -246,150 +265,57 @@ def inspect(
 
 @app.command()
 def log(
-    as_json: bool = typer.Option(False, "--json", help="all fields, as JSON"),
-    branch: Optional[str] = typer.Option(None, "--branch", help="snapshot branch"),
-    limit: Optional[int] = typer.Option(None, "-n", "--limit", help="show at most this many saves"),
+    as_json: Annotated[bool, typer.Option("--json", help="all fields, as JSON")] = False,
+    branch: Annotated[Optional[str], typer.Option("--branch", help="snapshot branch")] = None,
+    limit: Annotated[Optional[int], typer.Option("-n", "--limit", help="show at most this many saves")] = None,
 ) -> None:
     """List the saves recorded on the snapshot branch, newest first."""
     entries = api.log(branch=branch, limit=limit)
     if as_json:
-        _out(json.dumps([{**e.as_json(), "capture": e.capture()} for e in entries], indent=2))
+        out(json.dumps([{**e.as_json(), "capture": e.capture()} for e in entries], indent=2))
         return
     from . import render as show
 
     for line in show.log_lines(entries):
-        _out(line)
+        out(line)
 
 
 @app.command()
 def diff(
-    a: str = typer.Argument(..., help="archive file, or stored artifact NAME[@VERSION]"),
-    b: Optional[str] = typer.Argument(None, help="second archive; without it, A is compared with the working tree"),
-    all_files: bool = typer.Option(
-        False, "--all", help="code diff of every file, not only the repo modules the objects use"
-    ),
-    as_json: bool = typer.Option(False, "--json", help="everything, as JSON"),
+    a: _ArchiveRef,
+    b: Annotated[
+        Optional[str], typer.Argument(help="second archive; without it, A is compared with the working tree")
+    ] = None,
+    all_files: Annotated[
+        bool, typer.Option("--all", help="code diff of every file, not only the repo modules the objects use")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="everything, as JSON")] = False,
 ) -> None:
     """Compare two saves: parameters, environment and code. Reads manifests and git only; never unpickles."""
     report = api.diff(a, b, all_files=all_files)
     if as_json:
-        _out(json.dumps(report.as_json(), indent=2, default=str))
+        out(json.dumps(report.as_json(), indent=2, default=str))
         return
     from ..compare import format_text
 
     sys.stdout.write(format_text(report))
 
 
-def _quiet(quiet: bool) -> None:
-    from .. import progress
-
-    progress.set_quiet(quiet)
-
-
-@app.command("list")
-def list_(
-    name: Optional[str] = typer.Argument(None, help="only this artifact"),
-    as_json: bool = typer.Option(False, "--json", help="all fields, as JSON"),
-) -> None:
-    """List the stored artifacts: names, versions, aliases, dates, snapshot commits and sizes."""
-    versions = api.list_artifacts(name)
-    if as_json:
-        _out(json.dumps([v.as_json() for v in versions], indent=2))
-        return
-    if not versions:
-        _note("no artifacts here yet (`gitpack save TARGET --name NAME` stores one, `gitpack pull` fetches others')")
-        return
-    from . import render as show
-
-    for line in show.artifact_table(versions):
-        _out(line)
-
-
-@app.command("alias")
-def alias_(
-    ref: str = typer.Argument(..., help="the version: NAME@v2 (or NAME@ALIAS)"),
-    alias_name: str = typer.Argument(..., metavar="ALIAS", help="alias to point at it, e.g. prod"),
-) -> None:
-    """Point NAME@ALIAS at a stored version (aliases move; versions never do)."""
-    version = api.alias(ref, alias_name)
-    _out(f"{version.name}@{alias_name} -> {version.label}")
-
-
-def _report(report) -> None:
-    for note in report.notes:
-        _note(note)
-
-
-def _incoming(report) -> None:
-    """One line per commit the pull brought in: its sha and the paths it changes (code nobody here has seen yet)."""
-    if report.incoming or report.incoming_left_out:
-        from . import render as show
-
-        for line in show.incoming_lines(report):
-            _out(line)
-
-
-@app.command()
-def push(
-    remote: Optional[str] = typer.Argument(
-        None, help="remote name or URL (default: the branch's upstream, else origin)"
-    ),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar"),
-) -> None:
-    """Push the snapshot branch and the artifacts (merging others' saves first; never force)."""
-    _quiet(quiet)
-    report = api.push(remote)
-    _report(report)
-    _incoming(report)
-    if report.pushed:
-        _out(f"pushed {len(report.pushed)} ref(s) to {report.remote}")
-    else:
-        _out(f"{report.remote} is up to date")
-
-
-@app.command()
-def pull(
-    remote: Optional[str] = typer.Argument(
-        None, help="remote name or URL (default: the branch's upstream, else origin)"
-    ),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar"),
-) -> None:
-    """Fetch the snapshot branch and the artifacts and merge them into this clone's."""
-    _quiet(quiet)
-    report = api.pull(remote)
-    _report(report)
-    _incoming(report)
-    if report.notes or report.incoming:
-        _out(f"pulled from {report.remote}")
-    else:
-        _out(f"already up to date with {report.remote}")
-
-
-@app.command()
-def export(
-    ref: str = typer.Argument(..., help="stored artifact NAME[@VERSION], or an archive file"),
-    output: str = typer.Option(..., "-o", "--output", help="file to write"),
-    portable: bool = typer.Option(
-        False, "--portable", help="embed the snapshot's source: loads with no repository at all"
-    ),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bar"),
-) -> None:
-    """Write a stored artifact to a file; --portable embeds its source, verified by git hashes at load."""
-    _quiet(quiet)
-    path = api.export(ref, output, portable=portable)
-    _out(f"wrote {'portable ' if portable else ''}archive {path}")
+store_commands.register(app)  # list, alias, push, pull, export: here, so `gitpack --help` lists them in this order
 
 
 @app.command()
 def init(
-    lfs: bool = typer.Option(False, "--lfs", help="also store committed *.gitpack files with Git LFS (needs git-lfs)"),
+    lfs: Annotated[
+        bool, typer.Option("--lfs", help="also store committed *.gitpack files with Git LFS (needs git-lfs)")
+    ] = False,
 ) -> None:
     """Set this repository up for archives: .gitattributes (binary, -delta, diff=gitpack) and git config."""
     done = api.init(lfs=lfs)
     for line in done:
-        _out(line)
+        out(line)
     if not done:
-        _out("already set up")
+        out("already set up")
 
 
 cache_app = typer.Typer(
@@ -402,7 +328,7 @@ app.add_typer(cache_app, name="cache")
 @cache_app.callback(invoke_without_command=True)
 def cache(
     ctx: typer.Context,
-    as_json: bool = typer.Option(False, "--json", help="every entry, as JSON"),
+    as_json: Annotated[bool, typer.Option("--json", help="every entry, as JSON")] = False,
 ) -> None:
     """Show the load cache's size, its entries in use, and its limit (git config gitpack.cacheMaxSize)."""
     if ctx.invoked_subcommand is not None:
@@ -411,27 +337,30 @@ def cache(
 
     usage, limit = api.cache_usage()
     if as_json:
-        _out(json.dumps({**usage.as_json(), "max_size": limit}, indent=2))
+        out(json.dumps({**usage.as_json(), "max_size": limit}, indent=2))
         return
-    _out(f"cache    {usage.root}")
+    out(f"cache    {usage.root}")
     for kind, label in (("tree", "snapshot trees"), ("archive", "stored archives")):
         entries = [e for e in usage.entries if e.kind == kind]
         busy = sum(1 for e in entries if e.in_use)
-        _out(f"{kind + 's':<9}{len(entries)} {label}, {size_text(sum(e.size for e in entries))}"
+        out(f"{kind + 's':<9}{len(entries)} {label}, {size_text(sum(e.size for e in entries))}"
              + (f" ({busy} in use)" if busy else ""))
-    _out(f"total    {size_text(usage.size)} of at most {size_text(limit)} (git config gitpack.cacheMaxSize); "
+    out(f"total    {size_text(usage.size)} of at most {size_text(limit)} (git config gitpack.cacheMaxSize); "
          "`gitpack cache prune` frees it")
 
 
 @cache_app.command("prune")
 def cache_prune(
-    older_than: Optional[str] = typer.Option(
-        None, "--older-than", help="remove entries unused for this long: 30d, 12h, 90m (a plain number is days)"
-    ),
-    max_size: Optional[str] = typer.Option(
-        None, "--max-size", help="then remove the least recently used until the cache fits: 1g, 500MB"
-    ),
-    as_json: bool = typer.Option(False, "--json", help="what was removed and kept, as JSON"),
+    older_than: Annotated[
+        Optional[str],
+        typer.Option("--older-than", help="remove entries unused for this long: 30d, 12h, 90m (a plain number is "
+                     "days)"),
+    ] = None,
+    max_size: Annotated[
+        Optional[str],
+        typer.Option("--max-size", help="then remove the least recently used until the cache fits: 1g, 500MB"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="what was removed and kept, as JSON")] = False,
 ) -> None:
     """Remove cache entries no process is using (with no option: all of them). Loads rebuild what they need."""
     from ..errors import GitpackError
@@ -447,18 +376,20 @@ def cache_prune(
         raise GitpackError(f"--max-size {max_size!r} is not a size; give e.g. 1g, 500MB or bytes") from None
     pruned = api.cache_prune(older_than=age, max_size=limit)
     if as_json:
-        _out(json.dumps(pruned.as_json(), indent=2))
+        out(json.dumps(pruned.as_json(), indent=2))
         return
     trees = sum(1 for e in pruned.removed if e.kind == "tree")
     archives = len(pruned.removed) - trees
-    _out(f"removed {trees} snapshot trees and {archives} stored archives ({size_text(pruned.freed)})"
+    out(f"removed {trees} snapshot trees and {archives} stored archives ({size_text(pruned.freed)})"
          + (f"; kept {len(pruned.kept_in_use)} in use" if pruned.kept_in_use else "")
          + f"; the cache now holds {size_text(pruned.size_after)}")
 
 
 @app.command()
 def repair(
-    branch: Optional[str] = typer.Option(None, "--branch", help="snapshot branch (default: gitpack.branch or gitpack)"),
+    branch: Annotated[
+        Optional[str], typer.Option("--branch", help="snapshot branch (default: gitpack.branch or gitpack)")
+    ] = None,
 ) -> None:
     """Mend snapshot and artifact refs that point at missing objects (e.g. after `git gc --prune=now` raced a save).
 
@@ -467,13 +398,13 @@ def repair(
     """
     done = api.repair(branch=branch)
     for item in done:
-        _out(item.note)
+        out(item.note)
     if not done:
-        _out("nothing to repair: every snapshot and artifact ref points at intact objects")
+        out("nothing to repair: every snapshot and artifact ref points at intact objects")
 
 
 @app.command()
-def textconv(path: str = typer.Argument(..., help="archive file (git passes a temp file)")) -> None:
+def textconv(path: Annotated[str, typer.Argument(help="archive file (git passes a temp file)")]) -> None:
     """Print an archive's manifest as text, for git diff (never unpickles, never imports torch)."""
     sys.stdout.write(api.textconv(path))
 
@@ -525,29 +456,29 @@ def main(argv: list[str] | None = None) -> None:
     except GitpackError as exc:
         if debug:
             raise
-        _note(f"error: {exc}")  # one line, whatever text of an archive or commit the message quotes
+        note(f"error: {exc}")  # one line, whatever text of an archive or commit the message quotes
         sys.exit(1)
     except _NO_ARGS as exc:  # `gitpack` alone prints help
         problem = _click_problem(exc)
         if problem.ctx is not None:
-            _out(problem.ctx.get_help())
+            out(problem.ctx.get_help())
         sys.exit(0)
     except _USAGE as exc:
         problem = _click_problem(exc)
         command = problem.ctx.command_path if problem.ctx is not None else "gitpack"
-        _note(f"error: {problem.format_message()} (see `{command} --help`)")
+        note(f"error: {problem.format_message()} (see `{command} --help`)")
         sys.exit(2)
     except _CLICK_ERROR as exc:
         problem = _click_problem(exc)
-        _note(f"error: {problem.format_message()}")
+        note(f"error: {problem.format_message()}")
         sys.exit(problem.exit_code or 1)
     except _ABORT:
-        _note("aborted")
+        note("aborted")
         sys.exit(130)
     except _EXIT as exc:
         sys.exit(getattr(exc, "exit_code", 0))
     except KeyboardInterrupt:
-        _note("interrupted")
+        note("interrupted")
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
@@ -558,7 +489,7 @@ def main(argv: list[str] | None = None) -> None:
 
         where = f"{exc.filename}: " if exc.filename else ""
         reason = exc.strerror or str(exc)
-        _note(f"error: {where}{reason}; {disk_advice(reason) or 'check the path and try again'}")
+        note(f"error: {where}{reason}; {disk_advice(reason) or 'check the path and try again'}")
         sys.exit(1)
     if isinstance(result, int):
         sys.exit(result)
