@@ -74,3 +74,33 @@ assert os.WEXITSTATUS(status) == 0, status
 
 def test_a_forked_child_reads_what_its_parent_had_not_read_yet(tmp_path):
     assert _probe(tmp_path, FORK, pyc=True)["same"] is True
+
+
+ASLEEP = '''\
+import json, os, sys, time
+sys.path.insert(0, os.getcwd())
+import gitpack
+from gitpack.capturing import sources
+sources._IDLE_POLLS = 2  # asleep after 0.1 s of no imports, not 5 s
+deadline = time.monotonic() + 10
+while not sources._reader_asleep and time.monotonic() < deadline:
+    time.sleep(0.01)
+asleep = sources._reader_asleep
+import mymod
+path = os.path.abspath(mymod.__file__)
+original = open(path, "rb").read()
+time.sleep(0.5)  # the import woke the reader, which has read the file by now
+with open(path, "a") as fh:
+    fh.write("# edited after the reader read it\\n")
+print(json.dumps({"asleep": asleep, "same": sources.imported_source(path) == original}))
+'''
+
+
+def test_an_import_after_a_quiet_spell_wakes_the_reader(tmp_path):
+    # The reader polls while imports may come and blocks after a quiet spell; the next import must wake it,
+    # or the file would first be read by the save, after the edit, and its source as imported be lost.
+    (tmp_path / "mymod.py").write_text(MODULE)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(tmp_path / "mymod.py")], check=True)
+    done = run(tmp_path, sys.executable, "-c", ASLEEP, env={"PYTHONDONTWRITEBYTECODE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"asleep": True, "same": True}

@@ -12,7 +12,8 @@ code that trained the model, and the save need not refuse it as stale.
 What it costs the import: nothing read twice.  Where Python compiles the
 source (no valid ``.pyc``), it hands the bytes to ``source_to_code`` and they
 are kept from there.  Where a ``.pyc`` is valid Python never reads the source;
-it only stats it (``path_stats``), and that stat is kept: a reader thread
+it only stats it (``path_stats``), and that stat is kept (a dict entry and a deque append, nothing that
+wakes a thread mid-burst): a reader thread, started with gitpack,
 reads the file once imports pause (50 ms), and keeps the bytes only if the file still has the
 size and modification time Python validated the ``.pyc`` against (else that
 module's source as imported is unknown, and a save that finds it edited
@@ -26,10 +27,10 @@ from __future__ import annotations
 
 import importlib.machinery
 import os
-import queue
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,10 @@ from typing import Any
 _sources: dict[str, bytes] = {}  # absolute path as imported -> source bytes
 _stats: dict[str, tuple[float, int]] = {}  # absolute path -> (mtime, size) Python saw at import
 _lock = threading.Lock()
-_queue: queue.Queue[str] = queue.Queue()  # paths for the reader thread
+# Paths for the reader thread.  A deque, not a queue.Queue: an import only appends (atomic, no lock), and
+# whoever drains holds _drain_lock, so a wait() that drains returns only once every read in flight is done.
+_queue: deque[str] = deque()
+_drain_lock = threading.Lock()
 _reader: threading.Thread | None = None
 _originals: dict[str, Callable[..., Any]] = {}
 _skip: tuple[str, ...] | None = None  # path prefixes never recorded: libraries, gitpack itself, its cache
@@ -56,6 +60,9 @@ def install() -> None:
         loader.source_to_code = _source_to_code  # type: ignore[method-assign]
     _skipped()  # now, not inside some later import
     os.register_at_fork(after_in_child=_after_fork)
+    # Started now, blocked until there is something to read: starting a thread inside the user's first
+    # import burst cost that burst most of a millisecond on a busy machine (scripts/bench_imports.py).
+    _start_reader()
     main_file = getattr(sys.modules.get("__main__"), "__file__", None)
     if isinstance(main_file, str) and main_file.endswith(".py"):
         try:
@@ -73,12 +80,14 @@ def _path_stats(self: Any, path: str) -> dict[str, Any]:
     st = os.stat(path)
     try:
         if _recorded(path) and path not in _stats:
-            with _lock:
-                _stats[path] = (st.st_mtime, st.st_size)
+            # The cheapest bookkeeping that works: every import of the user's modules passes here.
+            _stats[path] = (st.st_mtime, st.st_size)
             _last_put = time.monotonic()
-            _queue.put(path)
-            _pending.set()
-            _start_reader()
+            _queue.append(path)
+            if _reader_asleep:  # only after seconds without imports: the one wake-up of a burst
+                _wake.set()
+            elif _reader is None:  # a forked child's first import
+                _start_reader()
     except Exception:  # recording must never break an import
         pass
     return {"mtime": st.st_mtime, "size": st.st_size}
@@ -103,61 +112,74 @@ def _start_reader() -> None:
                 _reader.start()
 
 
-_QUIET_S = 0.05  # the reader starts once imports have paused this long: it never competes with an import burst
+_QUIET_S = 0.05  # the reader reads once imports have paused this long: it never competes with an import burst
+_IDLE_POLLS = 100  # polls with nothing queued (5 s) before the reader blocks until the next import wakes it
 _last_put = 0.0
-_pending = threading.Event()
+_wake = threading.Event()
+_reader_asleep = False
 
 
 def _read_queued() -> None:
+    """Poll while imports may come (an import then costs an append, and wakes nothing); after a quiet spell,
+    block until an import sets :data:`_wake`.  The flag is set before the queue is checked and the import
+    appends before it reads the flag, so a path is never left unread with the reader asleep."""
+    global _reader_asleep
+    idle = 0
     while True:
-        _pending.wait()
-        while time.monotonic() - _last_put < _QUIET_S:
-            time.sleep(_QUIET_S)
-        _pending.clear()
-        _drain()
+        if idle >= _IDLE_POLLS:
+            _reader_asleep = True
+            if not _queue:
+                _wake.wait()
+            _wake.clear()
+            _reader_asleep = False
+            idle = 0
+        time.sleep(_QUIET_S)
+        if not _queue:
+            idle += 1
+        elif time.monotonic() - _last_put >= _QUIET_S:
+            idle = 0
+            _drain()
 
 
 def _drain() -> None:
     """Read every queued file (in whichever thread asks: the reader, or a save that cannot wait for it)."""
-    while True:
-        try:
-            path = _queue.get_nowait()
-        except queue.Empty:
-            return
-        try:
-            with _lock:
-                wanted = None if path in _sources else _stats.get(path)
-            if wanted is not None:
-                with open(path, "rb") as fh:
-                    data = fh.read()
-                    st = os.fstat(fh.fileno())
-                if (st.st_mtime, st.st_size) == wanted:  # what Python validated its .pyc against
-                    with _lock:
-                        _sources.setdefault(path, data)
-        except Exception:  # unreadable now: its source as imported stays unknown
-            pass
-        finally:
-            _queue.task_done()
+    with _drain_lock:
+        while True:
+            try:
+                path = _queue.popleft()
+            except IndexError:
+                return
+            try:
+                with _lock:
+                    wanted = None if path in _sources else _stats.get(path)
+                if wanted is not None:
+                    with open(path, "rb") as fh:
+                        data = fh.read()
+                        st = os.fstat(fh.fileno())
+                    if (st.st_mtime, st.st_size) == wanted:  # what Python validated its .pyc against
+                        with _lock:
+                            _sources.setdefault(path, data)
+            except Exception:  # unreadable now: its source as imported stays unknown
+                pass
 
 
 def _after_fork() -> None:
     """A forked child (a DataLoader worker) has no reader thread: start afresh with what is still unread."""
-    global _queue, _reader, _lock, _pending
+    global _queue, _reader, _lock, _drain_lock, _wake, _reader_asleep
     _lock = threading.Lock()
+    _drain_lock = threading.Lock()
     _reader = None
-    _queue = queue.Queue()
-    _pending = threading.Event()
-    for path in [p for p in _stats if p not in _sources]:
-        _queue.put(path)
-    if not _queue.empty():
-        _pending.set()
+    _reader_asleep = False
+    _queue = deque(p for p in _stats if p not in _sources)
+    _wake = threading.Event()
+    if _queue:
         _start_reader()
 
 
 def wait() -> None:
-    """Until every file recorded so far has been read: what is still queued is read here and now."""
+    """Until every file recorded so far has been read: what is still queued is read here and now (and a read
+    the reader thread has in flight is finished first: both drain under one lock)."""
     _drain()
-    _queue.join()
 
 
 def _skipped() -> tuple[str, ...]:
