@@ -446,7 +446,10 @@ def child_snapshot(work: Path, runs: int) -> dict:
         r = Repo.discover(repo)
         try:
             snap = snapshots.write_tree(r)
-            snapshots.branch.commit(r, snap.tree, "bench snapshot\n", head=snap.head)
+            # A branch of its own, so the saves below keep theirs; a message with the trailers gitpack's own
+            # snapshot commits carry, so the branch stays one gitpack will move (snapshot/branch.require_own).
+            snapshots.branch.commit(r, snap.tree, "bench snapshot\n\nGitpack-Digest: -\nGitpack-Manifest: -\n",
+                                    branch="bench-snapshots", head=snap.head)
         finally:
             r.close()
 
