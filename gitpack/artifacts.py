@@ -45,7 +45,7 @@ from typing import Any
 from . import lfs, progress, trailers
 from .archive import read_manifest
 from .errors import GitError, NotARepoError, StoreError
-from .fsutil import TEMP_MARK, owner_tag, remove_stale, writing
+from .fsutil import TEMP_MARK, owner_tag, remove_stale, removed_on_failure, writing
 from .git import Repo, parse_commit_object, runner
 from .history import iso_date
 from .isolation import cache_root
@@ -393,7 +393,7 @@ class Store:
         h = hashlib.sha1() if len(blob) == 40 else hashlib.sha256()
         h.update(b"blob %d\0" % size)
         fd, tmp = tempfile.mkstemp(prefix="." + dest.name + TEMP_MARK + owner_tag(), dir=str(dest.parent))
-        try:
+        with removed_on_failure(tmp):
             proc = runner.start(["cat-file", "blob", blob], cwd=self.repo.root, stderr=False)
             with os.fdopen(fd, "wb") as out, progress.Bar(description, size) as bar:
                 assert proc.stdout is not None
@@ -408,12 +408,6 @@ class Store:
             if h.hexdigest() != blob:
                 raise StoreError(f"blob {blob[:12]} does not match its id; the repository is damaged (`git fsck`)")
             os.replace(tmp, dest)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
 
 
 # ------------------------------------------------------------------ name or path

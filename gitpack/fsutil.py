@@ -123,19 +123,27 @@ def file_mode(dest: Path) -> int:
         return 0o666 & ~current_umask()
 
 
-def atomic_write(dest: Path, data: bytes) -> None:
-    """Write *dest* whole or not at all: a temp file beside it, renamed over it."""
-    fd, tmp = tempfile.mkstemp(prefix=".gitpack-tmp-" + owner_tag(), dir=str(dest.parent))
+@contextmanager
+def removed_on_failure(tmp: str | os.PathLike) -> Iterator[None]:
+    """Remove the temp file *tmp* if the block fails (or is interrupted), then let the error go on: a write
+    that does not finish leaves nothing behind, not even its temp file."""
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, dest)
+        yield
     except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
+
+
+def atomic_write(dest: Path, data: bytes) -> None:
+    """Write *dest* whole or not at all: a temp file beside it, renamed over it."""
+    fd, tmp = tempfile.mkstemp(prefix=".gitpack-tmp-" + owner_tag(), dir=str(dest.parent))
+    with removed_on_failure(tmp):
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, dest)
 
 
 def fsync_dir(path: Path) -> None:

@@ -44,6 +44,7 @@ from typing import IO
 
 from . import progress
 from .errors import StoreError
+from .fsutil import removed_on_failure
 from .git import Repo, runner
 
 SPEC = "https://git-lfs.github.com/spec/v1"
@@ -225,7 +226,7 @@ def _store_stream(repo: Repo, src: IO[bytes], size: int, description: str, also:
     fd, tmp = tempfile.mkstemp(prefix="gitpack-", dir=str(tmp_dir))
     digest = hashlib.sha256()
     written = 0
-    try:
+    with removed_on_failure(tmp):
         with os.fdopen(fd, "wb") as out, progress.Bar(description, size) as bar:
             while chunk := src.read(CHUNK):
                 digest.update(chunk)
@@ -249,12 +250,6 @@ def _store_stream(repo: Repo, src: IO[bytes], size: int, description: str, also:
         else:
             os.replace(tmp, dest)
         return pointer
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def verify_object(repo: Repo, pointer: Pointer, description: str) -> None:
