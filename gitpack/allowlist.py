@@ -34,7 +34,7 @@ def merged(given: Iterable[str | tuple[str, str]], repo: Repo | None) -> AllowLi
     return AllowList(mine.exact | more.exact, mine.packages | more.packages)
 
 
-def for_path(given: Iterable[str | tuple[str, str]], repo: str | os.PathLike | None = None) -> AllowList:
+def for_path(given: Iterable[str | tuple[str, str]], repo: str | os.PathLike | Repo | None = None) -> AllowList:
     """:func:`merged` for the repository containing *repo* (default: the current directory), if any."""
     try:
         git_repo = Repo.discover(repo)

@@ -411,7 +411,7 @@ class Store:
 
 
 # ------------------------------------------------------------------ name or path
-def locate(target: str | os.PathLike, *, repo: str | os.PathLike | None = None,
+def locate(target: str | os.PathLike, *, repo: str | os.PathLike | Repo | None = None,
            remote: str | None = None) -> tuple[Path, ArtifactVersion | None]:
     """The archive file *target* means, by the documented rule, and the version when it is an artifact.
 

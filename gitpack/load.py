@@ -72,6 +72,23 @@ def load(
     storage it names is read and checked.  A portable archive loads with no repository at all, from its
     embedded, hash-verified source, but only with *trust* unless a clone here has its commit.
     """
+    # The repository is found once and lent to every step (settings, the store, the vouching check): each
+    # discovery would be a git process and a settings read of its own, and a load is a handful of them.
+    try:
+        here: Repo | None = Repo.discover(repo)
+    except GitpackError:
+        here = None  # a portable archive loads outside any repository; each step says what it needs
+    try:
+        return _load(path, repo if here is None else here, map_location=map_location, mmap=mmap, trust=trust,
+                     allow=allow, require_signed=require_signed, fetch=fetch, remote=remote)
+    finally:
+        if here is not None:
+            here.close()
+
+
+def _load(path: str | os.PathLike, repo: str | os.PathLike | Repo | None, *, map_location: Any, mmap: bool,
+          trust: bool, allow: Iterable[tuple[str, str] | str], require_signed: bool | None, fetch: bool,
+          remote: str | None) -> Any:
     policy = Policy(allowlist.for_path(allow, repo))  # a malformed allow entry fails before anything is read
     if fetch:
         with Repo.discover(repo) as git_repo:
@@ -106,7 +123,7 @@ def load(
     return obj
 
 
-def _located(target: str | os.PathLike, repo: str | os.PathLike | None, remote: str | None) -> Any:
+def _located(target: str | os.PathLike, repo: str | os.PathLike | Repo | None, remote: str | None) -> Any:
     """The archive file *target* means; a stored archive's copy in the cache is held in use (a concurrent
     ``gitpack cache prune`` keeps it), and copied again should a prune have taken it just before.  One in
     Git LFS is read in place from the repository's LFS store, which no prune touches."""

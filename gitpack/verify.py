@@ -73,7 +73,7 @@ class Verified:
 
 @contextmanager
 def open_verified(
-    path: str | os.PathLike, *, repo: str | os.PathLike | None = None, require_signed: bool | None = None,
+    path: str | os.PathLike, *, repo: str | os.PathLike | Repo | None = None, require_signed: bool | None = None,
     trust: bool = False, every_member: bool = False, report_signature: bool = False,
 ) -> Iterator[Verified]:
     """Open *path* and prove it trustworthy (see the module's docstring); raise a GitpackError otherwise.
@@ -184,7 +184,7 @@ def is_gitpack_snapshot(repo: Repo, commit: str, recorded_branch: Any = None) ->
     return False
 
 
-def _repo_with(commit: Any, repo: str | os.PathLike | None) -> Repo | None:
+def _repo_with(commit: Any, repo: str | os.PathLike | Repo | None) -> Repo | None:
     """The repository here, if it has *commit*; None otherwise (also when there is no repository)."""
     try:
         git_repo = Repo.discover(repo)
@@ -196,7 +196,9 @@ def _repo_with(commit: Any, repo: str | os.PathLike | None) -> Repo | None:
     return None
 
 
-def _no_repo_for_signature(require: bool | None, repo: str | os.PathLike | None, manifest: dict[str, Any]) -> None:
+def _no_repo_for_signature(
+    require: bool | None, repo: str | os.PathLike | Repo | None, manifest: dict[str, Any]
+) -> None:
     commit = str(manifest.get("commit"))[:12]
     try:
         git_repo = Repo.discover(repo)

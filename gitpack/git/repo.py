@@ -9,6 +9,7 @@ move together move in one ``update-ref --stdin`` transaction.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,8 +44,17 @@ class Repo:
 
     # ---------------------------------------------------------------- discovery
     @classmethod
-    def discover(cls, path: str | os.PathLike | None = None) -> Repo:
-        """The repository containing *path* (default: the current directory), as git finds it."""
+    def discover(cls, path: str | os.PathLike | Repo | None = None) -> Repo:
+        """The repository containing *path* (default: the current directory), as git finds it.
+
+        Given a :class:`Repo` already open (a pipeline that found it once and passes it down), a borrowed
+        view of it: the same object reader and settings, no new git process, and a ``close`` that leaves
+        them open for their owner.
+        """
+        if isinstance(path, Repo):
+            view = copy.copy(path)
+            view._borrowed = True
+            return view
         try:
             start = Path(path) if path is not None else Path.cwd()
         except FileNotFoundError:
@@ -266,8 +276,11 @@ class Repo:
         remove_stale(objects / "pack", "tmp_*", older_than)
 
     # ---------------------------------------------------------------- lifetime
+    _borrowed = False
+
     def close(self) -> None:
-        self._objects.close()
+        if not self._borrowed:
+            self._objects.close()
 
     def __enter__(self) -> Repo:
         return self
