@@ -339,7 +339,11 @@ class Store:
             raise StoreError(
                 f"{version.label} ({version.commit[:12]}) holds no {ARCHIVE_ENTRY}; it was not written by gitpack"
             )
-        return blob, int(self.repo.git("cat-file", "-s", blob))
+        size = self.repo.object_size(blob)  # the long-lived reader: no process of its own
+        if size is None:
+            raise StoreError(f"{version.label} ({version.commit[:12]}) names an archive blob {blob[:12]} that is "
+                             "missing; the repository may be damaged (`git fsck`, `gitpack repair`)")
+        return blob, size
 
     def _pointer(self, blob: str, size: int) -> lfs.Pointer | None:
         """The LFS pointer the version's tree holds, or None when it holds the archive itself."""
