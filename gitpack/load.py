@@ -119,7 +119,7 @@ def _load(path: str | os.PathLike, repo: str | os.PathLike | Repo | None, *, map
             verdict.check_classes(resolver.ref)  # imports the snapshot modules that define what the pickle uses
             verdict.raise_if_refused(str(path))
         obj = unpickle(data, resolver=resolver, storage_loader=storage_loader, buffers=buffers)
-    cache.settle()  # a load that wrote to the cache keeps it under gitpack.cacheMaxSize
+    cache.settle(repo=repo)  # a load that wrote to the cache keeps it under gitpack.cacheMaxSize
     return obj
 
 

@@ -606,3 +606,34 @@ def test_save_never_moves_the_checked_out_branch_nor_writes_over_a_device(repo):
     # ... but never over a device.
     _one_line_error(gitpack_cli(repo, "save", "m:X", "-o", "/dev/null"), "not a regular file")
     assert Path("/dev/null").is_char_device()
+
+
+LOAD_TRACED = """
+import json, os, sys
+sys.path.insert(0, os.getcwd())
+import gitpack, m
+gitpack.save(m.M(), "x.gitpack", name="thing")
+gitpack.load("x.gitpack")
+gitpack.load("thing")
+found = {}
+for what in ("x.gitpack", "thing"):
+    trace = os.path.abspath(f"trace-{what}.json")
+    os.environ["GIT_TRACE2_EVENT"] = trace
+    gitpack.load(what)
+    del os.environ["GIT_TRACE2_EVENT"]
+    events = [json.loads(line) for line in open(trace) if line.strip()]
+    found[what] = [" ".join(e["argv"][1:3]) for e in events if e.get("event") == "start"]
+print("RESULT " + json.dumps(found))
+"""
+
+
+def test_a_load_finds_its_repository_once_and_reads_objects_through_one_process(repo):
+    # Each step of a load (allow settings, the store, the vouching check, the snapshot's sources) used to
+    # discover the repository again: a rev-parse, a settings read and an object reader of its own.
+    commit_files(repo, {"m.py": "class M:\n    def __init__(self):\n        self.x = [1, 2, 3]\n",
+                        ".gitignore": "*.gitpack\ntrace-*\n"})
+    found = _result(run_python(repo, LOAD_TRACED))
+    for what, started in found.items():
+        assert started.count("rev-parse --show-toplevel") == 1, (what, started)
+        assert started.count("config -z") == 1, (what, started)
+        assert started.count("cat-file --batch-command") == 1, (what, started)

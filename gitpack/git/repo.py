@@ -52,6 +52,7 @@ class Repo:
         them open for their owner.
         """
         if isinstance(path, Repo):
+            path._config_values()  # read now, so that the owner and every view share one copy
             view = copy.copy(path)
             view._borrowed = True
             return view

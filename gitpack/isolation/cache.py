@@ -28,6 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 try:
     import fcntl
@@ -293,7 +294,7 @@ def prune(*, older_than: float | None = None, max_size: int | None = None, root:
     return out
 
 
-def settle(max_size: int | None = None) -> Pruned | None:
+def settle(max_size: int | None = None, repo: Any = None) -> Pruned | None:
     """After a load: if this process wrote to the cache, keep it under *max_size* (default: the configured
     ``gitpack.cacheMaxSize``) by removing least-recently-used entries no one is using.  Never raises."""
     global _wrote
@@ -301,14 +302,15 @@ def settle(max_size: int | None = None) -> Pruned | None:
         return None
     _wrote = False
     try:
-        limit = max_size if max_size is not None else configured_max_size()
+        limit = max_size if max_size is not None else configured_max_size(repo)
         return prune(max_size=limit)
     except Exception:  # keeping the cache small must never fail the load that just worked
         return None
 
 
-def configured_max_size(repo_path: str | os.PathLike | None = None) -> int:
-    """``gitpack.cacheMaxSize`` as git sees it here (repository, user, system), else 5 GB."""
+def configured_max_size(repo_path: Any = None) -> int:
+    """``gitpack.cacheMaxSize`` as git sees it here (repository, user, system), else 5 GB; *repo_path* is a
+    path or an open ``Repo``."""
     from ..errors import GitpackError
     from ..git import Repo, runner
     from ..sizes import parse_size

@@ -280,6 +280,10 @@ def namespace_for(source: SourceTree, roots: list[str], known: dict[str, str] | 
             ns = SnapshotNamespace(source, roots, known)
             _finder.namespaces[prefix] = ns
         else:
+            # The same tree (same content), read through this load's repository, which is open: the one an
+            # earlier load lent was closed when that load returned, and reading through it would start a
+            # git process nobody closes.
+            ns.files.source = source
             for name, root in (known or {}).items():
                 ns.known.setdefault(name, root)
             for root in roots:
