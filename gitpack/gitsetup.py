@@ -55,15 +55,7 @@ def init(repo: Repo, *, use_lfs: bool = False) -> list[str]:
     *use_lfs* also stores committed archives with Git LFS (:func:`track_with_lfs`); without it, the first run
     offers that when git-lfs is installed.
     """
-    done = []
-    attributes = repo.root / ".gitattributes"
-    existing = attributes.read_text(encoding="utf-8") if attributes.exists() else ""
-    if ATTRIBUTES_LINE not in existing.splitlines():
-        prefix = "" if not existing or existing.endswith("\n") else "\n"
-        with open(attributes, "a", encoding="utf-8") as fh:
-            comment = "# gitpack archives: binary, no delta compression, diffed as their manifest"
-            fh.write(f"{prefix}{comment}\n{ATTRIBUTES_LINE}\n")
-        done.append(f"wrote '{ATTRIBUTES_LINE}' to {attributes} (commit it so every clone gets it)")
+    done = _add_attribute(repo, ATTRIBUTES_LINE, "binary, no delta compression, diffed as their manifest")
     command = textconv_command()
     if repo.config("diff.gitpack.textconv") != command:
         repo.git("config", "diff.gitpack.textconv", command)
@@ -73,9 +65,26 @@ def init(repo: Repo, *, use_lfs: bool = False) -> list[str]:
         done.append(f"set git config core.bigFileThreshold = {BIG_FILE_THRESHOLD}")
     if use_lfs:
         done += track_with_lfs(repo)
-    elif done and lfs.installed(repo) and LFS_LINE not in existing.splitlines():
+    elif done and lfs.installed(repo) and LFS_LINE not in _attributes(repo).splitlines():
         done.append("git-lfs is installed: `gitpack init --lfs` also stores committed *.gitpack files in Git LFS")
     return done
+
+
+def _attributes(repo: Repo) -> str:
+    path = repo.root / ".gitattributes"
+    return path.read_text(encoding="utf-8") if path.exists() else ""
+
+
+def _add_attribute(repo: Repo, line: str, why: str) -> list[str]:
+    """Append *line* (with a comment saying *why*) to ``.gitattributes`` unless it is there; what was done."""
+    existing = _attributes(repo)
+    if line in existing.splitlines():
+        return []
+    prefix = "" if not existing or existing.endswith("\n") else "\n"
+    path = repo.root / ".gitattributes"
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(f"{prefix}# gitpack archives: {why}\n{line}\n")
+    return [f"wrote '{line}' to {path} (commit it so every clone gets it)"]
 
 
 def track_with_lfs(repo: Repo) -> list[str]:
@@ -88,14 +97,7 @@ def track_with_lfs(repo: Repo) -> list[str]:
     the objects on a plain ``git push``.
     """
     lfs.require_client(repo, "`gitpack init --lfs`")
-    done = []
-    attributes = repo.root / ".gitattributes"
-    existing = attributes.read_text(encoding="utf-8") if attributes.exists() else ""
-    if LFS_LINE not in existing.splitlines():
-        prefix = "" if not existing or existing.endswith("\n") else "\n"
-        with open(attributes, "a", encoding="utf-8") as fh:
-            fh.write(f"{prefix}# gitpack archives: stored with Git LFS, still diffed as their manifest\n{LFS_LINE}\n")
-        done.append(f"wrote '{LFS_LINE}' to {attributes} (commit it so every clone gets it)")
+    done = _add_attribute(repo, LFS_LINE, "stored with Git LFS, still diffed as their manifest")
     if done or not repo.config("filter.lfs.process"):
         result = runner.run(["lfs", "install", "--local"], cwd=repo.root, check=False)
         said = (result.stdout + result.stderr).decode("utf-8", "replace")

@@ -60,11 +60,13 @@ def push_snapshot(repo: Path, tree: str, message: str) -> str:
     return commit
 
 
-def rewrite_manifest(src: Path, dest: Path, change) -> None:
-    """Edit the manifest JSON in place and recompute the trailer's manifest digest (what a careful attacker does)."""
+def rewrite_manifest(src: Path, dest: Path, change) -> Path:
+    """Copy archive *src* to *dest* with ``change(manifest)`` applied and the trailer's manifest digest
+    recomputed (what a careful attacker does); returns *dest*."""
     data = src.read_bytes()
     offset, length, _, tail = TRAILER.unpack(data[-TRAILER.size:])
     manifest = json.loads(data[offset:offset + length])
     change(manifest)
     blob = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
     dest.write_bytes(data[:offset] + blob + TRAILER.pack(offset, len(blob), hashlib.sha256(blob).digest(), tail))
+    return dest

@@ -245,7 +245,8 @@ def test_diff_lists_every_changed_path_even_outside_the_modules_used(repo):
 
 def test_diff_skips_module_paths_git_cannot_take_with_a_note(repo, tmp_path):
     """A NUL byte in a manifest's module path reached git's argv (ValueError traceback): now skipped, with a note."""
-    from test_render import assert_clean, rewrite_manifest
+    from forging import rewrite_manifest
+    from test_render import assert_clean
 
     _commit_files(repo, {"model.py": MODEL})
     _ok(gitpack_cli(repo, "save", "model:build", "-o", "a.gitpack"))
@@ -266,7 +267,8 @@ def test_diff_skips_module_paths_git_cannot_take_with_a_note(repo, tmp_path):
 
 
 def test_diff_escapes_control_characters_from_manifests_and_code(repo, tmp_path):
-    from test_render import assert_clean, rewrite_manifest
+    from forging import rewrite_manifest
+    from test_render import assert_clean
 
     _commit_files(repo, {"model.py": MODEL})
     _ok(gitpack_cli(repo, "save", "model:build", "-o", "a.gitpack"))
@@ -285,8 +287,9 @@ def test_diff_takes_any_manifest_shape(tmp_path):
     """Every hostile manifest shape that inspect must render, as either side of a diff: a report (text and JSON)
     or a GitpackError, nothing else (in-process, so the many shapes cost no process each)."""
     from conftest import commit_files, init_repo
+    from forging import rewrite_manifest
     from test_render import MODEL as SHOW_MODEL
-    from test_render import RAW, SHAPES, rewrite_manifest
+    from test_render import RAW, SHAPES
 
     from gitpack import api
     from gitpack.compare import format_text

@@ -11,7 +11,7 @@ import json
 from importlib import metadata
 
 from conftest import gitpack_cli
-from test_render import rewrite_manifest
+from forging import rewrite_manifest
 
 from gitpack import environment
 

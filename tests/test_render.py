@@ -5,38 +5,25 @@ digests are simply recomputed, so ``inspect`` (which never verifies the commit:
 it must work on any archive) sees whatever JSON anyone wrote.  It must show
 what it can, one line of error at most, and never let control characters or
 rich markup in a key or value reach the terminal.  Real archives, real CLI
-processes; :func:`rewrite_manifest` is shared with test_gitsetup, test_compare and
+processes; archives are edited with :func:`forging.rewrite_manifest`, as in test_gitsetup, test_compare and
 test_fuzz.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-from pathlib import Path
 
 import pytest
 from conftest import commit_files, gitpack_cli, init_repo
+from forging import rewrite_manifest
 from rich.console import Console
 
-from gitpack.archive import TRAILER
 from gitpack.cli import render as show
 
 MODEL = "class M:\n    def __init__(self, n=1):\n        self.n = n\n\n\ndef build(n=1):\n    return M(n)\n"
 # Raw control characters and bidi overrides that must never be written as they are.
 RAW = ["\x1b", "\x07", "\x9b", "\u202e", "\u2066", "\x00", "\r"]
-
-
-def rewrite_manifest(src: Path, dest: Path, change) -> Path:
-    """Copy archive *src* to *dest* with ``change(manifest)`` applied and the manifest digest recomputed."""
-    data = src.read_bytes()
-    offset, length, _, tail = TRAILER.unpack(data[-TRAILER.size:])
-    manifest = json.loads(data[offset:offset + length])
-    change(manifest)
-    blob = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
-    dest.write_bytes(data[:offset] + blob + TRAILER.pack(offset, len(blob), hashlib.sha256(blob).digest(), tail))
-    return dest
 
 
 def assert_clean(proc, *, rc: int = 0) -> str:
