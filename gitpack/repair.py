@@ -29,10 +29,9 @@ from dataclasses import dataclass
 
 from . import artifacts
 from .fsutil import remove_stale
-from .git import DEFAULT_BRANCH, START_MESSAGE, Repo, branch_ref, parse_commit_object, runner
-from .snapshot.branch import ref_targets
+from .git import DEFAULT_BRANCH, Repo, branch_ref, parse_commit_object, runner
+from .snapshot.branch import is_snapshot_message, is_start_commit, ref_targets
 from .snapshot.tree import GIT_DIR_TEMP_PREFIX
-from .trailers import parse_trailers
 
 
 @dataclass(frozen=True)
@@ -166,12 +165,11 @@ class _Checker:
 
     def is_start(self, sha: str) -> bool:
         found = self._commit(sha)
-        return found is not None and "parent" not in found[0] and found[1].strip() == START_MESSAGE
+        return found is not None and is_start_commit(*found)
 
     def is_snapshot(self, sha: str) -> bool:
         found = self._commit(sha)
-        trailers = parse_trailers(found[1]) if found else {}
-        return {"digest", "manifest"} <= trailers.keys() or "merge" in trailers
+        return found is not None and is_snapshot_message(found[1])
 
     def date(self, sha: str) -> int:
         found = self._commit(sha)

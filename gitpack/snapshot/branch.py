@@ -61,16 +61,14 @@ def commit(
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(message)
     try:
-        checked: set[str] = set()  # tips already known to be gitpack's
         races = 0
         for attempt in range(max_attempts):
             # First try: the tip through the long-lived cat-file (a save has it running
             # already); retries ask a fresh rev-parse.  update-ref's compare-and-swap
             # guards against a stale answer either way.
             tip = tip_of(repo, ref)
-            if tip is not None and tip not in checked:
+            if tip is not None:
                 require_own(repo, ref, tip)
-                checked.add(tip)
             refuse_checked_out(repo, ref)
             args = [tree]
             for parent in (tip or start_commit(repo), head):
@@ -88,6 +86,7 @@ def commit(
                 # No reflog for gitpack's own branch: the branch itself is the log,
                 # and the user's reflogs must stay exactly as they were.
                 repo.update_refs(updates)
+                _owned.add((str(repo.common_dir), commit))  # our commit on our branch: the next save skips the walk
                 return commit
             except runner.GitFailed as exc:
                 races += runner.gc_race(exc.stderr)  # a concurrent gc's window: the objects are written again
@@ -144,23 +143,35 @@ def damaged(ref: str, target: str, kind: str | None) -> DamagedRefError:
     )
 
 
+_owned: set[tuple[str, str]] = set()  # (repository, tip) known to end at gitpack's start commit, this process
+
+
+def is_start_commit(headers: dict, message: str) -> bool:
+    """gitpack's start commit: no parent, the start message (its tree is empty)."""
+    return "parent" not in headers and message.strip() == START_MESSAGE
+
+
+def is_snapshot_message(message: str) -> bool:
+    """A message gitpack writes on its branch: a save's (both digest trailers) or a pull's merge."""
+    trailers = parse_trailers(message)
+    return {"digest", "manifest"} <= trailers.keys() or "merge" in trailers
+
+
 def require_own(repo: Repo, ref: str, tip: str) -> None:
     """Refuse to move *ref* unless gitpack started it: its tip is a snapshot (or merge or start) commit of
-    gitpack's and its first-parent history ends at gitpack's start commit."""
+    gitpack's and its first-parent history ends at gitpack's start commit.  The history is walked once per
+    tip and process: a tip this process committed on an owned one is known to be owned."""
+    if (str(repo.common_dir), tip) in _owned:
+        return
     headers, message = parse_commit_object(repo.read_object(tip)[1])
-    trailers = parse_trailers(message)
-    own_tip = message.strip() == START_MESSAGE or {"digest", "manifest"} <= trailers.keys() or "merge" in trailers
+    own_tip = is_start_commit(headers, message) or is_snapshot_message(message)
     roots = repo.git("rev-list", "--first-parent", "--max-parents=0", tip, "--").split() if own_tip else []
-    if not roots or not _is_start_commit(repo, roots[-1]):
+    if not roots or not is_start_commit(*parse_commit_object(repo.read_object(roots[-1])[1])):
         raise BranchNotOursError(
             f"{ref} is not gitpack's snapshot branch (gitpack did not start it), so gitpack will not add saves to "
             f"it; pick a branch of gitpack's own with --branch NAME or `git config gitpack.branch NAME`"
         )
-
-
-def _is_start_commit(repo: Repo, sha: str) -> bool:
-    headers, message = parse_commit_object(repo.read_object(sha)[1])
-    return "parent" not in headers and message.strip() == START_MESSAGE
+    _owned.add((str(repo.common_dir), tip))
 
 
 def refuse_checked_out(repo: Repo, ref: str) -> None:
@@ -225,10 +236,7 @@ def is_gitpack_branch(repo: Repo, ref: str) -> list[str] | None:
     chain = repo.git("rev-list", "--first-parent", ref, "--").split()
     if not chain:
         return None
-    headers, message = parse_commit_object(repo.read_object(chain[-1])[1])
-    if "parent" in headers or message.strip() != START_MESSAGE:
-        return None
-    return chain
+    return chain if is_start_commit(*parse_commit_object(repo.read_object(chain[-1])[1])) else None
 
 
 def merged_in_tips(repo: Repo, ref: str) -> list[str]:
