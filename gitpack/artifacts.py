@@ -48,7 +48,7 @@ from .errors import GitError, NotARepoError, StoreError
 from .fsutil import TEMP_MARK, owner_tag, remove_stale, removed_on_failure, writing
 from .git import Repo, parse_commit_object, runner
 from .history import iso_date
-from .isolation import cache_root
+from .isolation import cache, cache_root
 from .snapshot.branch import damaged
 
 ARTIFACTS = "refs/gitpack/artifacts/"
@@ -164,10 +164,6 @@ def version_number(selector: str) -> int | None:
     return int(m[1]) if m else None
 
 
-def zero_sha(like: str) -> str:
-    return "0" * len(like)
-
-
 class Store:
     """The artifacts of one repository."""
 
@@ -175,9 +171,9 @@ class Store:
         self.repo = repo
 
     # -------------------------------------------------------------- reading
-    def refs(self, prefix: str) -> dict[str, str]:
-        """``{refname: sha}`` under *prefix* (a ref path, matched up to a slash)."""
-        out = self.repo.git("for-each-ref", "--format=%(refname) %(objectname)", prefix)
+    def refs(self, *prefixes: str) -> dict[str, str]:
+        """``{refname: sha}`` under each of *prefixes* (a ref path, matched up to a slash), in one git call."""
+        out = self.repo.git("for-each-ref", "--format=%(refname) %(objectname)", *prefixes)
         return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
 
     def aliases(self, name: str | None = None) -> dict[str, dict[str, str]]:
@@ -295,7 +291,7 @@ class Store:
         """
         validate_name(name)
         size = archive.stat().st_size
-        blob = self._archive_entry(name, archive, size)
+        blob = self._archive_entry(name, archive, size)  # sealed with this attempt's commit: new bytes each try
         tree = self.repo.git("mktree", input=f"100644 blob {blob}\t{ARCHIVE_ENTRY}\n".encode())
         params_json = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
         message = "\n".join([
@@ -308,11 +304,12 @@ class Store:
             f"{trailers.TRAILER_PREFIX}Params: {params_json}",
         ]) + "\n"
         commit = self.repo.commit_tree([tree, "-p", snapshot, "-m", message])
-        # Only names and targets: a damaged version ref still holds its number.
-        taken = [version_number(parts[2]) for parts in map(split_store_ref, self.refs(ARTIFACTS + name))
+        # Only names and targets: a damaged version ref still holds its number.  One git call for both.
+        found = self.refs(ARTIFACTS + name, alias_ref(name, LATEST))
+        taken = [version_number(parts[2]) for parts in map(split_store_ref, found)
                  if parts is not None and parts[0] == "artifacts"]
         number = max((n for n in taken if n is not None), default=0) + 1
-        latest = self.refs(alias_ref(name, LATEST)).get(alias_ref(name, LATEST))
+        latest = found.get(alias_ref(name, LATEST))
         return number, [(version_ref(name, number), commit, None), (alias_ref(name, LATEST), commit, latest)]
 
     def set_alias(self, ref: Reference | str, alias: str) -> ArtifactVersion:
@@ -385,6 +382,7 @@ class Store:
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     remove_stale(dest.parent, "." + TEMP_GLOB)  # copies that killed loads left
                     self.copy_blob(blob, size, dest, f"reading {version.label}")
+                cache.note_written()  # only a new copy grows the cache: the load's settle() checks its size
         if read_manifest(dest).get("commit") != version.snapshot:
             raise StoreError(
                 f"{version.label} ({version.commit[:12]}) holds an archive of another snapshot than its parent "

@@ -19,6 +19,7 @@ from typing import Any
 from . import allowlist, artifacts, sync
 from .errors import GitpackError, PolicyError, UnpicklingError
 from .git import Repo
+from .git.repo import lent
 from .isolation import cache, namespace_for
 from .manifest import BUFFER_PREFIX, PICKLE_MEMBER
 from .pickling import gate
@@ -74,16 +75,9 @@ def load(
     """
     # The repository is found once and lent to every step (settings, the store, the vouching check): each
     # discovery would be a git process and a settings read of its own, and a load is a handful of them.
-    try:
-        here: Repo | None = Repo.discover(repo)
-    except GitpackError:
-        here = None  # a portable archive loads outside any repository; each step says what it needs
-    try:
-        return _load(path, repo if here is None else here, map_location=map_location, mmap=mmap, trust=trust,
-                     allow=allow, require_signed=require_signed, fetch=fetch, remote=remote)
-    finally:
-        if here is not None:
-            here.close()
+    with lent(repo) as here:
+        return _load(path, here, map_location=map_location, mmap=mmap, trust=trust, allow=allow,
+                     require_signed=require_signed, fetch=fetch, remote=remote)
 
 
 def _load(path: str | os.PathLike, repo: str | os.PathLike | Repo | None, *, map_location: Any, mmap: bool,
@@ -133,7 +127,6 @@ def _located(target: str | os.PathLike, repo: str | os.PathLike | Repo | None, r
             return path
         cache.hold(path, directory=False)
         if path.exists():
-            cache.note_written()  # a copy may just have been made: settle() checks the cache's size after the load
             return path
     return path
 

@@ -183,7 +183,5 @@ def start(args: Sequence[str], *, cwd: str | os.PathLike, env: dict[str, str] | 
         popen = subprocess.Popen(["git", *args], cwd=cwd, env=_env(env), stdin=PIPE if stdin else DEVNULL,
                                  stdout=PIPE, stderr=PIPE if stderr else DEVNULL)
     except FileNotFoundError as exc:
-        if not Path(cwd).is_dir():
-            raise GitError(f"{cwd} does not exist (was the directory deleted?); cd into a git working tree") from None
-        raise GitError(f"git is not installed or not on PATH ({exc.strerror}); install git") from None
+        raise _not_started(cwd, exc) from None
     return Process(args, popen, cwd)
