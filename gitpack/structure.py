@@ -20,6 +20,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .pickling.tensors import dtype_name
+
 ROOT = "$"
 MAX_VISITS = 2_000_000
 _LEAVES = (type(None), bool, int, float, complex, str, bytes, bytearray, memoryview, range)
@@ -134,17 +136,6 @@ def object_paths(root: Any, want: Callable[[Any], bool], max_visits: int = MAX_V
     return found
 
 
-_DTYPE_NAMES: dict[Any, str] = {}
-
-
-def _dtype(t: Any) -> str:
-    dtype = t.dtype
-    name = _DTYPE_NAMES.get(dtype)
-    if name is None:
-        name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
-    return name
-
-
 def _numel(t: Any) -> int:
     try:
         return int(t.numel())
@@ -168,7 +159,8 @@ def _tensor_info(t: Any, kind: str) -> dict[str, Any]:
         device = "cpu" if t.is_cpu else str(t.device)
     except Exception:
         device = str(t.device)
-    return {"kind": kind, "shape": shape, "dtype": _dtype(t), "device": device, "requires_grad": bool(t.requires_grad)}
+    return {"kind": kind, "shape": shape, "dtype": dtype_name(t.dtype), "device": device,
+            "requires_grad": bool(t.requires_grad)}
 
 
 class _Counts:

@@ -105,6 +105,7 @@ class FilteredSource:
         self._dirs: dict[str, dict[str, tuple[str, str]] | None] = {}
         self._filtered: dict[str, tuple[str, str, str]] = {}  # ref -> (blob, path, driver)
         self._outer: str | None = None  # attributes from outside the tree (info/, user, system)
+        self._attributes: dict[str, bytes | None] = {}  # directory -> its .gitattributes, read once
 
     def list_dir(self, rel: str) -> dict[str, tuple[str, str]] | None:
         rel = "/".join(p for p in rel.split("/") if p)
@@ -157,9 +158,12 @@ class FilteredSource:
         parts = rel.split("/") if rel else []
         for depth in range(len(parts) + 1):
             directory = "/".join(parts[:depth])
-            entry = (self.inner.list_dir(directory) or {}).get(".gitattributes")
-            if entry is not None and entry[0] == "blob":
-                found[directory] = self.inner.read(entry[1])
+            if directory not in self._attributes:  # every directory below asks for its parents' again
+                entry = (self.inner.list_dir(directory) or {}).get(".gitattributes")
+                self._attributes[directory] = self.inner.read(entry[1]) if entry and entry[0] == "blob" else None
+            data = self._attributes[directory]
+            if data is not None:
+                found[directory] = data
         return found
 
     def _outer_attributes(self) -> str:

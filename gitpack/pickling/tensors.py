@@ -92,7 +92,7 @@ class _Pack:
 _DTYPE_NAMES: dict[Any, str] = {}  # torch dtype -> its name: one str object each, so the pickle memoizes it
 
 
-def _dtype_name(dtype: Any) -> str:
+def dtype_name(dtype: Any) -> str:
     name = _DTYPE_NAMES.get(dtype)
     if name is None:
         name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
@@ -118,7 +118,7 @@ class StorageCollector:
         else:
             storage, dtype, numel = obj, torch.uint8, obj.nbytes()
         key = self._key(storage, dtype)
-        return ("storage", _dtype_name(dtype), key, _location(storage), numel)
+        return ("storage", dtype_name(dtype), key, _location(storage), numel)
 
     def _key(self, storage: Any, dtype: Any) -> str:
         ptr = storage.data_ptr()
@@ -169,7 +169,7 @@ class StorageCollector:
         storage = obj.untyped_storage()
         dtype = obj.dtype
         key = self._key(storage, dtype)
-        return (TENSOR_KIND, _dtype_name(dtype), key, _location(storage), storage.nbytes() // dtype.itemsize,
+        return (TENSOR_KIND, dtype_name(dtype), key, _location(storage), storage.nbytes() // dtype.itemsize,
                 obj.storage_offset(), tuple(obj.size()), obj.stride(), bool(obj.requires_grad), kind)
 
     def members(self):
