@@ -46,6 +46,7 @@ from . import progress
 from .errors import StoreError
 from .fsutil import removed_on_failure
 from .git import Repo, runner
+from .sizes import binary_size_text
 
 SPEC = "https://git-lfs.github.com/spec/v1"
 POINTER_MAX = 1024  # git-lfs never reads a blob this large or larger as a pointer
@@ -159,13 +160,6 @@ def require_client(repo: Repo, what: str) -> None:
     """LfsError saying to install git-lfs, unless it is installed."""
     if not installed(repo):
         raise LfsError(f"{what} needs git-lfs, which is not installed; {INSTALL_HINT}")
-
-
-def human(size: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if size >= 1 << shift:
-            return f"{size / (1 << shift):.1f} {unit}"
-    return f"{size} bytes"
 
 
 # ------------------------------------------------------------------ the local object store
@@ -298,8 +292,8 @@ def fetch(repo: Repo, pointer: Pointer, commit: str, *, remote: str | None, labe
     if not ok:
         require_client(repo, f"{label} is stored with Git LFS and its archive is not in this clone; downloading it")
     if not ok or not has_object(repo, pointer):
-        raise LfsError(f"cannot download {label} ({human(pointer.size)}, Git LFS object {pointer.short}) from "
-                       f"{remote}: {detail or 'git-lfs fetched nothing'}; check that it was pushed "
+        raise LfsError(f"cannot download {label} ({binary_size_text(pointer.size)}, Git LFS object {pointer.short}) "
+                       f"from {remote}: {detail or 'git-lfs fetched nothing'}; check that it was pushed "
                        "(`gitpack push` in the clone that saved it) and that you can read the remote")
     verify_object(repo, pointer, f"verifying {label}")
     return object_path(repo, pointer)
@@ -311,7 +305,7 @@ def push(repo: Repo, remote: str, label: str, pointers: Iterable[Pointer]) -> No
     if not wanted_objects:
         return
     total = sum(p.size for p in wanted_objects)
-    what = f"{len(wanted_objects)} Git LFS object(s) ({human(total)})"
+    what = f"{len(wanted_objects)} Git LFS object(s) ({binary_size_text(total)})"
     for oids in _batches([p.oid for p in wanted_objects]):
         args = ["lfs", "push", "--object-id", endpoint(repo, remote), *oids]
         ok, detail = _transfer(repo, args, f"uploading to {remote}", total)

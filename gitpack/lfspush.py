@@ -26,6 +26,7 @@ from . import lfs
 from .artifacts import ARCHIVE_ENTRY, split_store_ref
 from .errors import GitError, StoreError
 from .git import Repo, parse_commit_object
+from .sizes import binary_size_text
 
 Update = tuple[str, str, "str | None"]  # (ref, local sha, the remote's sha or None), as sync computes them
 _IDENT = re.compile(r"(?P<name>.*) <(?P<email>[^>]*)> (?P<when>[0-9]+ [+-][0-9]{4})")
@@ -90,7 +91,7 @@ def move_into_lfs(repo: Repo, updates: list[Update], tracking: str) -> list[str]
             continue
         blob, size, _ = entry
         moved[sha] = _with_pointer(repo, sha, lfs.store_blob(repo, blob, size, f"moving {label} into Git LFS"))
-        notes.append(f"{label}: its archive ({lfs.human(size)}) moved into Git LFS before its first push")
+        notes.append(f"{label}: its archive ({binary_size_text(size)}) moved into Git LFS before its first push")
     if moved:
         ops = [(ref, moved[sha], sha) for ref, sha in repo.refs("refs/gitpack").items() if sha in moved]
         try:
@@ -133,8 +134,8 @@ def upload(repo: Repo, remote: Target, updates: list[Update]) -> list[str]:
         pointer = entry[2]
         if not lfs.has_object(repo, pointer):
             raise lfs.LfsError(
-                f"{label}'s archive (Git LFS object {pointer.short}, {lfs.human(pointer.size)}) is not in this clone, "
-                f"so it cannot be pushed to {remote.label}; download it first (`gitpack load {label} --remote "
+                f"{label}'s archive (Git LFS object {pointer.short}, {binary_size_text(pointer.size)}) is not in this "
+                f"clone, so it cannot be pushed to {remote.label}; download it first (`gitpack load {label} --remote "
                 "<the remote it came from>`), then `gitpack push` again (nothing was pushed)"
             )
         pointers.append((label, pointer))
@@ -142,7 +143,7 @@ def upload(repo: Repo, remote: Target, updates: list[Update]) -> list[str]:
         return []
     lfs.push(repo, remote.argument, remote.label, [p for _, p in pointers])
     return [f"uploaded the Git LFS objects of {', '.join(label for label, _ in pointers)} "
-            f"({lfs.human(sum(p.size for _, p in pointers))}) to {remote.argument}"]
+            f"({binary_size_text(sum(p.size for _, p in pointers))}) to {remote.argument}"]
 
 
 def refusal_advice(repo: Repo, updates: list[Update]) -> str:
@@ -156,7 +157,7 @@ def refusal_advice(repo: Repo, updates: list[Update]) -> str:
     if not large:
         return ""
     size, label = max(large)
-    said = f" - {label}'s archive is a {lfs.human(size)} plain git blob, and hosts refuse large blobs"
+    said = f" - {label}'s archive is a {binary_size_text(size)} plain git blob, and hosts refuse large blobs"
     if not lfs.installed(repo):
         return (f"{said}: {lfs.INSTALL_HINT}, then `gitpack push` again (versions not pushed yet move into Git LFS "
                 "then)")

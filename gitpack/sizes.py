@@ -43,6 +43,14 @@ def parse_duration(text: str) -> float:
     return value * _SECONDS[unit]
 
 
+def binary_size_text(n: int | float) -> str:
+    """Bytes in binary units (``9.5 MiB``), as object and file sizes are shown."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
 def size_text(n: int | float) -> str:
     """Bytes in decimal units (``5.2 MB``), as the defaults are given."""
     for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):

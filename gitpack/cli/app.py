@@ -364,16 +364,14 @@ def cache_prune(
 ) -> None:
     """Remove cache entries no process is using (with no option: all of them). Loads rebuild what they need."""
     from ..errors import GitpackError
-    from ..sizes import parse_duration, parse_size, size_text
+    from ..sizes import parse_duration, size_text
+    from . import targets
 
     try:
         age = parse_duration(older_than) if older_than is not None else None
     except ValueError:
         raise GitpackError(f"--older-than {older_than!r} is not a duration; give e.g. 30d, 12h or 90m") from None
-    try:
-        limit = parse_size(max_size) if max_size is not None else None
-    except ValueError:
-        raise GitpackError(f"--max-size {max_size!r} is not a size; give e.g. 1g, 500MB or bytes") from None
+    limit = targets.parse_size_option("--max-size", max_size)
     pruned = api.cache_prune(older_than=age, max_size=limit)
     if as_json:
         out(json.dumps(pruned.as_json(), indent=2))

@@ -153,11 +153,9 @@ def _capture(node: Tree, tree: dict[str, Any]) -> None:
 
 
 def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
+    from ..sizes import binary_size_text
+
+    return binary_size_text(n)
 
 
 def _count(value: Any) -> str:
