@@ -21,6 +21,7 @@ from .compare import DiffReport
 from .compare import compare as _compare
 from .errors import ArchiveError, GitpackError
 from .git import DEFAULT_BRANCH, Repo, branch_ref
+from .git.repo import lent
 from .load import load
 from .save import SaveInfo, save
 from .snapshot.branch import tip_of
@@ -77,8 +78,9 @@ def scan(
     """
     from .pickling.scanner import scan as scan_archive
 
-    path, _ = artifacts.locate(path, repo=repo)
-    return scan_archive(path, allow=allowlist.for_path(allow, repo), repo=repo)
+    with lent(repo) as here:  # found once for the three steps
+        path, _ = artifacts.locate(path, repo=here)
+        return scan_archive(path, allow=allowlist.for_path(allow, here), repo=here)
 
 
 def log(*, branch: str | None = None, repo: str | os.PathLike | None = None,

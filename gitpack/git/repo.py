@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import CwdGoneError, GitError, NotARepoError, RepoRefusedError
+from ..errors import CwdGoneError, GitError, GitpackError, NotARepoError, RepoRefusedError
 from ..fsutil import STALE_SECONDS, remove_stale
 from . import runner
 from .objects import ObjectReader, TreeEntry, parse_tree
@@ -288,6 +289,22 @@ class Repo:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextmanager
+def lent(path: str | os.PathLike | Repo | None) -> Iterator[str | os.PathLike | Repo | None]:
+    """The repository containing *path*, found once for a pipeline of steps that each take a ``repo``
+    argument: they get it (as borrowed views, no git process each), or *path* itself when there is no
+    repository, so each step still says what it needs."""
+    try:
+        found: Repo | None = Repo.discover(path)
+    except GitpackError:
+        found = None
+    try:
+        yield path if found is None else found
+    finally:
+        if found is not None:
+            found.close()
 
 
 def _config_key(key: str) -> str:

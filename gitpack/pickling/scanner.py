@@ -17,12 +17,15 @@ import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..archive import ArchiveReader
 from ..errors import ArchiveError, PolicyError
 from . import gate
 from .policy import AllowList, Policy
+
+if TYPE_CHECKING:
+    from ..git import Repo
 
 PICKLE_MEMBER = "pickle"  # the archive member holding the pickle (api.PICKLE_MEMBER)
 
@@ -188,7 +191,8 @@ def _strings(values: Iterable[Any]):
             yield from _strings(v)
 
 
-def _class_checks(trace: gate.Trace, policy: Policy, manifest: dict[str, Any], repo: str | os.PathLike | None) -> int:
+def _class_checks(trace: gate.Trace, policy: Policy, manifest: dict[str, Any],
+                  repo: str | os.PathLike | Repo | None) -> int:
     """Make the gate's class checks without running snapshot code; returns how many stay pending.
 
     Library classes (torch.nn and the like) are imported, as any load would; snapshot classes are judged
@@ -273,7 +277,7 @@ def _library_class(dotted: str) -> Any:
 
 
 def scan(path: str | os.PathLike, *, allow: Iterable[tuple[str, str] | str] | AllowList = (),
-         repo: str | os.PathLike | None = None) -> ScanReport:
+         repo: str | os.PathLike | Repo | None = None) -> ScanReport:
     """Run the trust gate over an archive's pickle and report what it found.
 
     The pickle member is read with its digest checked, then dry-run with
