@@ -5,6 +5,8 @@
 2. The trust gate (:mod:`gitpack.pickling.gate`) dry-runs the pickle and refuses what the policy does not
    allow; nothing is imported yet.
 3. Every tensor storage the pickle names is read into its final memory and checked against its digest.
+   The reads start as soon as the archive's member table is validated, so they overlap steps 1 and 2;
+   nothing read is handed to the unpickler before both have passed.
 4. The snapshot's private namespace (:mod:`gitpack.isolation`) imports the modules the object uses, and
    the gate's class checks run against the real classes.
 5. CPython's C unpickler runs, resolving through the load's :class:`~gitpack.pickling.unpickler.Resolver`.
@@ -17,6 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import allowlist, artifacts, sync
+from .archive import ArchiveReader
 from .errors import GitpackError, PolicyError, UnpicklingError
 from .git import Repo
 from .git.repo import lent
@@ -88,7 +91,14 @@ def _load(path: str | os.PathLike, repo: str | os.PathLike | Repo | None, *, map
         with Repo.discover(repo) as git_repo:
             sync.pull(git_repo, remote)
     path = _located(path, repo, remote)
-    with open_verified(path, repo=repo, require_signed=require_signed, trust=trust) as checked:
+    started: list[StorageLoader] = []
+
+    def start_reading(reader: ArchiveReader) -> None:
+        # Tensor bytes are read and hashed while git vouches for the archive and the gate runs: they are data,
+        # handed to nothing until both have passed, and a refused archive's queued reads are cancelled.
+        started.append(StorageLoader(reader, map_location=map_location, mmap=mmap))
+
+    with open_verified(path, repo=repo, require_signed=require_signed, trust=trust, on_open=start_reading) as checked:
         plan = checked.plan
         if plan.by_value_code and not trust:
             raise PolicyError(
@@ -101,7 +111,7 @@ def _load(path: str | os.PathLike, repo: str | os.PathLike | Repo | None, *, map
         if not trust:
             verdict.raise_if_refused(str(path))
         buffers = [checked.reader.read_buffer(f"{BUFFER_PREFIX}{i}") for i in range(plan.buffers)]
-        storage_loader = StorageLoader(checked.reader, map_location=map_location, mmap=mmap)
+        storage_loader = started[0]
         if not mmap:
             _read_storages_first(storage_loader, verdict.storages)  # every byte verified before any import
         known = {name: info.root for name, info in plan.modules.items()}

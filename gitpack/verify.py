@@ -29,7 +29,7 @@ hashes); outside a repository that has that commit, only ``trust`` admits it.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +75,7 @@ class Verified:
 def open_verified(
     path: str | os.PathLike, *, repo: str | os.PathLike | Repo | None = None, require_signed: bool | None = None,
     trust: bool = False, every_member: bool = False, report_signature: bool = False,
+    on_open: Callable[[ArchiveReader], object] | None = None,
 ) -> Iterator[Verified]:
     """Open *path* and prove it trustworthy (see the module's docstring); raise a GitpackError otherwise.
 
@@ -85,6 +86,10 @@ def open_verified(
         trust: admit a portable archive whose commit is in no repository here (its hashes prove integrity only).
         every_member: also hash every member now (``verify``); ``load`` hashes each member as it reads it.
         report_signature: look the signature up even when none is required (``verify`` reports it).
+        on_open: called with the reader once its manifest and member table are validated, before the
+            repository is asked to vouch: ``load`` starts reading and hashing tensor bytes there, so those
+            reads overlap the git checks.  Tensor bytes are only data, never unpickled, and the reads still
+            queued are cancelled when the archive is refused.
     Yields:
         A :class:`Verified`; the reader and repository are closed when the block ends.
     """
@@ -94,6 +99,8 @@ def open_verified(
     try:
         manifest = reader.manifest
         plan = Manifest.parse(manifest, path)
+        if on_open is not None:
+            on_open(reader)
         if every_member:
             for name in reader.members:
                 reader.verify_member(name)

@@ -91,3 +91,28 @@ def test_the_untampered_archive_passes_all_three(saved, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "gitpack", "verify", str(saved.good)], cwd=saved.repo,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_tensor_reads_started_before_vouching_stop_when_the_commit_is_refused(tmp_path, monkeypatch):
+    """load reads tensor bytes while git vouches for the archive; a refused archive leaves no read running."""
+    import threading
+
+    import torch
+
+    repo = init_repo(tmp_path / "repo")
+    commit_files(repo, {"net.py": "import torch\n\nclass Net(torch.nn.Module):\n    def __init__(self):\n"
+                                  "        super().__init__()\n"
+                                  "        self.layers = torch.nn.ModuleList(torch.nn.Linear(512, 512) "
+                                  "for _ in range(12))\n"}, "net")
+    monkeypatch.chdir(repo)
+    monkeypatch.syspath_prepend(str(repo))
+    from net import Net
+
+    good = tmp_path / "net.gitpack"
+    gitpack.save(Net(), good)
+    missing = rewrite_manifest(good, tmp_path / "missing.gitpack", lambda m: m.update(commit="1" * 40))
+    with pytest.raises(GitpackError, match="is not in"):
+        gitpack.load(missing)
+    assert [t.name for t in threading.enumerate() if t.name.startswith("gitpack-read")] == []
+    loaded = gitpack.load(good)
+    assert len(loaded.layers) == 12 and isinstance(loaded.layers[0].weight, torch.nn.Parameter)
