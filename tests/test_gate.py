@@ -511,3 +511,17 @@ def json_line(stdout: str, tag: str):
     import json
 
     return json.loads([line for line in stdout.splitlines() if line.startswith(tag)][0].split(" ", 1)[1])
+
+
+def test_scan_reports_the_opcode_count_the_load_never_computes():
+    """A load's byte pass skips counting opcodes; the count scan reports is still every opcode of the pickle."""
+    import pickle
+    import pickletools
+
+    from gitpack.pickling import gate
+
+    data = pickle.dumps({"vocab": {f"w{k}": k for k in range(2000)}, "ids": list(range(500))}, protocol=5)
+    trace = gate.trace(data)
+    assert trace.safe
+    assert trace.opcode_count() == sum(1 for _ in pickletools.genops(data))
+    assert gate.trace(b"\x80\x05N.N").opcode_count() == 0  # refused by the byte pass: nothing counted

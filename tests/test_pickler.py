@@ -67,7 +67,7 @@ def test_empty_hook_registries_are_left_out_and_come_back_empty(repo, monkeypatc
     block, custom = Block(), Custom()
     path, data = _save(repo, {"block": block, "custom": custom}, "m.gitpack")
     # Block and its Linear leave out the registries Module.__setstate__ recreates; Custom keeps its own.
-    built = [m for m in gate.trace(data).made if m.callee.dotted == "collections.OrderedDict"]
+    built = [callee for callee, _, _ in gate.trace(data).calls if callee.dotted == "collections.OrderedDict"]
     kept = sum(type(v) is OrderedDict for m in (block, block.lin) for k, v in vars(m).items() if k not in RECREATED)
     everything = sum(type(v) is OrderedDict for v in vars(custom).values())
     assert len(built) == kept + everything

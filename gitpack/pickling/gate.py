@@ -68,7 +68,9 @@ class Trace:
     modules: frozenset[str] | None = None  # snapshot modules the manifest records as used (None: not checked)
     depth: int = 0
     refs: list[Ref] = field(default_factory=list)  # every global and persistent id, in order
-    made: list[Made] = field(default_factory=list)
+    # every call the pickle makes: (callee, "call" or "new", whether it passes arguments).  The records of what
+    # the calls build are not kept past the dry run: the millions of objects a big pickle describes die with it
+    calls: list[tuple[Ref, str, bool]] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     deferred: list[Deferred] = field(default_factory=list)
     # repo lambdas rebuilt: (module, qualname, line)
@@ -76,8 +78,8 @@ class Trace:
     code: list[tuple] = field(default_factory=list)  # by-value code objects: dill _create_code arguments
     nested: list[Trace] = field(default_factory=list)
     error: str | None = None
-    opcodes: int = 0
     _seq: int = 0
+    _data: bytes = b""  # the pickle, for opcode_count() (a load never asks: counting is a pass of its own)
     _stand_ins: dict = field(default_factory=dict)
     _user_allowed: set = field(default_factory=set)  # globals --allow admits, each given one resolving check
     _budget: _NestedBudget | None = None  # what is left for nested pickles, shared by all depths
@@ -97,6 +99,12 @@ class Trace:
         return [r.parts if r.kind == "storage" else ("storage",) + r.parts[1:5]
                 for r in self.refs if r.kind in ("storage", "tensor")]
 
+    def opcode_count(self) -> int:
+        """How many opcodes the pickle holds (0 when the byte pass refused it); ``scan`` reports it."""
+        if self.error is not None or not self._data:
+            return 0
+        return opcodes.check(self._data)[0] or 0
+
     @property
     def safe(self) -> bool:
         return not self.violations and self.error is None
@@ -113,7 +121,8 @@ class Trace:
     # ---------------------------------------------------------------- dry run
     def run(self, data: bytes, *, buffers: int = 0) -> Trace:
         try:
-            self.opcodes, unwanted = opcodes.check(data)
+            _, unwanted = opcodes.check(data, count=False)
+            self._data = data
         except opcodes.OpcodeError as exc:
             self.error = str(exc)
             return self
@@ -173,20 +182,22 @@ class Trace:
     def _called(self, stand_in: StandInType, args: tuple, kwargs: dict, how: str) -> Any:
         callee = stand_in._gate_ref
         made = Made(self, self._event(), callee, how, args, kwargs, cls=callee)
-        for value in _direct(args, kwargs):
-            record = made_of(value)
-            if record is not None and record.used_at is None:
-                record.used_at = made.seq
+        if args or kwargs:  # most calls a module pickle makes take none (OrderedDict(), NEWOBJ of a layer)
+            for value in _direct(args, kwargs):
+                record = made_of(value)
+                if record is not None and record.used_at is None:
+                    record.used_at = made.seq
         verdict = calls.check_call(self, made)
         if verdict.problem:
             self.violations.append(verdict.problem)
-        self.deferred.extend(verdict.deferred)
+        if verdict.deferred:
+            self.deferred.extend(verdict.deferred)
         if verdict.result is not None:  # a reconstructor that returns a class (dill's _load_type, namedtuples)
             return self._stand_in(verdict.result)
         made.kind = verdict.kind
         if verdict.cls is not None:
             made.cls = verdict.cls
-        self.made.append(made)
+        self.calls.append((callee, how, bool(args or kwargs)))
         if callee.refused:
             if (callee.module, callee.name) == _BY_VALUE_CODE:
                 self.code.append(args)

@@ -74,9 +74,8 @@ def class_like_packages(trace: Any) -> list[str]:
     refused = [r for r in trace.refs if r.kind == "global" and r.refused and r.module]
     tops = _unique([r.module.split(".")[0] for r in refused])
     called = set()
-    for made in trace.made:
-        callee = made.callee
-        if callee.kind == "global" and callee.refused and (made.how == "call" or made.args or made.kwargs):
+    for callee, how, with_arguments in trace.calls:
+        if callee.kind == "global" and callee.refused and (how == "call" or with_arguments):
             called.add((callee.module or "").split(".")[0])
     stdlib: frozenset[str] = getattr(sys, "stdlib_module_names", frozenset())
     return [t for t in tops if t not in called and t not in stdlib and t not in _NEVER_PACKAGES

@@ -150,7 +150,7 @@ class ScanReport:
 def report(trace: gate.Trace, path: Path | None = None) -> ScanReport:
     """A :class:`ScanReport` of a gate trace (and the pickles nested in it)."""
     out = ScanReport(path=path, violations=list(dict.fromkeys(trace.violations)), pending=len(trace.deferred),
-                     opcodes=trace.opcodes, error=trace.error)
+                     opcodes=trace.opcode_count(), error=trace.error)
     out.functions = [FunctionRef(m, q, line) for m, q, line in trace.functions]
     _add(out, trace, 0)
     return out

@@ -36,6 +36,11 @@ class Verdict:
     cls: Ref | None = None  # the class of what a call returns, when it is not the callee
 
 
+# The common answer (allowed, nothing deferred), shared rather than built for each of a pickle's calls: no
+# caller changes a verdict it did not make (and an item appended here could only add a check, never drop one).
+ALLOWED = Verdict()
+
+
 def refuse(problem: str) -> Verdict:
     return Verdict(problem)
 
