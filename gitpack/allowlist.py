@@ -12,7 +12,8 @@ import os
 from collections.abc import Iterable
 
 from .errors import GitpackError
-from .git import Repo, runner
+from .git import Repo
+from .git.repo import config_all
 from .pickling.policy import AllowList, parse_allow
 
 CONFIG_KEY = "gitpack.allow"
@@ -21,10 +22,7 @@ CONFIG_KEY = "gitpack.allow"
 def configured(repo: Repo | None) -> list[str]:
     """Every ``gitpack.allow`` value git sees: the repository's, the user's and the system's; without a
     repository, the user's and the system's."""
-    if repo is not None:
-        return [v for v in repo.config_all(CONFIG_KEY) if v.strip()]
-    result = runner.run(["config", "--get-all", CONFIG_KEY], cwd=os.path.expanduser("~"), check=False)
-    return [v for v in result.text.splitlines() if v.strip()] if result.returncode == 0 else []
+    return [v for v in config_all(repo, CONFIG_KEY) if v.strip()]
 
 
 def merged(given: Iterable[str | tuple[str, str]], repo: Repo | None) -> AllowList:

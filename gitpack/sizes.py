@@ -1,8 +1,8 @@
 """Sizes and durations as people type and read them: ``20MB``, ``5g``, ``30d``.
 
 The limits gitpack takes from flags and git config (the snapshot's size cap
-and untracked budget, the cache's maximum size, ``cache prune --older-than``)
-all parse here, one way: git's own convention for k, m and g (powers of
+and untracked budget, the cache's maximum size, the Git LFS threshold,
+``cache prune --older-than``) all parse here, one way: git's own convention for k, m and g (powers of
 1024), ``kB``/``MB``/``GB`` for powers of 1000, and plain numbers of bytes.
 """
 
@@ -31,6 +31,20 @@ def parse_size(text: str) -> int:
     if unit not in _UNITS:
         raise ValueError(text)
     return int(value * _UNITS[unit])
+
+
+def setting(key: str, value: str | None, default: int) -> int:
+    """A size from git config *key* (its *value*, None or blank: *default*); a :class:`GitpackError` naming the
+    setting when it is not a size."""
+    if value is None or not value.strip():
+        return default
+    try:
+        return parse_size(value)
+    except ValueError:
+        from .errors import GitpackError
+
+        raise GitpackError(f"git config {key} = {value!r} is not a size; give bytes, or a number with k, m or g "
+                           f"(e.g. git config {key} 50m)") from None
 
 
 def parse_duration(text: str) -> float:

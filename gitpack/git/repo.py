@@ -291,6 +291,15 @@ class Repo:
         self.close()
 
 
+def config_all(repo: Repo | None, key: str) -> list[str]:
+    """Every value of setting *key* as git sees it: the repository's, the user's and the system's; with no
+    repository (a load outside any), the user's and the system's."""
+    if repo is not None:
+        return repo.config_all(key)
+    result = runner.run(["config", "--get-all", key], cwd=os.path.expanduser("~"), check=False)
+    return result.text.splitlines() if result.returncode == 0 else []
+
+
 @contextmanager
 def lent(path: str | os.PathLike | Repo | None) -> Iterator[str | os.PathLike | Repo | None]:
     """The repository containing *path*, found once for a pipeline of steps that each take a ``repo``

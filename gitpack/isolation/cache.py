@@ -121,8 +121,7 @@ def _hold(path: Path, directory: bool) -> bool:
             if directory:
                 path.mkdir(parents=True, exist_ok=True)
             try:
-                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | (getattr(os, "O_DIRECTORY", 0)
-                                                                                  if directory else 0))
+                fd = _open_entry(path, directory)
             except FileNotFoundError:
                 if directory:
                     continue
@@ -134,6 +133,12 @@ def _hold(path: Path, directory: bool) -> bool:
                 return True
             os.close(fd)  # it was removed (renamed away) while we waited: hold the one at the path now
         return False
+
+
+def _open_entry(path: Path, directory: bool) -> int:
+    """A descriptor to lock an entry by (never inherited by a child process)."""
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
+    return os.open(path, flags)
 
 
 def note_written() -> None:
@@ -184,7 +189,7 @@ def _in_use(path: Path, directory: bool) -> bool:
     if str(path) in _held:
         return True
     try:
-        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+        fd = _open_entry(path, directory)
     except OSError:
         return False
     try:
@@ -231,7 +236,7 @@ def _remove(entry: Entry) -> bool:
         return False
     directory = entry.kind == "tree"
     try:
-        fd = os.open(entry.path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+        fd = _open_entry(entry.path, directory)
     except FileNotFoundError:
         return True
     try:
@@ -312,19 +317,13 @@ def configured_max_size(repo_path: Any = None) -> int:
     """``gitpack.cacheMaxSize`` as git sees it here (repository, user, system), else 5 GB; *repo_path* is a
     path or an open ``Repo``."""
     from ..errors import GitpackError
-    from ..git import Repo, runner
-    from ..sizes import parse_size
+    from ..git import Repo
+    from ..git.repo import config_all
+    from ..sizes import setting
 
     try:
         with Repo.discover(repo_path) as repo:
-            value = repo.config(CONFIG_KEY)
+            values = config_all(repo, CONFIG_KEY)
     except GitpackError:
-        result = runner.run(["config", "--get", CONFIG_KEY], cwd=os.path.expanduser("~"), check=False)
-        value = result.text.strip() if result.returncode == 0 else None
-    if not value:
-        return DEFAULT_MAX_SIZE
-    try:
-        return parse_size(value)
-    except ValueError:
-        raise GitpackError(f"git config {CONFIG_KEY} = {value!r} is not a size; give bytes or a number with a unit "
-                           f"(git config {CONFIG_KEY} 5g)") from None
+        values = config_all(None, CONFIG_KEY)
+    return setting(CONFIG_KEY, values[-1] if values else None, DEFAULT_MAX_SIZE)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..archive.format import MAGIC as ARCHIVE_MAGIC
-from ..sizes import parse_size, size_text
+from ..sizes import setting, size_text
 
 DEFAULT_SIZE_CAP = 10 * 1000 * 1000
 DEFAULT_UNTRACKED_BUDGET = 20 * 1000 * 1000
@@ -112,21 +112,11 @@ def limits_from_config(config, *, size_cap: int | None = None, budget: int | Non
                        include: Iterable[str] = (), exclude: AbstractSet[str] = frozenset()) -> Limits:
     """The limits of one save: arguments first, then git config (``gitpack.sizecap``, ``gitpack.untrackedBudget``,
     every ``gitpack.include``), then the defaults.  *config* is a :class:`gitpack.git.Repo`."""
-    from ..errors import GitpackError
-
-    def number(value: str | None, key: str, default: int) -> int:
-        if value is None or not value.strip():
-            return default
-        try:
-            return parse_size(value)
-        except ValueError:
-            raise GitpackError(f"git config {key} = {value!r} is not a size; give bytes, or a number with k, m or g "
-                               f"(e.g. git config {key} 50m)") from None
-
-    cap = size_cap if size_cap is not None else number(config.config("gitpack.sizecap"), "gitpack.sizecap",
-                                                         DEFAULT_SIZE_CAP)
-    total = budget if budget is not None else number(config.config("gitpack.untrackedBudget"),
-                                                       "gitpack.untrackedBudget", DEFAULT_UNTRACKED_BUDGET)
+    cap = size_cap if size_cap is not None else setting("gitpack.sizecap", config.config("gitpack.sizecap"),
+                                                          DEFAULT_SIZE_CAP)
+    total = budget if budget is not None else setting("gitpack.untrackedBudget",
+                                                        config.config("gitpack.untrackedBudget"),
+                                                        DEFAULT_UNTRACKED_BUDGET)
     patterns = tuple(dict.fromkeys(list(include) + [p for p in config.config_all("gitpack.include") if p.strip()]))
     return Limits(size_cap=cap, budget=total, include=tuple(p.replace(os.sep, "/") for p in patterns),
                   exclude=exclude)
