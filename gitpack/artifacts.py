@@ -342,10 +342,6 @@ class Store:
                              "missing; the repository may be damaged (`git fsck`, `gitpack repair`)")
         return blob, size
 
-    def _pointer(self, blob: str, size: int) -> lfs.Pointer | None:
-        """The LFS pointer the version's tree holds, or None when it holds the archive itself."""
-        return lfs.parse_pointer(self.repo.read_object(blob)[1]) if size < lfs.POINTER_MAX else None
-
     def _archive_entry(self, name: str, archive: Path, size: int) -> str:
         """The blob the version's tree holds: the archive itself, or an LFS pointer to it (:mod:`gitpack.lfs`)."""
         if lfs.wanted(self.repo, size):
@@ -365,7 +361,7 @@ class Store:
         way the archive's own digests and the snapshot commit vouch for it at load.
         """
         blob, size = self.archive_blob(version)
-        pointer = self._pointer(blob, size)
+        pointer = lfs.read_pointer(self.repo, blob, size)
         if pointer is not None:
             if lfs.has_object(self.repo, pointer):
                 dest = lfs.object_path(self.repo, pointer)

@@ -23,8 +23,8 @@ Settings (git config):
 * ``gitpack.lfs``: ``auto`` (default: LFS for archives above the threshold
   when git-lfs is installed), ``always`` (every stored archive, installed or
   not: pushing and downloading then need git-lfs), ``never``;
-* ``gitpack.lfsThreshold``: bytes, with an optional ``k``/``m``/``g`` suffix
-  (default ``10m``).
+* ``gitpack.lfsThreshold``: a size as every gitpack size setting takes it
+  (:mod:`gitpack.sizes`: bytes, ``10m``, ``20MB``; default ``10m``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from . import progress
 from .errors import StoreError
 from .fsutil import removed_on_failure
 from .git import Repo, runner
-from .sizes import binary_size_text
+from .sizes import binary_size_text, setting
 
 SPEC = "https://git-lfs.github.com/spec/v1"
 POINTER_MAX = 1024  # git-lfs never reads a blob this large or larger as a pointer
@@ -58,7 +58,6 @@ INSTALL_HINT = "install git-lfs (`apt-get install git-lfs`, `brew install git-lf
 _POINTER_LINE = re.compile(r"([a-z0-9.\-]+) ([^\r\n]*)")
 _OID = re.compile(r"sha256:([0-9a-f]{64})")
 _SIZE = re.compile(r"(0|[1-9][0-9]{0,17})")
-_THRESHOLD = re.compile(r"\s*([0-9]+)\s*([kmg]?)\s*", re.IGNORECASE)
 
 
 class LfsError(StoreError):
@@ -112,6 +111,11 @@ def parse_pointer(data: bytes) -> Pointer | None:
     return Pointer(oid[1], int(size[1]))
 
 
+def read_pointer(repo: Repo, blob: str, size: int) -> Pointer | None:
+    """The pointer git blob *blob* (of *size* bytes) holds, or None when it holds the archive itself."""
+    return parse_pointer(repo.read_object(blob)[1]) if size < POINTER_MAX else None
+
+
 # ------------------------------------------------------------------ settings
 @dataclass(frozen=True)
 class Settings:
@@ -120,18 +124,11 @@ class Settings:
 
 
 def settings(repo: Repo) -> Settings:
-    """``gitpack.lfs`` and ``gitpack.lfsThreshold``; StoreError naming the setting when one is malformed."""
+    """``gitpack.lfs`` and ``gitpack.lfsThreshold``; an error naming the setting when one is malformed."""
     mode = (repo.config("gitpack.lfs") or "auto").strip().lower()
     if mode not in MODES:
         raise StoreError(f"git config gitpack.lfs is {mode!r}; set it to auto, always or never")
-    raw = repo.config("gitpack.lfsThreshold")
-    threshold = DEFAULT_THRESHOLD
-    if raw is not None:
-        m = _THRESHOLD.fullmatch(raw)
-        if m is None:
-            raise StoreError(f"git config gitpack.lfsThreshold is {raw!r}; give bytes, optionally with k, m or g "
-                             "(e.g. 10m)")
-        threshold = int(m[1]) << {"": 0, "k": 10, "m": 20, "g": 30}[m[2].lower()]
+    threshold = setting("gitpack.lfsThreshold", repo.config("gitpack.lfsThreshold"), DEFAULT_THRESHOLD)
     return Settings(mode, threshold)
 
 

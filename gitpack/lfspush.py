@@ -67,8 +67,7 @@ def archive_entry(repo: Repo, commit: str) -> tuple[str, int, lfs.Pointer | None
         return None
     blob = entries[0].sha
     size = repo.object_size(blob) or 0
-    pointer = lfs.parse_pointer(repo.read_object(blob)[1]) if size < lfs.POINTER_MAX else None
-    return blob, size, pointer
+    return blob, size, lfs.read_pointer(repo, blob, size)
 
 
 def move_into_lfs(repo: Repo, updates: list[Update], tracking: str) -> list[str]:
