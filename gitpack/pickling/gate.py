@@ -43,6 +43,7 @@ from .standins import (
     made_of,
     stand_in,
 )
+from .verdicts import short
 
 MAX_NESTING = 3  # pickles inside bytes arguments of refused calls, scanned for the report only
 NESTED_BUDGET = 8 << 20  # bytes of nested pickles one trace scans, all depths together
@@ -164,7 +165,7 @@ class Trace:
         why = self.policy.refusal(module, name)
         ref = Ref("global", module, name, None if why else self.policy.category(module, name), why)
         if why:
-            self.violations.append(f"global {_short(ref.dotted)} ({why})")
+            self.violations.append(f"global {short(ref.dotted)} ({why})")
         elif self.policy.user_allowed(module, name) and (module, name) not in self._user_allowed:
             self._user_allowed.add((module, name))
             self.deferred.append(Deferred("allowed-global", ref))  # resolving it checks it (Policy.find_class)
@@ -210,7 +211,7 @@ class Trace:
         if is_stand_in(target):
             ref = target._gate_ref
             what = "module" if ref.kind == "module" else "function" if ref.kind == "function" else "global"
-            self.violations.append(f"BUILD on the {what} {_short(ref.dotted)} itself (state is only ever set on "
+            self.violations.append(f"BUILD on the {what} {short(ref.dotted)} itself (state is only ever set on "
                                    "objects the pickle builds)")
             return
         record = made_of(target)
@@ -218,9 +219,9 @@ class Trace:
             self.violations.append("BUILD on an object the gate does not know")
             return
         if record.built:
-            self.violations.append(f"state set twice on {_short(_name(record))}")
+            self.violations.append(f"state set twice on {short(_name(record))}")
         if record.used_at is not None and record.used_at < seq:
-            self.violations.append(f"state set on {_short(_name(record))} after it was passed to another call")
+            self.violations.append(f"state set on {short(_name(record))} after it was passed to another call")
         record.built = True
         verdict = states.check_state(self, record, state)
         if verdict.problem:
@@ -232,7 +233,7 @@ class Trace:
         record = made_of(target)
         assert record is not None  # only _Made objects have the methods the C unpickler calls here
         if record.used_at is not None and record.used_at < seq:
-            self.violations.append(f"{_short(_name(record))} changed after it was passed to another call")
+            self.violations.append(f"{short(_name(record))} changed after it was passed to another call")
         record.mutations += 1
         verdict = states.check_mutation(self, record, how)
         if verdict.problem:
@@ -282,23 +283,23 @@ class Trace:
             code = source(ref.module)
             found = facts(code, ref.name) if code is not None else None
             if found is None:
-                self.violations.append(f"{_short(ref.dotted)}, which the snapshot's source of {_short(ref.module)} "
+                self.violations.append(f"{short(ref.dotted)}, which the snapshot's source of {short(ref.module)} "
                                        "does not define (refusing to import it)")
             elif {"class": "function", "function": "class"}.get(ref.kind) == found.kind:
-                self.violations.append(f"{_short(ref.dotted)} named as a {ref.kind} but defined as a {found.kind}")
+                self.violations.append(f"{short(ref.dotted)} named as a {ref.kind} but defined as a {found.kind}")
             else:
                 defined_in.add(ref.module)
         for module, qualname, _ in self.functions:
             code = source(module)
             top = qualname.split(".")[0]  # a lambda at module level has no name to look up: its line decides
             if code is None or (top != "<lambda>" and facts(code, top) is None):
-                self.violations.append(f"a function rebuilt from {_short(module)}:{_short(qualname)}, which the "
+                self.violations.append(f"a function rebuilt from {short(module)}:{short(qualname)}, which the "
                                        "snapshot's source does not define")
             else:
                 defined_in.add(module)
         for ref in self.refs:
             if ref.kind == "module" and ref.module not in defined_in:
-                self.violations.append(f"a reference to snapshot module {_short(ref.module or '?')} while the pickle "
+                self.violations.append(f"a reference to snapshot module {short(ref.module or '?')} while the pickle "
                                        "uses nothing defined in it (importing it would only run its top level)")
 
     # ---------------------------------------------------------------- the checks that need classes
@@ -338,11 +339,6 @@ def _direct(args: tuple, kwargs: dict):
 
 def _name(record: Made) -> str:
     return record.cls.dotted if record.cls is not None else record.callee.dotted
-
-
-def _short(text: str, limit: int = 120) -> str:
-    text = text.encode("ascii", "backslashreplace").decode()
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _unique_deferred(items: list[Deferred]) -> list[Deferred]:

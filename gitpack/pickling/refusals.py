@@ -14,14 +14,12 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from .verdicts import short
+
 MAX_GLOBALS = 100  # refused globals named in one message (a forged pickle may name thousands)
 MAX_OTHER = 6  # other refused constructs named in one message
+NAME_LIMIT = 160  # characters of one global's name in a message
 _NEVER_PACKAGES = frozenset({"builtins", "dill", "__main__", "gitpack"})
-
-
-def _short(text: str, limit: int = 160) -> str:
-    text = text.encode("ascii", "backslashreplace").decode()
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _unique(items: list[str]) -> list[str]:
@@ -31,7 +29,7 @@ def _unique(items: list[str]) -> list[str]:
 def problems(trace: Any) -> tuple[list[str], list[str]]:
     """(``global X (why)`` for every refused global, every other refused construct), each once, in order."""
     refused = [r for r in trace.refs if r.kind == "global" and r.refused]
-    names = _unique([f"global {_short(r.dotted)} ({r.refused})" for r in refused])
+    names = _unique([f"global {short(r.dotted, NAME_LIMIT)} ({r.refused})" for r in refused])
     others = ([f"malformed pickle ({trace.error})"] if trace.error else []) + \
         [v for v in _unique(trace.violations) if v not in names]
     return names, others
@@ -47,8 +45,8 @@ def summary(trace: Any) -> str | None:
     for r in trace.refs:
         if r.kind == "global" and r.refused:
             listed = by_reason.setdefault(r.refused, [])
-            if _short(r.dotted) not in listed:
-                listed.append(_short(r.dotted))
+            if short(r.dotted, NAME_LIMIT) not in listed:
+                listed.append(short(r.dotted, NAME_LIMIT))
     shown = []
     for why, dotted in by_reason.items():
         more = f", and {len(dotted) - MAX_GLOBALS} more (gitpack scan lists them all)" \

@@ -45,9 +45,11 @@ def refuse(problem: str) -> Verdict:
     return Verdict(problem)
 
 
-def short(text: Any) -> str:
+def short(text: Any, limit: int = SHORT) -> str:
+    """*text* for a message: ASCII (anything else escaped, so a pickle's names cannot drive a terminal) and at
+    most *limit* characters."""
     text = str(text).encode("ascii", "backslashreplace").decode()
-    return text if len(text) <= SHORT else text[: SHORT - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def is_dunder(key: Any) -> bool:
