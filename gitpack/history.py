@@ -103,10 +103,8 @@ def where_to_fetch(repo, manifest: dict[str, Any]) -> str:
                for name in remotes[:MAX_REMOTES] if branches]
     having, unanswered = [], []
     deadline = time.monotonic() + LS_REMOTE_SECONDS
-    for name, proc in started:
-        while proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if proc.poll() is None:
+    for name, proc in started:  # all asked at once, so one deadline bounds the wait for every remote
+        if not proc.exits_within(deadline - time.monotonic()):
             proc.popen.kill()
             unanswered.append(name)
         try:

@@ -175,6 +175,14 @@ class Process:
     def wait(self) -> int:
         return self.popen.wait()
 
+    def exits_within(self, seconds: float) -> bool:
+        """Wait at most *seconds* for git to exit; whether it did (for commands that must not hold a caller)."""
+        try:
+            self.popen.wait(timeout=max(0.0, seconds))
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
 
 def start(args: Sequence[str], *, cwd: str | os.PathLike, env: dict[str, str] | None = None, stdin: bool = False,
           stderr: bool = True) -> Process:
