@@ -491,3 +491,16 @@ def test_pointer_parsing_is_strict(text, expected):
     assert parse_pointer(text.encode("latin-1")) == expected
     if expected is not None and "ext-" not in text:
         assert expected.text() == text  # canonical: what git lfs writes
+
+
+def test_the_lfs_threshold_takes_sizes_as_every_size_setting_does(tmp_path):
+    """gitpack.lfsThreshold had a parser of its own that refused decimal units (``20MB``); it reads sizes as
+    gitpack.sizecap and gitpack.cacheMaxSize do."""
+    from gitpack import lfs
+    from gitpack.git import Repo
+
+    repo = init_repo(tmp_path / "repo")
+    for value, expected in (("20MB", 20_000_000), ("10m", 10 << 20), ("1.5k", 1536), ("4096", 4096)):
+        git(repo, "config", "gitpack.lfsThreshold", value)
+        with Repo.discover(repo) as r:
+            assert lfs.settings(r).threshold == expected
