@@ -33,7 +33,6 @@ import functools
 import hashlib
 import os
 import re
-import sys
 import tempfile
 import threading
 import time
@@ -319,9 +318,7 @@ def _batches(items: list[str], size: int = 500) -> Iterator[list[str]]:
 
 def _transfer(repo: Repo, args: list[str], description: str, total: int) -> tuple[bool, str]:
     """Run a git-lfs transfer; a bar follows its ``GIT_LFS_PROGRESS`` file.  Returns (succeeded, its reason)."""
-    env = {"LC_ALL": "C", "LANGUAGE": "C"}
-    if not sys.stdin or not sys.stdin.isatty():
-        env["GIT_TERMINAL_PROMPT"] = "0"  # no password prompt that nobody can answer
+    env = runner.network_env()
     if not progress.wanted(total):
         result = runner.run(args, cwd=repo.root, env=env, check=False)
         return result.returncode == 0, _detail(result.stderr.decode("utf-8", "replace"))

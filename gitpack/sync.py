@@ -38,7 +38,6 @@ import io
 import os
 import random
 import re
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -193,9 +192,7 @@ class _Result:
 def _network(repo: Repo, args: list[str], description: str, *, bar: bool = True) -> _Result:
     """Run a network git command; on a terminal, its phases drive one rich bar."""
     show = bar and progress.wanted(None)
-    env = dict(os.environ, LC_ALL="C", LANGUAGE="C")
-    if not sys.stdin or not sys.stdin.isatty():
-        env["GIT_TERMINAL_PROMPT"] = "0"
+    env = dict(os.environ, **runner.network_env())
     cmd = list(args)
     for verb in ("fetch", "push"):
         if show and verb in cmd:

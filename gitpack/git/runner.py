@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -87,6 +88,15 @@ def _env(extra: dict[str, str] | None) -> dict[str, str] | None:
         return None
     env = dict(os.environ)
     env.update(extra)
+    return env
+
+
+def network_env() -> dict[str, str]:
+    """The environment of a command that talks to a remote: C messages (gitpack reads git's and git-lfs's
+    reasons), and no password prompt when stdin is not a terminal, since nobody could answer it."""
+    env = {"LC_ALL": "C", "LANGUAGE": "C"}
+    if not sys.stdin or not sys.stdin.isatty():
+        env["GIT_TERMINAL_PROMPT"] = "0"
     return env
 
 
