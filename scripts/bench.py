@@ -41,7 +41,6 @@ import gc
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,7 @@ from pathlib import Path
 
 import bench_imports
 import bench_objects
+from benchtable import Table, fmt_b, fmt_s, median
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
@@ -82,10 +82,6 @@ def build(width=2048, depth=24):
 
 
 # --------------------------------------------------------------------------- helpers
-def median(xs):
-    return statistics.median(xs) if xs else float("nan")
-
-
 def run(args, cwd, env=None, check=True, capture=True):
     full = dict(os.environ)
     full.update(QUIET)
@@ -557,14 +553,6 @@ def child_save_app(work: Path) -> dict:
 
 
 # --------------------------------------------------------------------------- driver
-def fmt_s(x: float) -> str:
-    return f"{x * 1000:.1f} ms" if x < 1 else f"{x:.3f} s"
-
-
-def fmt_b(x: float) -> str:
-    return f"{x / 2**20:.0f} MiB"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small model and repository, 3 runs: under a minute")
@@ -688,10 +676,8 @@ def report(work: Path, size: dict, runs: int, n_files: int, quick: bool) -> None
     def ratio(a, b):
         return a / b if b else float("nan")
 
-    rows = []
-
-    def row(what, ours, theirs, value, target, met):
-        rows.append((what, ours, theirs, value, target, "yes" if met else "NO" if met is not None else ""))
+    table = Table()
+    row = table.row
 
     r_save = ratio(T["save:gitpack"], T["save:torch-durable"])
     row("gitpack.save (snapshot incl.) vs durable torch.save", fmt_s(T["save:gitpack"]), fmt_s(T["save:torch-durable"]),
@@ -741,13 +727,7 @@ def report(work: Path, size: dict, runs: int, n_files: int, quick: bool) -> None
           f"medians of {runs} runs, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"torch {__import__('torch').__version__}, {run(['git', '--version'], work).stdout.strip()}")
     print()
-    header = ("what", "gitpack", "baseline", "ratio", "target", "met")
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(6)]
-    line = " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
-    print("| " + line + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+    table.print()
 
     print("\nreference (medians):")
     for k in ("save:gitpack", "save:torch-durable", "save:torch", "save:dill", "load:gitpack", "load:torch",

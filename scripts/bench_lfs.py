@@ -27,12 +27,13 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchtable import Table, fmt_b, fmt_s, median
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
@@ -136,10 +137,6 @@ def measure(args, cwd, env=None) -> dict:
 
 def python_json(code: str, cwd, *args, env=None) -> dict:
     return json.loads(run([sys.executable, "-c", code, *args], cwd, env).stdout.strip().splitlines()[-1])
-
-
-def median(xs):
-    return statistics.median(xs) if xs else float("nan")
 
 
 class Host:
@@ -295,14 +292,6 @@ def load_rows(a: Path, remotes, runs: int, oid: str, tag: str, warm: bool) -> di
     return out
 
 
-def fmt_s(x: float) -> str:
-    return f"{x:.2f} s" if x >= 1 else f"{x * 1000:.0f} ms"
-
-
-def fmt_b(x: float) -> str:
-    return f"{x / 2**20:.0f} MiB"
-
-
 def report(work: Path, size_mb: int, runs: int) -> None:
     def note(text: str) -> None:
         print(f"... {text}", file=sys.stderr, flush=True)
@@ -311,10 +300,8 @@ def report(work: Path, size_mb: int, runs: int) -> None:
     a, save_seconds = make_project(work, size_mb)
     pointer = git(a, "cat-file", "blob", "refs/gitpack/artifacts/big/v1:archive.gitpack").split()
     oid, size = pointer[pointer.index("oid") + 1].removeprefix("sha256:"), int(pointer[pointer.index("size") + 1])
-    rows: list[tuple] = []
-
-    def row(what, ours, theirs, value, target, met):
-        rows.append((what, ours, theirs, value, target, "" if met is None else "yes" if met else "NO"))
+    table = Table()
+    row = table.row
 
     transports = []
     try:
@@ -375,12 +362,7 @@ def report(work: Path, size_mb: int, runs: int) -> None:
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {git(work, 'lfs', 'version')}, "
           f"{git(work, 'version')}")
     print()
-    header = ("what", "gitpack", "baseline", "ratio", "target", "met")
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(6)]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+    table.print()
     print("\nreference:")
     print(f"  gitpack save --name of the model (into LFS, incl. Python and torch start-up): {fmt_s(save_seconds)}")
     for key, values in measured.items():

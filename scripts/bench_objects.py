@@ -18,10 +18,11 @@ another object, add its class to :data:`SOURCE` and a line to :data:`OBJECTS`.
 from __future__ import annotations
 
 import gc
-import statistics
 import sys
 import time
 from pathlib import Path
+
+from benchtable import median
 
 MODULE = "bench_objects_model"
 SOURCE = '''\
@@ -60,10 +61,6 @@ GATE_TARGET = 0.2
 
 def write_source(repo: Path) -> None:
     (repo / f"{MODULE}.py").write_text(SOURCE)
-
-
-def _median(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
 
 
 def _gate_and_unpickle(path: Path) -> tuple[float, float]:
@@ -137,7 +134,7 @@ def _measure_one(key: str, obj, out: Path, runs: int) -> dict:
 def rows(measured: dict, row, fmt_s) -> None:
     """Add the table's lines through bench.py's ``row(what, ours, theirs, value, target, met)``."""
     for key, (_, _, _, what) in OBJECTS.items():
-        m = {k: _median(v) for k, v in measured[key]["times"].items()}
+        m = {k: median(v) for k, v in measured[key]["times"].items()}
         save_target, load_target = TARGETS[key]
         r = m["save:gitpack"] / m["save:torch"]
         row(f"{what}: gitpack.save vs torch.save", fmt_s(m["save:gitpack"]), fmt_s(m["save:torch"]), f"{r:.2f}x",
@@ -146,7 +143,7 @@ def rows(measured: dict, row, fmt_s) -> None:
         row(f"{what}: gitpack.load (verifying) vs torch.load", fmt_s(m["load:gitpack"]), fmt_s(m["load:torch"]),
             f"{r:.2f}x", f"<= {load_target}x", r <= load_target)
     for key, (_, _, _, what) in OBJECTS.items():
-        g, u = _median(measured[key]["gate"]), _median(measured[key]["unpickle"])
+        g, u = median(measured[key]["gate"]), median(measured[key]["unpickle"])
         r = g / u if u else float("nan")
         row(f"{what}: trust gate vs the C unpickling it guards", fmt_s(g), fmt_s(u), f"{r:.2f}x",
             f"<= {GATE_TARGET}x", r <= GATE_TARGET)
@@ -157,6 +154,6 @@ def reference(measured: dict, fmt_s) -> list[str]:
     lines = []
     for key, data in measured.items():
         for name, xs in list(data["times"].items()) + [("gate", data["gate"]), ("unpickle", data["unpickle"])]:
-            lines.append(f"  {key + ' ' + name:<22} {fmt_s(_median(xs)):>10}   runs: "
+            lines.append(f"  {key + ' ' + name:<22} {fmt_s(median(xs)):>10}   runs: "
                          + ", ".join(f"{x * 1000:.0f}" for x in xs) + " ms")
     return lines
