@@ -318,6 +318,17 @@ def test_module_state_may_not_set_compiled_call_impl(project, tmp_path):
     expect_refused(project, tmp_path, asm.program(layer), use="obj('written by calling the layer')")
 
 
+def test_a_state_judged_once_as_data_is_judged_again_once_a_callable_exists(project, tmp_path):
+    """Calling the second ``nn.Linear`` writes the marker.  The gate judges a state whose values are all data by
+    its class and keys, once: thousands of layers give the same few.  A first Linear given
+    ``_compiled_call_impl = None`` (data, fine) makes that entry; the second gives the same key a partial of
+    ``save_text``.  A memo keyed on class and keys alone would pass it as already judged."""
+    linear = asm.glob("torch.nn.modules.linear", "Linear")
+    first = asm.build(asm.new(linear), asm.dct((asm.s("_compiled_call_impl"), asm.NONE)))
+    second = asm.build(asm.new(linear), asm.dct((asm.s("_compiled_call_impl"), _partial(_marker(tmp_path)))))
+    expect_refused(project, tmp_path, asm.program(asm.tup(first, second)), use="obj[1]('written by the layer')")
+
+
 def test_the_shadowing_check_is_not_deduplicated_away(project, tmp_path):
     """The second ``nn.Linear``'s ``forward`` is a partial of ``save_text``: calling it writes the marker.
     gate._unique_deferred keys Deferred checks by ``repr(detail)[:200]``; a first Linear given a harmless

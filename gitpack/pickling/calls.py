@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from . import columns
+from . import columns, tensorids
 from .policy import CLASS, RECONSTRUCTOR, TORCH_DTYPE_SIZES, TRUSTED, VALUE, VALUE_TYPE
 from .standins import Buffer, Deferred, Made, Ref, made_of, ref_of
 from .verdicts import (
@@ -48,8 +48,6 @@ from .verdicts import (
 # ----------------------------------------------------------------------------- persistent ids
 def persistent_ref(pid: Any, modules: frozenset[str] | None) -> tuple[Ref, str | None]:
     """The :class:`Ref` a persistent id stands for, and why it is refused (None when it is fine)."""
-    if type(pid) is tuple and len(pid) == 10 and pid[0] == "tensor":  # nearly every id of a model: first
-        return _tensor_ref(pid)
     if not isinstance(pid, tuple) or not pid or not isinstance(pid[0], str):
         return Ref("bad", name=short(repr(pid)[:60])), f"malformed persistent id {short(repr(pid)[:60])}"
     kind, rest = pid[0], pid[1:]
@@ -71,8 +69,8 @@ def persistent_ref(pid: Any, modules: frozenset[str] | None) -> tuple[Ref, str |
                 and LOCATION.fullmatch(location) and type(numel) is int and numel >= 0):
             return ref, f"malformed tensor storage reference {short(repr(pid))}"
         return ref, None
-    if kind == "tensor" and len(rest) == 9:
-        return _tensor_ref(pid)
+    if kind == tensorids.KIND and len(rest) == 9:
+        return tensor_ref(pid), tensorids.problem(pid)
     if kind == columns.KIND:
         ref = Ref("columns", name=str(pid[1])[:20] if len(pid) > 1 else "?", parts=())
         return ref, None if columns.is_valid(pid) else "malformed columns container"
@@ -81,32 +79,9 @@ def persistent_ref(pid: Any, modules: frozenset[str] | None) -> tuple[Ref, str |
     return Ref("bad", name=short(kind)), f"unknown persistent id kind {short(kind)!r}"
 
 
-def _tensor_ref(pid: tuple) -> tuple[Ref, str | None]:
-    """A ``("tensor", dtype, key, location, numel, offset, size, stride, requires_grad, kind)`` id: every field of
-    its type, and the view inside its storage."""
-    _, dtype, key, location, numel, offset, size, stride, requires_grad, what = pid
-    ref = Ref("tensor", name=str(key)[:40], parts=pid)
-    if not (dtype in TORCH_DTYPE_SIZES and isinstance(key, str) and isinstance(location, str)
-            and (location in _LOCATIONS_SEEN or _location_ok(location))
-            and type(numel) is int and numel >= 0 and type(offset) is int
-            and offset >= 0 and type(size) is tuple and type(stride) is tuple and is_shape(size)
-            and is_shape(stride) and len(size) == len(stride) and type(requires_grad) is bool
-            and what in ("tensor", "parameter")):
-        return ref, f"malformed tensor reference {short(repr(pid))}"
-    if not tensor_fits(numel, dtype, offset, size, stride, dtype):
-        return ref, "a tensor reference with a view beyond its storage (torch would grow the storage)"
-    return ref, None
-
-
-_LOCATIONS_SEEN: set[str] = set()  # device names already matched: "cpu", "cuda:0" (most tensors name one of a few)
-
-
-def _location_ok(location: str) -> bool:
-    if not LOCATION.fullmatch(location):
-        return False
-    if len(_LOCATIONS_SEEN) < 64:
-        _LOCATIONS_SEEN.add(location)
-    return True
+def tensor_ref(pid: tuple) -> Ref:
+    """The :class:`Ref` of a tensor id, for reports (the gate judges the ids themselves: :mod:`.tensorids`)."""
+    return Ref("tensor", name=str(pid[2])[:40], parts=pid)
 
 
 def _unrecorded(module: str, modules: frozenset[str] | None) -> str | None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import PolicyError
-from . import calls, classchecks, opcodes, refusals, states
+from . import calls, classchecks, opcodes, refusals, states, tensorids
 from .gcpause import gc_paused
 from .policy import Policy
 from .standins import (
@@ -39,11 +39,10 @@ from .standins import (
     StandInType,
     ValueStandIn,
     is_stand_in,
-    made_object,
     made_of,
     stand_in,
 )
-from .verdicts import short
+from .verdicts import ALLOWED, CALLABLE_KINDS, short
 
 MAX_NESTING = 3  # pickles inside bytes arguments of refused calls, scanned for the report only
 NESTED_BUDGET = 8 << 20  # bytes of nested pickles one trace scans, all depths together
@@ -68,10 +67,9 @@ class Trace:
     policy: Policy
     modules: frozenset[str] | None = None  # snapshot modules the manifest records as used (None: not checked)
     depth: int = 0
-    refs: list[Ref] = field(default_factory=list)  # every global and persistent id, in order
-    # every call the pickle makes: (callee, "call" or "new", whether it passes arguments).  The records of what
-    # the calls build are not kept past the dry run: the millions of objects a big pickle describes die with it
-    calls: list[tuple[Ref, str, bool]] = field(default_factory=list)
+    # every global and persistent id, in order; a tensor id as the pid tuple itself (a model names thousands: a
+    # Ref each is made only when a report asks, see refs)
+    named: list[Ref | tuple] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     deferred: list[Deferred] = field(default_factory=list)
     # repo lambdas rebuilt: (module, qualname, line)
@@ -82,13 +80,35 @@ class Trace:
     _seq: int = 0
     _data: bytes = b""  # the pickle, for opcode_count() (a load never asks: counting is a pass of its own)
     _stand_ins: dict = field(default_factory=dict)
+    _deferred_seen: set = field(default_factory=set)  # the deferred checks queued, to queue each once
+    states_checked: set = field(default_factory=set)  # (class, state keys) of all-data states, checked already
+    callables_built: int = 0  # objects the pickle built as functions, partials or methods so far
+    # How often the pickle calls each stand-in (see calls).  The records of what the calls build are not kept past
+    # the dry run: the millions of objects a big pickle describes die with it
+    _bare_calls: dict = field(default_factory=dict)  # (stand-in, how) -> [verdict, count], calls without arguments
+    _calls_with_arguments: dict = field(default_factory=dict)  # (stand-in, how) -> count
     _user_allowed: set = field(default_factory=set)  # globals --allow admits, each given one resolving check
     _budget: _NestedBudget | None = None  # what is left for nested pickles, shared by all depths
 
     # ---------------------------------------------------------------- results
     @property
+    def calls(self) -> dict[tuple[Ref, str, bool], int]:
+        """How often the pickle makes each call: (callee, "call" or "new", whether it passes arguments) -> count."""
+        out: dict[tuple[Ref, str, bool], int] = {}
+        for (callee, how), (_, n) in self._bare_calls.items():
+            out[callee._gate_ref, how, False] = out.get((callee._gate_ref, how, False), 0) + n
+        for (callee, how), n in self._calls_with_arguments.items():
+            out[callee._gate_ref, how, True] = out.get((callee._gate_ref, how, True), 0) + n
+        return out
+
+    @property
+    def refs(self) -> list[Ref]:
+        """Every global and persistent id the pickle names, in order."""
+        return [r if isinstance(r, Ref) else calls.tensor_ref(r) for r in self.named]
+
+    @property
     def globals(self) -> list[Ref]:
-        return [r for r in self.refs if r.kind == "global"]
+        return [r for r in self.named if type(r) is Ref and r.kind == "global"]
 
     @property
     def refused(self) -> list[Ref]:
@@ -97,8 +117,8 @@ class Trace:
     @property
     def storages(self) -> list[tuple]:
         """The storage persistent ids, in order (what load reads and verifies before unpickling)."""
-        return [r.parts if r.kind == "storage" else ("storage",) + r.parts[1:5]
-                for r in self.refs if r.kind in ("storage", "tensor")]
+        return [r.parts if isinstance(r, Ref) else ("storage",) + r[1:5]
+                for r in self.named if not isinstance(r, Ref) or r.kind == "storage"]
 
     def opcode_count(self) -> int:
         """How many opcodes the pickle holds (0 when the byte pass refused it); ``scan`` reports it."""
@@ -129,18 +149,9 @@ class Trace:
             return self
         self.violations += [f"opcode {what} (protocol 0/1 and extension opcodes gitpack never writes)"
                             for what in unwanted[:3]]
-        trace = self
-
-        class DryRun(pickle.Unpickler):
-            def find_class(self, module, name):
-                return trace._global(module, name)
-
-            def persistent_load(self, pid):
-                return trace._persistent(pid)
-
         try:
             with gc_paused():
-                DryRun(io.BytesIO(data), buffers=(Buffer() for _ in range(buffers))).load()
+                _DryRun(data, self, buffers).load()
         except RecursionError:
             self.error = "nested too deeply"
         except Exception as exc:  # the pickle machine's own complaint about malformed input
@@ -157,7 +168,7 @@ class Trace:
         if found is None:
             found = stand_in(ref, self)
             self._stand_ins[key] = found
-            self.refs.append(ref)
+            self.named.append(ref)
         return found
 
     def _global(self, module: Any, name: Any) -> StandInType:
@@ -172,51 +183,63 @@ class Trace:
         return self._stand_in(ref)
 
     def _persistent(self, pid: Any) -> Any:
+        if type(pid) is tuple and len(pid) == 10 and pid[0] == tensorids.KIND:  # nearly every id of a model
+            problem = tensorids.problem(pid)
+            if problem:
+                self.violations.append(problem)
+            self.named.append(pid)
+            return ValueStandIn("tensor", pid)
         ref, problem = calls.persistent_ref(pid, self.modules)
         if problem:
             self.violations.append(problem)
-        if ref.kind in ("storage", "tensor", "columns"):
-            self.refs.append(ref)
-            return ValueStandIn(ref)
+        if ref.kind in ("storage", "columns"):
+            self.named.append(ref)
+            return ValueStandIn(ref.kind, ref.parts, ref)
         return self._stand_in(ref)
 
     def _called(self, stand_in: StandInType, args: tuple, kwargs: dict, how: str) -> Any:
         callee = stand_in._gate_ref
-        made = Made(self, self._event(), callee, how, args, kwargs, cls=callee)
-        if args or kwargs:  # most calls a module pickle makes take none (OrderedDict(), NEWOBJ of a layer)
+        self._seq += 1
+        made = Made(self, self._seq, callee, how, args, kwargs, callee)
+        if args or kwargs:
             for value in _direct(args, kwargs):
                 record = made_of(value)
                 if record is not None and record.used_at is None:
                     record.used_at = made.seq
-        verdict = calls.check_call(self, made)
-        if verdict.problem:
-            self.violations.append(verdict.problem)
-        if verdict.deferred:
-            self.deferred.extend(verdict.deferred)
-        if verdict.result is not None:  # a reconstructor that returns a class (dill's _load_type, namedtuples)
-            return self._stand_in(verdict.result)
-        made.kind = verdict.kind
-        if verdict.cls is not None:
-            made.cls = verdict.cls
-        self.calls.append((callee, how, bool(args or kwargs)))
+            verdict = calls.check_call(self, made)
+            counts = self._calls_with_arguments
+            counts[stand_in, how] = counts.get((stand_in, how), 0) + 1
+        else:  # most calls a module pickle makes (OrderedDict(), NEWOBJ of a layer): judged by the callee alone
+            bare = self._bare_calls.get((stand_in, how))
+            if bare is None:
+                bare = self._bare_calls[stand_in, how] = [calls.check_call(self, made), 0]
+            bare[1] += 1
+            verdict = bare[0]
+        if verdict is not ALLOWED:
+            if verdict.problem:
+                self.violations.append(verdict.problem)
+            if verdict.deferred:
+                self._defer(verdict.deferred)
+            if verdict.result is not None:  # a reconstructor that returns a class (dill's _load_type, namedtuples)
+                return self._stand_in(verdict.result)
+            made.kind = verdict.kind
+            if verdict.kind in CALLABLE_KINDS:
+                self.callables_built += 1
+            if verdict.cls is not None:
+                made.cls = verdict.cls
         if callee.refused:
             if (callee.module, callee.name) == _BY_VALUE_CODE:
                 self.code.append(args)
             elif self.depth < MAX_NESTING:
                 self._scan_nested(args)
-        return made_object(made)
+        return made
 
     def _built(self, target: Any, state: Any) -> None:
-        seq = self._event()
-        if is_stand_in(target):
-            ref = target._gate_ref
-            what = "module" if ref.kind == "module" else "function" if ref.kind == "function" else "global"
-            self.violations.append(f"BUILD on the {what} {short(ref.dotted)} itself (state is only ever set on "
-                                   "objects the pickle builds)")
-            return
+        self._seq += 1
+        seq = self._seq
         record = made_of(target)
-        if record is None:  # the C unpickler only reaches stand-ins here
-            self.violations.append("BUILD on an object the gate does not know")
+        if record is None:
+            self._built_elsewhere(target)
             return
         if record.built:
             self.violations.append(f"state set twice on {short(_name(record))}")
@@ -226,19 +249,44 @@ class Trace:
         verdict = states.check_state(self, record, state)
         if verdict.problem:
             self.violations.append(verdict.problem)
-        self.deferred.extend(verdict.deferred)
+        if verdict.deferred:
+            self._defer(verdict.deferred)
+
+    def _built_elsewhere(self, target: Any) -> None:
+        """BUILD on something the pickle did not build: a global or persistent id's stand-in (the C unpickler
+        reaches nothing else), refused."""
+        if is_stand_in(target):
+            ref = target._gate_ref
+            what = "module" if ref.kind == "module" else "function" if ref.kind == "function" else "global"
+            self.violations.append(f"BUILD on the {what} {short(ref.dotted)} itself (state is only ever set on "
+                                   "objects the pickle builds)")
+        else:
+            self.violations.append("BUILD on an object the gate does not know")
 
     def _mutated(self, target: Any, how: str, items: tuple) -> None:
         seq = self._event()
         record = made_of(target)
-        assert record is not None  # only _Made objects have the methods the C unpickler calls here
+        assert record is not None  # only Made objects have the methods the C unpickler calls here
         if record.used_at is not None and record.used_at < seq:
             self.violations.append(f"{short(_name(record))} changed after it was passed to another call")
         record.mutations += 1
         verdict = states.check_mutation(self, record, how)
         if verdict.problem:
             self.violations.append(verdict.problem)
-        self.deferred.extend(verdict.deferred)
+        if verdict.deferred:
+            self._defer(verdict.deferred)
+
+    def _defer(self, items: list[Deferred]) -> None:
+        """Queue class checks, each once (a model of 10,000 layers makes the same few thousands of times)."""
+        seen = self._deferred_seen
+        for item in items:
+            try:
+                if item in seen:
+                    continue
+                seen.add(item)
+            except TypeError:  # a detail that cannot be hashed: kept (check_classes dedupes what is left)
+                pass
+            self.deferred.append(item)
 
     def _scan_nested(self, args: tuple) -> None:
         """Dry-run pickles passed as bytes to a refused call (the payload of a ``pickle.loads`` gadget), for the
@@ -277,7 +325,8 @@ class Trace:
                 sources[module] = source_for(module)
             return sources[module]
 
-        for ref in self.refs:
+        refs = [r for r in self.named if type(r) is Ref]
+        for ref in refs:
             if ref.kind not in ("class", "function", "legacy") or ref.module is None or ref.name is None:
                 continue
             code = source(ref.module)
@@ -297,7 +346,7 @@ class Trace:
                                        "snapshot's source does not define")
             else:
                 defined_in.add(module)
-        for ref in self.refs:
+        for ref in refs:
             if ref.kind == "module" and ref.module not in defined_in:
                 self.violations.append(f"a reference to snapshot module {short(ref.module or '?')} while the pickle "
                                        "uses nothing defined in it (importing it would only run its top level)")
@@ -309,6 +358,20 @@ class Trace:
             problem = classchecks.check_deferred(item, resolve(item.ref))
             if problem:
                 self.violations.append(problem)
+
+
+class _DryRun(pickle.Unpickler):
+    """CPython's C unpickler, every global and persistent id it meets answered by the trace's stand-ins."""
+
+    def __init__(self, data: bytes, trace: Trace, buffers: int):
+        super().__init__(io.BytesIO(data), buffers=(Buffer() for _ in range(buffers)))
+        self._trace = trace
+        # the trace's own method, called by the C unpickler for each of the thousands of tensor ids with no
+        # Python frame between (the base class's setter; a method defined here would shadow it)
+        self.persistent_load = trace._persistent  # type: ignore[method-assign]
+
+    def find_class(self, module: str, name: str) -> Any:
+        return self._trace._global(module, name)
 
 
 def trace(

@@ -57,6 +57,7 @@ _MEMOIZE = 0x94
 _STOP = ord(".")
 _BIG_INTS = {ord("I"), ord("L"), 0x8A, 0x8B}  # INT, LONG, LONG1, LONG4: ints beyond BININT's 32 bits
 MAX_BIG_INTS = 10_000
+_COMMONEST = (ord("h"), ord("K"))  # BINGET, BININT1: a model pickle's commonest opcodes after MEMOIZE
 _SHORT = 64  # short strings up to this length are skipped by the regex; longer ones by one step of the walk
 
 
@@ -69,7 +70,7 @@ def _fast_pattern() -> tuple[re.Pattern[bytes], re.Pattern[bytes]]:
     tokenizes a run the same way, to count it; ``MEMOIZE`` (counted: a later ``PUT`` index is checked against
     it) is its one group."""
     plain, fixed, short = [], [], []
-    for code, (how, n) in sorted(_TABLE.items()):
+    for code, (how, n) in sorted(_TABLE.items(), key=lambda item: (item[0] not in _COMMONEST, item[0])):
         if code in _REFUSED or code in _MEMO_WRITE or code in _BIG_INTS or code in (_STOP, _MEMOIZE):
             continue
         op = re.escape(bytes([code]))
@@ -80,7 +81,10 @@ def _fast_pattern() -> tuple[re.Pattern[bytes], re.Pattern[bytes]]:
         elif how == _ARG_PREFIXED and n == 1:
             lengths = b"|".join(re.escape(bytes([k])) + (b".{%d}" % k if k else b"") for k in range(_SHORT + 1))
             short.append(op + b"(?:" + lengths + b")")
-    others = b"[" + b"".join(plain) + b"]|" + b"|".join(fixed + short)
+    # sre tries the branches in order (their first bytes differ, so the order never changes a match): the
+    # commonest first
+    commonest = len([code for code in _COMMONEST if _TABLE[code][0] == _ARG_FIXED])
+    others = b"|".join(fixed[:commonest] + [b"[" + b"".join(plain) + b"]"] + fixed[commonest:] + short)
     # The run is possessive and has no group: sre then matches it about 8 times faster (no backtracking state).
     run = re.compile(b"(?:\x94|" + others + b")*+", re.DOTALL)
     return run, re.compile(b"(\x94)|" + others, re.DOTALL)

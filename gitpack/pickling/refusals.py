@@ -28,7 +28,7 @@ def _unique(items: list[str]) -> list[str]:
 
 def problems(trace: Any) -> tuple[list[str], list[str]]:
     """(``global X (why)`` for every refused global, every other refused construct), each once, in order."""
-    refused = [r for r in trace.refs if r.kind == "global" and r.refused]
+    refused = trace.refused
     names = _unique([f"global {short(r.dotted, NAME_LIMIT)} ({r.refused})" for r in refused])
     others = ([f"malformed pickle ({trace.error})"] if trace.error else []) + \
         [v for v in _unique(trace.violations) if v not in names]
@@ -42,11 +42,10 @@ def summary(trace: Any) -> str | None:
     if not names and not others:
         return None
     by_reason: dict[str, list[str]] = {}
-    for r in trace.refs:
-        if r.kind == "global" and r.refused:
-            listed = by_reason.setdefault(r.refused, [])
-            if short(r.dotted, NAME_LIMIT) not in listed:
-                listed.append(short(r.dotted, NAME_LIMIT))
+    for r in trace.refused:
+        listed = by_reason.setdefault(r.refused, [])
+        if short(r.dotted, NAME_LIMIT) not in listed:
+            listed.append(short(r.dotted, NAME_LIMIT))
     shown = []
     for why, dotted in by_reason.items():
         more = f", and {len(dotted) - MAX_GLOBALS} more (gitpack scan lists them all)" \
@@ -61,15 +60,15 @@ def summary(trace: Any) -> str | None:
 
 def allow_flags(trace: Any) -> list[str]:
     """``--allow module:Name`` for every refused global that names a plain attribute of a module."""
-    return _unique([f"--allow {r.module}:{r.name}" for r in trace.refs
-                    if r.kind == "global" and r.refused and r.module and r.name and "." not in r.name
+    return _unique([f"--allow {r.module}:{r.name}" for r in trace.refused
+                    if r.module and r.name and "." not in r.name
                     and "not on the allowlist" in r.refused])
 
 
 def class_like_packages(trace: Any) -> list[str]:
     """Top-level packages whose refused globals the pickle uses only as classes are used (built empty with
     NEWOBJ, or held as values): a package-level allow would admit them.  Never the standard library's."""
-    refused = [r for r in trace.refs if r.kind == "global" and r.refused and r.module]
+    refused = [r for r in trace.refused if r.module]
     tops = _unique([r.module.split(".")[0] for r in refused])
     called = set()
     for callee, how, with_arguments in trace.calls:
@@ -82,7 +81,7 @@ def class_like_packages(trace: Any) -> list[str]:
 
 def hint(trace: Any) -> str:
     """What to do: ``--trust`` for code and dill constructors, else the flags (and the package alternative)."""
-    refused = [r for r in trace.refs if r.kind == "global" and r.refused]
+    refused = trace.refused
     if any((r.module or "").startswith("dill") for r in refused) or trace.code:
         return "; it carries code or dill constructors: load it only if you trust its author (--trust / trust=True)"
     names, others = problems(trace)

@@ -2,9 +2,9 @@
 
 The dry run (:mod:`gitpack.pickling.gate`) hands the C unpickler these instead of real
 objects.  A stand-in for a global is a *class* (so NEWOBJ, which requires a
-type, works on it) whose metaclass records REDUCE and BUILD; an object the
-pickle builds is a :class:`_Made` that records BUILD, SETITEM, APPEND and ADD.
-Each keeps a record (:class:`Ref`, :class:`Made`) that :mod:`gitpack.pickling.calls`
+type, works on it) whose metaclass records REDUCE and BUILD, with a :class:`Ref`
+naming it; an object the pickle builds is a :class:`Made`, which records BUILD,
+SETITEM, APPEND and ADD and is itself the record :mod:`gitpack.pickling.calls`
 judges.  None of them can do anything but record: no real class, function or
 module is ever reached.
 """
@@ -36,6 +36,13 @@ class Ref:
     category: str | None = None
     refused: str | None = None  # why the policy refuses this global
     parts: tuple = ()  # a persistent id as the pickle wrote it
+
+    def __hash__(self) -> int:  # computed once: the gate dedupes its deferred checks by the Ref they name
+        found = self.__dict__.get("_hash")
+        if found is None:
+            found = hash((self.kind, self.module, self.name, self.category, self.refused, self.parts))
+            object.__setattr__(self, "_hash", found)
+        return found
 
     @cached_property
     def dotted(self) -> str:  # computed once: the gate asks for it at every call and BUILD it judges
@@ -77,51 +84,51 @@ def _new(cls, *args, **kwargs):  # NEWOBJ / NEWOBJ_EX: cls.__new__(cls, *args, *
     return cls._gate_trace._called(cls, args, kwargs, "new")
 
 
-class _Made:
-    """Stand-in for an object the pickle builds (by calling a stand-in); records what is done to it."""
-
-    __slots__ = ("_gate_record",)
-    _gate_record: Made  # set by made_object() right after construction
-
-    def __setstate__(self, state):  # BUILD
-        self._gate_record.trace._built(self, state)
-
-    def __setitem__(self, key, value):  # SETITEM(S) on something that is not a plain dict
-        self._gate_record.trace._mutated(self, "setitem", (key, value))
-
-    def append(self, item):  # APPEND(S) on something that is not a plain list (when it has no extend)
-        self._gate_record.trace._mutated(self, "append", (item,))
-
-    def extend(self, items):
-        self._gate_record.trace._mutated(self, "extend", tuple(items))
-
-    def add(self, item):  # ADDITEMS on something that is not a set
-        self._gate_record.trace._mutated(self, "add", (item,))
-
-    def __repr__(self) -> str:
-        r = self._gate_record
-        return f"<{r.cls.dotted if r.cls else '?'} built by the pickle>"
-
-
 class Buffer(bytes):
     """Stand-in for an out-of-band buffer (pickle protocol 5) during the dry run; holds no data."""
 
 
-@dataclass(eq=False)
 class Made:
-    """What the gate knows of one object the pickle builds."""
+    """An object the pickle builds (by calling a stand-in): what the gate knows of it, and what the C unpickler
+    holds in its place, recording the BUILD, SETITEM, APPEND and ADD done to it.
 
-    trace: Any  # the recording Trace
-    seq: int  # position in the trace's event order
-    callee: Ref  # what was called (for NEWOBJ: the class)
-    how: str  # "call" (REDUCE) or "new" (NEWOBJ)
-    args: tuple
-    kwargs: dict
-    cls: Ref | None = None  # the class of the result, when known (what BUILD and mutation rules apply to)
-    kind: str = "instance"  # "instance", or what a reconstructor returns: "tensor", "ndarray", "dtype", ...
-    built: bool = False
-    used_at: int | None = None  # first time it was passed to a call
-    mutations: int = 0
+    One slotted object for both: a model pickle builds tens of thousands, and the gate must cost a fraction
+    of the unpickling it guards.
+    """
+
+    __slots__ = ("trace", "seq", "callee", "how", "args", "kwargs", "cls", "kind", "built", "used_at", "mutations")
+
+    def __init__(self, trace: Any, seq: int, callee: Ref, how: str, args: tuple, kwargs: dict,
+                 cls: Ref | None = None):
+        self.trace = trace  # the recording Trace
+        self.seq = seq  # position in the trace's event order
+        self.callee = callee  # what was called (for NEWOBJ: the class)
+        self.how = how  # "call" (REDUCE) or "new" (NEWOBJ)
+        self.args = args
+        self.kwargs = kwargs
+        self.cls = cls  # the class of the result, when known (what BUILD and mutation rules apply to)
+        self.kind = "instance"  # "instance", or what a reconstructor returns: "tensor", "ndarray", "dtype", ...
+        self.built = False
+        self.used_at: int | None = None  # first time it was passed to a call
+        self.mutations = 0
+
+    def __setstate__(self, state):  # BUILD
+        self.trace._built(self, state)
+
+    def __setitem__(self, key, value):  # SETITEM(S) on something that is not a plain dict
+        self.trace._mutated(self, "setitem", (key, value))
+
+    def append(self, item):  # APPEND(S) on something that is not a plain list (when it has no extend)
+        self.trace._mutated(self, "append", (item,))
+
+    def extend(self, items):
+        self.trace._mutated(self, "extend", tuple(items))
+
+    def add(self, item):  # ADDITEMS on something that is not a set
+        self.trace._mutated(self, "add", (item,))
+
+    def __repr__(self) -> str:
+        return f"<{self.cls.dotted if self.cls else '?'} built by the pickle>"
 
 
 @dataclass(frozen=True)
@@ -135,26 +142,29 @@ class Deferred:
 
 class ValueStandIn:
     """Stand-in for a persistent id that is plain data once loaded (a storage, a tensor, a columns container):
-    a value only, never called, filled or given state."""
+    a value only, never called, filled or given state.  A tensor's :class:`Ref` is made only when something
+    asks for it (a model names thousands of tensors; the gate's rules ask for a few)."""
 
-    __slots__ = ("ref",)
+    __slots__ = ("kind", "pid", "_ref")
 
-    def __init__(self, ref: Ref):
-        self.ref = ref
+    def __init__(self, kind: str, pid: tuple, ref: Ref | None = None):
+        self.kind = kind
+        self.pid = pid
+        self._ref = ref
+
+    @property
+    def ref(self) -> Ref:
+        if self._ref is None:
+            self._ref = Ref(self.kind, name=str(self.pid[2])[:40], parts=self.pid)
+        return self._ref
 
     def __repr__(self) -> str:
-        return f"<{self.ref.kind} {self.ref.name}>"
+        return f"<{self.kind} {self.ref.name}>"
 
 
 def stand_in(ref: Ref, recorder: Any) -> StandInType:
     """A new stand-in class for *ref*, whose calls and state go to *recorder*."""
     return StandInType(f"stand-in {ref.dotted}", (), {"__new__": _new, "_gate_ref": ref, "_gate_trace": recorder})
-
-
-def made_object(record: Made) -> _Made:
-    obj = _Made()
-    obj._gate_record = record
-    return obj
 
 
 def is_stand_in(value: Any) -> TypeGuard[StandInType]:
@@ -171,7 +181,7 @@ def ref_of(value: Any) -> Ref | None:
 
 
 def made_of(value: Any) -> Made | None:
-    """The :class:`Made` record of an object the pickle built (else None)."""
-    return value._gate_record if type(value) is _Made else None
+    """*value* when it is an object the pickle built (else None)."""
+    return value if type(value) is Made else None
 
 

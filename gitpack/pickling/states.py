@@ -15,9 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 from .policy import CLASS, TRUSTED
-from .standins import Buffer, Deferred, Made, made_object, ref_of
+from .standins import Buffer, Deferred, Made, ValueStandIn, ref_of
 from .verdicts import (
+    ALLOWED,
     DTYPE_OBJECT_FLAGS,
+    NEVER_CALLABLE,
     Verdict,
     callable_value,
     dtype_itemsize,
@@ -30,8 +32,12 @@ from .verdicts import (
     state_keys,
 )
 
-
 # ----------------------------------------------------------------------------- state (BUILD)
+# What a state value's type alone says is data (value_kind): an object the pickle built is data unless it was
+# built as a function, which the trace counts (callables_built); a list is looked into (str-lists)
+_DATA_VALUES = frozenset(NEVER_CALLABLE) | {Made, ValueStandIn}
+
+
 def check_state(trace: Any, made: Made, state: Any) -> Verdict:
     """Judge one BUILD on an object the pickle built."""
     cls = made.cls
@@ -45,11 +51,23 @@ def check_state(trace: Any, made: Made, state: Any) -> Verdict:
     if special is not None:
         return special(made, state)
     if cls.kind in ("class", "legacy") or (cls.kind == "global" and cls.category == CLASS):
+        # A model's layers give a few states thousands of times, and the gate must cost a fraction of the
+        # unpickling: a state whose values are all data (no object the pickle built is callable yet) is
+        # decided by its class and keys, checked once.  Exact: a tuple equal to one of only str keys holds
+        # only those str.
+        seen = trace.states_checked
+        key = None
+        if type(state) is dict and not trace.callables_built and _DATA_VALUES.issuperset(map(type, state.values())):
+            key = (cls, tuple(state))
+            if key in seen:
+                return ALLOWED
         items = state_items(state)
         if items is None:
             if cls.kind in ("class", "legacy"):
                 return Verdict(deferred=[Deferred("custom-state", cls)])
             return refuse(f"state of {short(cls.dotted)} that is not plain attribute data (a dict of names)")
+        if key is not None:
+            seen.add(key)
         return Verdict(deferred=[Deferred("state", cls, items)])
     return refuse(f"BUILD on {short(cls.dotted)}, which takes no state")
 
@@ -61,7 +79,7 @@ def _dtype_state(made: Made, state: Any) -> Verdict:
     ok = type(state) is tuple and len(state) in (8, 9) and state[0] in (3, 4) and state[1] in ("<", ">", "|", "=") \
         and all(type(x) is int for x in state[5:8]) and not state[7] & DTYPE_OBJECT_FLAGS
     if ok:
-        code_size = dtype_itemsize(made_object(made))
+        code_size = dtype_itemsize(made)
         elsize = state[5]
         size = elsize if elsize > 0 else code_size
         ok = code_size is not None and (elsize == -1 or elsize > 0) and (not code_size or elsize in (-1, code_size))

@@ -23,6 +23,7 @@ SAFE_DTYPE = re.compile(r"^[<>|=]?([?bBhHiIlLqQpPefdgFDG]|[iufcb][1248]|c16|f16|
 DTYPE_OBJECT_FLAGS = 0x01 | 0x02 | 0x04  # numpy's NPY_ITEM_REFCOUNT, NPY_LIST_PICKLE, NPY_ITEM_IS_POINTER
 PLAIN = (type(None), bool, int, float, complex, str, bytes)
 CONTAINERS = (list, tuple, dict, set, frozenset)
+CALLABLE_KINDS = ("function", "partial", "method")  # what an object the pickle builds is when it can be called
 TENSOR_RECONSTRUCTORS = {"_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3"}
 SHORT = 120
 
@@ -71,7 +72,7 @@ def callable_value(value: Any) -> bool:
         return ref.kind in ("function", "class", "legacy", "result") or \
             (ref.kind == "global" and ref.category in (VALUE, CLASS, VALUE_TYPE, TRUSTED))
     made = made_of(value)
-    return made is not None and made.kind in ("function", "partial", "method")
+    return made is not None and made.kind in CALLABLE_KINDS
 
 
 def is_storage_ref(value: Any) -> bool:
@@ -131,14 +132,17 @@ def tensor_fits(numel: int, storage_dtype: str, offset: int, size: tuple, stride
     return (offset + extent) * item <= numel * storage_item
 
 
-_NEVER_CALLABLE = frozenset(PLAIN + (dict, tuple, set, frozenset))
+NEVER_CALLABLE = frozenset(PLAIN + (dict, tuple, set, frozenset))
 
 
 def value_kind(value: Any) -> str:
     """What a state value is, as far as the class checks care: ``callable`` (a function, class, partial or
     method the pickle names or builds), ``str-lists`` (a list of lists of str), or ``data``."""
-    if type(value) in _NEVER_CALLABLE:  # most attribute values: no stand-in is ever of these exact types
+    if type(value) in NEVER_CALLABLE:  # most attribute values: no stand-in is ever of these exact types
         return "data"
+    made = made_of(value)
+    if made is not None:  # an object the pickle built: callable only if it was built as a function
+        return "callable" if made.kind in CALLABLE_KINDS else "data"
     if callable_value(value):
         return "callable"
     if type(value) is list and value and all(type(v) is list and v and all(type(x) is str for x in v) for v in value):
@@ -160,9 +164,28 @@ def _good_key(key: Any) -> bool:
 
 
 def state_items(state: Any) -> tuple[tuple[str, str], ...] | None:
-    """``(key, value kind)`` for every attribute a dict or ``(dict, slots)`` state sets (:func:`value_kind`);
-    None when it is not that shape or a key is not a plain, non-dunder name.  Slot state must name slots:
-    the class checks refuse it on anything else."""
+    """``(key, value kind)`` for every attribute a dict or ``(dict, slots)`` state sets (:func:`value_kind`),
+    sorted by key; None when it is not that shape or a key is not a plain, non-dunder name.  Slot state must
+    name slots: the class checks refuse it on anything else."""
+    if type(state) is not dict:
+        return _state_items(state)
+    # A model's modules give states of a few shapes, thousands of times: the answer for keys and kinds seen
+    # before is looked up, never recomputed (exact: a tuple equal to one of only str keys holds only those str)
+    kinds = tuple([_DATA.get(type(value)) or value_kind(value) for value in state.values()])
+    shape = (tuple(state), kinds)
+    found = _STATE_SHAPES.get(shape)
+    if found is None:
+        found = _state_items(state)
+        if found is not None and len(_STATE_SHAPES) < 4096:
+            _STATE_SHAPES[shape] = found
+    return found
+
+
+_DATA = dict.fromkeys(NEVER_CALLABLE, "data")
+_STATE_SHAPES: dict[tuple, tuple[tuple[str, str], ...]] = {}  # (keys, kinds) -> state_items, for dict states
+
+
+def _state_items(state: Any) -> tuple[tuple[str, str], ...] | None:
     parts = state if type(state) is tuple and len(state) == 2 else (state,)
     items: dict[str, str] = {}
     for i, part in enumerate(parts):
@@ -171,7 +194,7 @@ def state_items(state: Any) -> tuple[tuple[str, str], ...] | None:
         if type(part) is not dict:
             return None
         slots = i == 1 and len(parts) == 2
-        good, never_callable = _GOOD_KEYS, _NEVER_CALLABLE
+        good, never_callable = _GOOD_KEYS, NEVER_CALLABLE
         for key, value in part.items():
             if not (type(key) is str and key in good) and not _good_key(key):
                 return None
