@@ -231,12 +231,22 @@ def is_gitpack_branch(repo: Repo, ref: str) -> list[str] | None:
     A branch gitpack started ends, following first parents, at its start commit: empty tree, no parent,
     the start message.  Anyone else's branch, whatever its name, does not.
     """
-    if repo.rev_parse(ref) is None:
+    # through the object reader (no process); asked again afresh when it finds nothing, as the reader may not
+    # see a pack another process wrote since it started
+    tip = repo.resolve_commit(ref) or repo.rev_parse(ref)
+    if tip is None:
         return None
-    chain = repo.git("rev-list", "--first-parent", ref, "--").split()
-    if not chain:
-        return None
-    return chain if is_start_commit(*parse_commit_object(repo.read_object(chain[-1])[1])) else None
+    key = (str(repo.common_dir), tip)
+    if key not in _histories:  # a commit's history never changes: walked once per tip and process
+        chain = repo.git("rev-list", "--first-parent", tip, "--").split()
+        if len(_histories) >= 16:
+            _histories.clear()
+        _histories[key] = chain if chain and is_start_commit(*parse_commit_object(repo.read_object(chain[-1])[1])) \
+            else None
+    return _histories[key]
+
+
+_histories: dict[tuple[str, str], list[str] | None] = {}  # (repository, tip) -> is_gitpack_branch's answer
 
 
 def merged_in_tips(repo: Repo, ref: str) -> list[str]:
