@@ -172,19 +172,22 @@ def vouch(repo: Repo, manifest: dict[str, Any], path: Path) -> str:
 
 
 def is_gitpack_snapshot(repo: Repo, commit: str, recorded_branch: Any = None) -> bool:
-    """Whether *commit* is one of gitpack's own saves (see the module docstring, point 3)."""
-    parents = repo.git("for-each-ref", "--format=%(parent)", "refs/gitpack/artifacts")
-    if commit in parents.split():
-        return True
+    """Whether *commit* is one of gitpack's own saves (see the module docstring, point 3).
+
+    The snapshot branch is asked first: it holds nearly every save, and its history is kept per process
+    (:func:`is_gitpack_branch`), so a load usually starts no git process here."""
     branches = {branch_ref(repo.config("gitpack.branch") or DEFAULT_BRANCH)}
     if isinstance(recorded_branch, str) and recorded_branch.startswith("refs/heads/"):
         branches.add(recorded_branch)
-    for ref in sorted(branches):
-        chain = is_gitpack_branch(repo, ref)
+    chains = {ref: is_gitpack_branch(repo, ref) for ref in sorted(branches)}
+    if any(chain is not None and commit in chain for chain in chains.values()):
+        return True
+    parents = repo.git("for-each-ref", "--format=%(parent)", "refs/gitpack/artifacts")
+    if commit in parents.split():
+        return True
+    for ref, chain in chains.items():
         if chain is None:
             continue  # not a branch gitpack started: someone else's, whatever its name
-        if commit in chain:
-            return True
         for tip in merged_in_tips(repo, ref):
             if commit in repo.git("rev-list", "--first-parent", tip, "--").split():
                 return True
