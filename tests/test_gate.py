@@ -172,6 +172,25 @@ def test_state_is_set_once_and_before_the_object_is_used(project, tmp_path):
     attempt(project, tmp_path, data, "collections.OrderedDict changed after it was passed to another call")
 
 
+def test_state_cannot_be_set_on_what_a_tensor_or_storage_id_stands_for():
+    """BUILD on a tensor id's value, with slot state.  The gate's stand-in for it had no ``__setstate__``, so the C
+    unpickler set the slots on the stand-in itself: relabelled a storage of 10**9 items, it passed
+    ``_rebuild_tensor_v2``'s size check for a 400 MB view of a 16-byte storage."""
+    from gitpack.pickling import gate
+
+    tensor = asm.pid(asm.s("tensor"), asm.s("float32"), asm.s("pack-0:0"), asm.s("cpu"), asm.i(4), asm.i(0),
+                     asm.tup(asm.i(4)), asm.tup(asm.i(1)), asm.FALSE, asm.s("tensor"))
+    storage = asm.tup(asm.s("storage"), asm.s("float32"), asm.s("pack-0:0"), asm.s("cpu"), asm.i(10**9))
+    relabelled = asm.build(tensor, asm.tup(asm.NONE, asm.dct((asm.s("kind"), asm.s("storage")), (asm.s("pid"), storage))))
+    view = asm.call(asm.glob("torch._utils", "_rebuild_tensor_v2"), relabelled, asm.i(0), asm.tup(asm.i(10**8)),
+                    asm.tup(asm.i(1)), asm.FALSE, asm.NONE)
+    trace = gate.trace(asm.program(view))
+    assert not trace.safe and "state" in (trace.refusal() or ""), trace.refusal()
+    plain = asm.call(asm.glob("torch._utils", "_rebuild_tensor_v2"), storage + b"Q", asm.i(0), asm.tup(asm.i(10**8)),
+                     asm.tup(asm.i(1)), asm.FALSE, asm.NONE)
+    assert gate.trace(asm.program(plain)).safe  # the same call on an honest storage id passes: the BUILD is what is refused
+
+
 # ----------------------------------------------------------------------------- 2. only gitpack's own commits vouch
 def _vouching_message(archive: Path, *, body_only: bool = False, manifest_trailer: bool = True) -> str:
     from gitpack import trailers as audit

@@ -84,8 +84,21 @@ def _new(cls, *args, **kwargs):  # NEWOBJ / NEWOBJ_EX: cls.__new__(cls, *args, *
     return cls._gate_trace._called(cls, args, kwargs, "new")
 
 
+def _no_state(self, state):
+    """BUILD on a value a persistent id or buffer stands for.  Without a ``__setstate__`` the C unpickler would set
+    slot state on the stand-in itself (a tensor id's relabelled a storage of any size): the dry run stops here,
+    and the gate refuses the pickle."""
+    raise PolicyError(f"BUILD on {self!r} (state is only ever set on objects the pickle builds)")
+
+
 class Buffer(bytes):
     """Stand-in for an out-of-band buffer (pickle protocol 5) during the dry run; holds no data."""
+
+    __slots__ = ()
+    __setstate__ = _no_state
+
+    def __repr__(self) -> str:
+        return "<out-of-band buffer>"
 
 
 class Made:
@@ -146,6 +159,7 @@ class ValueStandIn:
     asks for it (a model names thousands of tensors; the gate's rules ask for a few)."""
 
     __slots__ = ("kind", "pid", "_ref")
+    __setstate__ = _no_state
 
     def __init__(self, kind: str, pid: tuple, ref: Ref | None = None):
         self.kind = kind
