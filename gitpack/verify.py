@@ -29,6 +29,7 @@ hashes); outside a repository that has that commit, only ``trust`` admits it.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -171,14 +172,20 @@ def vouch(repo: Repo, manifest: dict[str, Any], path: Path) -> str:
     return commit
 
 
+# a local branch as the manifest records it: refs/heads/ and plain path components, never a revision expression
+_COMPONENT = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}"
+_PLAIN_BRANCH = re.compile(rf"refs/heads/(?!.*\.\.)(?:{_COMPONENT}/){{0,9}}{_COMPONENT}")
+
+
 def is_gitpack_snapshot(repo: Repo, commit: str, recorded_branch: Any = None) -> bool:
     """Whether *commit* is one of gitpack's own saves (see the module docstring, point 3).
 
     The snapshot branch is asked first: it holds nearly every save, and its history is kept per process
     (:func:`is_gitpack_branch`), so a load usually starts no git process here."""
     branches = {branch_ref(repo.config("gitpack.branch") or DEFAULT_BRANCH)}
-    if isinstance(recorded_branch, str) and recorded_branch.startswith("refs/heads/"):
-        branches.add(recorded_branch)
+    if isinstance(recorded_branch, str) and _PLAIN_BRANCH.fullmatch(recorded_branch) \
+            and not recorded_branch.endswith(".lock"):
+        branches.add(recorded_branch)  # a branch name only: a forged manifest could name `main^2`, or a blob
     chains = {ref: is_gitpack_branch(repo, ref) for ref in sorted(branches)}
     if any(chain is not None and commit in chain for chain in chains.values()):
         return True

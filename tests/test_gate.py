@@ -262,6 +262,36 @@ def test_only_gitpack_snapshot_commits_vouch(project, tmp_path, how):
     assert not (tmp_path / "MARKER").exists()
 
 
+def test_a_recorded_branch_is_a_branch_name_never_a_revision_expression(project, tmp_path):
+    """A pull request brings an orphan history: a root shaped like gitpack's start commit, then a commit that
+    vouches for a forged archive; merging it makes that commit ``main^2``.  The archive's manifest records its
+    branch as ``refs/heads/main^2``, which git resolves like any revision, so the vouching check walked that
+    history as if it were a snapshot branch of gitpack's."""
+    from gitpack.git import START_MESSAGE
+
+    evil = asm.program(asm.call(asm.snapshot_function("pkg.helpers", "save_text"), asm.s(str(tmp_path / "MARKER")), asm.s("x")))
+    unvouched = forge(project.base, tmp_path / "unvouched.gitpack", project.repo, evil, vouch=False,
+                      manifest_changes={"branch": "refs/heads/main^2"})
+    with ArchiveReader(unvouched) as reader:
+        tree = reader.manifest["tree"]
+    repo = project.repo
+
+    def commit_tree(tree_sha: str, message: str, *parents: str) -> str:
+        args = ["git", "commit-tree", tree_sha, *sum((["-p", p] for p in parents), []), "-F", "-"]
+        return subprocess.run(args, cwd=repo, input=message, capture_output=True, text=True, check=True).stdout.strip()
+
+    empty = subprocess.run(["git", "mktree"], cwd=repo, input="", capture_output=True, text=True, check=True).stdout.strip()
+    fake_start = commit_tree(empty, START_MESSAGE)
+    fake_save = commit_tree(tree, _vouching_message(unvouched), fake_start)
+    main = git(repo, "rev-parse", "refs/heads/main")
+    git(repo, "update-ref", "refs/heads/main", commit_tree(tree, "Merge pull request #7\n", main, fake_save), main)
+    assert git(repo, "rev-parse", "refs/heads/main^2") == fake_save
+    archive = _recommit(project, tmp_path, unvouched, fake_save, "claims.gitpack")
+    with pytest.raises(gitpack.GitpackError, match="not on gitpack's snapshot history"):
+        gitpack.load(archive, repo=repo)
+    assert not (tmp_path / "MARKER").exists()
+
+
 # ----------------------------------------------------------------------------- 3. numpy object pointers
 def _np_dtype(code: str) -> bytes:
     return asm.call(asm.glob("numpy", "dtype"), asm.s(code), asm.FALSE, asm.TRUE)

@@ -114,6 +114,11 @@ class Repo:
         found = self._objects.info([name])[0]
         return found[1] if found else None
 
+    def object_id(self, name: str) -> tuple[str, str] | None:
+        """(sha, type) of what *name* (an object or a ref) names, through the object reader, without reading it."""
+        found = self._objects.info([name])[0]
+        return (found[0], found[1]) if found else None
+
     def fresh_object_type(self, name: str) -> str | None:
         """Like :meth:`object_type`, from a new ``git cat-file -t``: for the rare check that must not trust a cache."""
         result = runner.run(["cat-file", "-t", name], cwd=self.root, check=False)

@@ -158,7 +158,7 @@ def _good_key(key: Any) -> bool:
         return True
     if not isinstance(key, str) or is_dunder(key) or not key.isidentifier():
         return False
-    if type(key) is str and len(_GOOD_KEYS) < 4096:
+    if type(key) is str and len(_GOOD_KEYS) < 4096 and len(key) <= 128:
         _GOOD_KEYS.add(key)
     return True
 
@@ -176,7 +176,9 @@ def state_items(state: Any) -> tuple[tuple[str, str], ...] | None:
     found = _STATE_SHAPES.get(shape)
     if found is None:
         found = _state_items(state)
-        if found is not None and len(_STATE_SHAPES) < 4096:
+        # kept only for a model's kind of state: a forged pickle's huge ones would stay in memory for good
+        if found is not None and len(_STATE_SHAPES) < 4096 and len(state) <= 256 \
+                and sum(map(len, state)) <= 8192:
             _STATE_SHAPES[shape] = found
     return found
 

@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..errors import BranchNotOursError, DamagedRefError, GitError
 from ..git import DEFAULT_BRANCH, START_MESSAGE, Repo, branch_ref, runner
@@ -231,22 +232,28 @@ def is_gitpack_branch(repo: Repo, ref: str) -> list[str] | None:
     A branch gitpack started ends, following first parents, at its start commit: empty tree, no parent,
     the start message.  Anyone else's branch, whatever its name, does not.
     """
-    # through the object reader (no process); asked again afresh when it finds nothing, as the reader may not
-    # see a pack another process wrote since it started
-    tip = repo.resolve_commit(ref) or repo.rev_parse(ref)
+    # The tip through the object reader (no process, nothing read but its type); asked again afresh when the
+    # reader finds nothing, as it may not see a pack another process wrote since it started
+    found = repo.object_id(ref)
+    if found is not None and found[1] != "commit":
+        return None  # a ref at a tree or blob: no branch at all
+    tip = found[0] if found is not None else repo.rev_parse(ref)
     if tip is None:
         return None
     key = (str(repo.common_dir), tip)
-    if key not in _histories:  # a commit's history never changes: walked once per tip and process
-        chain = repo.git("rev-list", "--first-parent", tip, "--").split()
-        if len(_histories) >= 16:
-            _histories.clear()
-        _histories[key] = chain if chain and is_start_commit(*parse_commit_object(repo.read_object(chain[-1])[1])) \
-            else None
-    return _histories[key]
+    known: Any = _histories.get(key, _UNKNOWN)  # one read: another thread may clear the cache meanwhile
+    if known is not _UNKNOWN:  # a commit's history never changes: walked once per tip and process
+        return known
+    chain = repo.git("rev-list", "--first-parent", tip, "--").split()
+    answer = chain if chain and is_start_commit(*parse_commit_object(repo.read_object(chain[-1])[1])) else None
+    if len(_histories) >= 16:
+        _histories.clear()
+    _histories[key] = answer
+    return answer
 
 
 _histories: dict[tuple[str, str], list[str] | None] = {}  # (repository, tip) -> is_gitpack_branch's answer
+_UNKNOWN = object()
 
 
 def merged_in_tips(repo: Repo, ref: str) -> list[str]:
