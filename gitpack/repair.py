@@ -15,6 +15,7 @@ commit that is gone.  Every save then fails, and so does the user's own
 * removes a stored version whose version commit, archive or snapshot is gone
   (version numbers never point anywhere else), and moves ``latest`` back to the
   newest intact version (another alias pointing at a lost version is removed);
+* removes the record of a start commit that is gone (``refs/gitpack/starts/``);
 * removes what killed saves left behind: gitpack's temp files, and git's own
   ``tmp_obj_*``/``tmp_pack_*`` files older than an hour (younger ones may belong
   to a git still writing them).
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from . import artifacts
 from .fsutil import remove_stale
 from .git import DEFAULT_BRANCH, Repo, branch_ref, parse_commit_object, runner
-from .snapshot.branch import is_snapshot_message, is_start_commit, ref_targets
+from .snapshot.branch import STARTS, is_snapshot_message, is_start_commit, ref_targets
 from .snapshot.tree import GIT_DIR_TEMP_PREFIX
 
 
@@ -54,6 +55,8 @@ def repair(repo: Repo, branch: str | None = None) -> list[Repaired]:
     if tip is not None and not checker.intact(tip):
         done.append(_mend_branch(repo, checker, ref, tip, store_refs))
     done += _mend_store(repo, checker, store_refs)
+    done += [Repaired(start, sha, None, f"removed {start}: the start commit it records is gone")
+             for start, sha in sorted(store_refs.items()) if start.startswith(STARTS) and checker.kind(sha) is None]
     if done:
         repo.update_refs([(r.ref, r.now, r.was) for r in done])
     clean_leftovers(repo)

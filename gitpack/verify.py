@@ -49,7 +49,7 @@ from .git import DEFAULT_BRANCH, Repo, branch_ref, parse_commit_object, runner
 from .history import require_snapshot_commit
 from .isolation import FilteredSource, GitSourceTree, SourceTree
 from .manifest import Manifest
-from .snapshot.branch import is_gitpack_branch, merged_in_tips
+from .snapshot.branch import is_gitpack_branch, is_recorded_start, merged_in_tips
 from .trailers import parse_trailers
 
 
@@ -182,11 +182,17 @@ def is_gitpack_snapshot(repo: Repo, commit: str, recorded_branch: Any = None) ->
 
     The snapshot branch is asked first: it holds nearly every save, and its history is kept per process
     (:func:`is_gitpack_branch`), so a load usually starts no git process here."""
-    branches = {branch_ref(repo.config("gitpack.branch") or DEFAULT_BRANCH)}
+    configured = branch_ref(repo.config("gitpack.branch") or DEFAULT_BRANCH)
+    branches = {configured}
     if isinstance(recorded_branch, str) and _PLAIN_BRANCH.fullmatch(recorded_branch) \
             and not recorded_branch.endswith(".lock"):
         branches.add(recorded_branch)  # a branch name only: a forged manifest could name `main^2`, or a blob
-    chains = {ref: is_gitpack_branch(repo, ref) for ref in sorted(branches)}
+    chains = {}
+    for ref in sorted(branches):
+        chain = is_gitpack_branch(repo, ref)
+        if chain is not None and ref != configured and not is_recorded_start(repo, chain[-1]):
+            chain = None  # a branch only the archive names (a checked-out pull request?): its start is no proof
+        chains[ref] = chain
     if any(chain is not None and commit in chain for chain in chains.values()):
         return True
     parents = repo.git("for-each-ref", "--format=%(parent)", "refs/gitpack/artifacts")

@@ -25,6 +25,10 @@ from ..trailers import parse_trailers
 from .tree import temp_prefix
 
 MERGE_TRAILER = "Gitpack-Merge"  # in the message of a merge commit `gitpack pull` makes on the snapshot branch
+# One ref per start commit gitpack made (or, for a branch started before these refs, first saved to) in this
+# repository.  A start commit's shape is no proof: anyone can write a parentless commit with the start message
+# into a pull request.  A branch an archive merely names vouches only when its start is recorded here.
+STARTS = "refs/gitpack/starts/"
 
 
 RefUpdate = tuple[str, "str | None", "str | None"]  # (ref, new or None to delete, expected old or None)
@@ -68,11 +72,17 @@ def commit(
             # already); retries ask a fresh rev-parse.  update-ref's compare-and-swap
             # guards against a stale answer either way.
             tip = tip_of(repo, ref)
+            starts: list[RefUpdate] = []
             if tip is not None:
-                require_own(repo, ref, tip)
+                root = require_own(repo, ref, tip)
+                if root is not None and not is_recorded_start(repo, root):
+                    starts.append((STARTS + root, root, None))  # a branch started before starts were recorded
+            else:
+                root = start_commit(repo)
+                starts.append((STARTS + root, root, None))
             refuse_checked_out(repo, ref)
             args = [tree]
-            for parent in (tip or start_commit(repo), head):
+            for parent in (tip or root, head):
                 if parent:
                     args += ["-p", parent]
             if sign:
@@ -83,7 +93,7 @@ def commit(
                 commit = repo.commit_tree(args)
                 if before_update is not None:
                     before_update(commit)
-                updates = [(ref, commit, tip)] + (more_refs(commit) if more_refs else [])
+                updates = [(ref, commit, tip)] + starts + (more_refs(commit) if more_refs else [])
                 # No reflog for gitpack's own branch: the branch itself is the log,
                 # and the user's reflogs must stay exactly as they were.
                 repo.update_refs(updates)
@@ -158,12 +168,19 @@ def is_snapshot_message(message: str) -> bool:
     return {"digest", "manifest"} <= trailers.keys() or "merge" in trailers
 
 
-def require_own(repo: Repo, ref: str, tip: str) -> None:
+def is_recorded_start(repo: Repo, start: str) -> bool:
+    """Whether *start* is a start commit gitpack recorded in this repository (:data:`STARTS`)."""
+    found = repo.object_id(STARTS + start)
+    return found is not None and found[0] == start
+
+
+def require_own(repo: Repo, ref: str, tip: str) -> str | None:
     """Refuse to move *ref* unless gitpack started it: its tip is a snapshot (or merge or start) commit of
     gitpack's and its first-parent history ends at gitpack's start commit.  The history is walked once per
-    tip and process: a tip this process committed on an owned one is known to be owned."""
+    tip and process: a tip this process committed on an owned one is known to be owned.  Returns the start
+    commit when it walked (None when it knew)."""
     if (str(repo.common_dir), tip) in _owned:
-        return
+        return None
     headers, message = parse_commit_object(repo.read_object(tip)[1])
     own_tip = is_start_commit(headers, message) or is_snapshot_message(message)
     roots = repo.git("rev-list", "--first-parent", "--max-parents=0", tip, "--").split() if own_tip else []
@@ -173,6 +190,7 @@ def require_own(repo: Repo, ref: str, tip: str) -> None:
             f"it; pick a branch of gitpack's own with --branch NAME or `git config gitpack.branch NAME`"
         )
     _owned.add((str(repo.common_dir), tip))
+    return roots[-1]
 
 
 def refuse_checked_out(repo: Repo, ref: str) -> None:
