@@ -70,7 +70,6 @@ def require_snapshot_commit(repo, manifest: dict[str, Any], path) -> str:
     return commit
 
 
-_BRANCH = re.compile(r"refs/heads/[A-Za-z0-9_][A-Za-z0-9._/-]{0,200}")
 LS_REMOTE_SECONDS = 15.0  # per remote: an unreachable host must not hold an error message for minutes
 MAX_REMOTES = 8
 
@@ -84,12 +83,11 @@ def where_to_fetch(repo, manifest: dict[str, Any]) -> str:
     """
     import time
 
-    from .git import DEFAULT_BRANCH, branch_ref, runner
+    from .git import DEFAULT_BRANCH, branch_ref, plain_branch, runner
 
     recorded = manifest.get("branch")
     ours = branch_ref(repo.config("gitpack.branch") or DEFAULT_BRANCH)
-    branches = [b for b in dict.fromkeys([recorded if isinstance(recorded, str) else None, ours])
-                if isinstance(b, str) and _BRANCH.fullmatch(b) and ".." not in b]
+    branches = [b for b in dict.fromkeys([plain_branch(recorded), plain_branch(ours)]) if b is not None]
     url = manifest.get("remote_url")
     saved_in = f"it was saved in {textsafe.line(url, 200)}" if isinstance(url, str) and url else \
         "the archive does not say which repository it was saved in"

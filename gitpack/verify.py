@@ -29,7 +29,6 @@ hashes); outside a repository that has that commit, only ``trust`` admits it.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from .errors import (
     PolicyError,
     SignatureError,
 )
-from .git import DEFAULT_BRANCH, Repo, branch_ref, parse_commit_object, runner
+from .git import DEFAULT_BRANCH, Repo, branch_ref, parse_commit_object, plain_branch, runner
 from .history import require_snapshot_commit
 from .isolation import FilteredSource, GitSourceTree, SourceTree
 from .manifest import Manifest
@@ -172,11 +171,6 @@ def vouch(repo: Repo, manifest: dict[str, Any], path: Path) -> str:
     return commit
 
 
-# a local branch as the manifest records it: refs/heads/ and plain path components, never a revision expression
-_COMPONENT = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}"
-_PLAIN_BRANCH = re.compile(rf"refs/heads/(?!.*\.\.)(?:{_COMPONENT}/){{0,9}}{_COMPONENT}")
-
-
 def is_gitpack_snapshot(repo: Repo, commit: str, recorded_branch: Any = None) -> bool:
     """Whether *commit* is one of gitpack's own saves (see the module docstring, point 3).
 
@@ -184,9 +178,9 @@ def is_gitpack_snapshot(repo: Repo, commit: str, recorded_branch: Any = None) ->
     (:func:`is_gitpack_branch`), so a load usually starts no git process here."""
     configured = branch_ref(repo.config("gitpack.branch") or DEFAULT_BRANCH)
     branches = {configured}
-    if isinstance(recorded_branch, str) and _PLAIN_BRANCH.fullmatch(recorded_branch) \
-            and not recorded_branch.endswith(".lock"):
-        branches.add(recorded_branch)  # a branch name only: a forged manifest could name `main^2`, or a blob
+    recorded = plain_branch(recorded_branch)  # a name only: a forged manifest could name `main^2`, or a blob
+    if recorded is not None:
+        branches.add(recorded)
     chains = {}
     for ref in sorted(branches):
         chain = is_gitpack_branch(repo, ref)

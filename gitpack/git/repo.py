@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -330,3 +331,17 @@ def _config_key(key: str) -> str:
 
 def branch_ref(branch: str) -> str:
     return branch if branch.startswith("refs/") else f"refs/heads/{branch}"
+
+
+_COMPONENT = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}"
+_PLAIN_BRANCH = re.compile(rf"refs/heads/(?!.*\.\.)(?:{_COMPONENT}/){{0,9}}{_COMPONENT}")
+
+
+def plain_branch(name: object) -> str | None:
+    """*name* when it is a local branch written plainly (``refs/heads/`` and plain path components), else None.
+
+    For a branch an archive records, which anyone can forge: git would take ``refs/heads/main^2`` or
+    ``refs/heads/main:big.bin`` as a revision and resolve it, so only a name is ever handed to git."""
+    if isinstance(name, str) and _PLAIN_BRANCH.fullmatch(name) and not name.endswith(".lock"):
+        return name
+    return None
