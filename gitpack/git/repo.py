@@ -110,15 +110,15 @@ class Repo:
         result = runner.run(["rev-parse", "--verify", "-q", rev + "^{object}"], cwd=self.root, check=False)
         return result.text.strip() or None if result.returncode == 0 else None
 
+    def object_info(self, name: str) -> tuple[str, str, int] | None:
+        """(sha, type, size) of what *name* (an object or a ref) names, through the long-lived object reader,
+        without reading it; None when it names nothing."""
+        return self._objects.info([name])[0]
+
     def object_type(self, name: str) -> str | None:
         """'commit', 'tree', 'blob' or None for a missing object, through the long-lived object reader."""
-        found = self._objects.info([name])[0]
+        found = self.object_info(name)
         return found[1] if found else None
-
-    def object_id(self, name: str) -> tuple[str, str] | None:
-        """(sha, type) of what *name* (an object or a ref) names, through the object reader, without reading it."""
-        found = self._objects.info([name])[0]
-        return (found[0], found[1]) if found else None
 
     def fresh_object_type(self, name: str) -> str | None:
         """Like :meth:`object_type`, from a new ``git cat-file -t``: for the rare check that must not trust a cache."""
@@ -126,7 +126,7 @@ class Repo:
         return result.text.strip() or None if result.returncode == 0 else None
 
     def object_size(self, name: str) -> int | None:
-        found = self._objects.info([name])[0]
+        found = self.object_info(name)
         return found[2] if found else None
 
     def read_object(self, name: str) -> tuple[str, bytes]:

@@ -16,7 +16,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from ..errors import BranchNotOursError, DamagedRefError, GitError
 from ..git import DEFAULT_BRANCH, START_MESSAGE, Repo, branch_ref, runner
@@ -170,7 +169,7 @@ def is_snapshot_message(message: str) -> bool:
 
 def is_recorded_start(repo: Repo, start: str) -> bool:
     """Whether *start* is a start commit gitpack recorded in this repository (:data:`STARTS`)."""
-    found = repo.object_id(STARTS + start)
+    found = repo.object_info(STARTS + start)
     return found is not None and found[0] == start
 
 
@@ -252,16 +251,17 @@ def is_gitpack_branch(repo: Repo, ref: str) -> list[str] | None:
     """
     # The tip through the object reader (no process, nothing read but its type); asked again afresh when the
     # reader finds nothing, as it may not see a pack another process wrote since it started
-    found = repo.object_id(ref)
+    found = repo.object_info(ref)
     if found is not None and found[1] != "commit":
         return None  # a ref at a tree or blob: no branch at all
     tip = found[0] if found is not None else repo.rev_parse(ref)
     if tip is None:
         return None
     key = (str(repo.common_dir), tip)
-    known: Any = _histories.get(key, _UNKNOWN)  # one read: another thread may clear the cache meanwhile
-    if known is not _UNKNOWN:  # a commit's history never changes: walked once per tip and process
-        return known
+    try:
+        return _histories[key]  # a commit's history never changes: walked once per tip and process
+    except KeyError:  # (one read: another thread may clear the cache between a test and a read)
+        pass
     chain = repo.git("rev-list", "--first-parent", tip, "--").split()
     answer = chain if chain and is_start_commit(*parse_commit_object(repo.read_object(chain[-1])[1])) else None
     if len(_histories) >= 16:
@@ -271,7 +271,6 @@ def is_gitpack_branch(repo: Repo, ref: str) -> list[str] | None:
 
 
 _histories: dict[tuple[str, str], list[str] | None] = {}  # (repository, tip) -> is_gitpack_branch's answer
-_UNKNOWN = object()
 
 
 def merged_in_tips(repo: Repo, ref: str) -> list[str]:
