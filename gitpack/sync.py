@@ -192,7 +192,7 @@ class _Result:
 def _network(repo: Repo, args: list[str], description: str, *, bar: bool = True) -> _Result:
     """Run a network git command; on a terminal, its phases drive one rich bar."""
     show = bar and progress.wanted(None)
-    env = dict(os.environ, **runner.network_env())
+    env = runner.network_env()  # runner.start adds it to the environment
     cmd = list(args)
     for verb in ("fetch", "push"):
         if show and verb in cmd:
