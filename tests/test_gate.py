@@ -570,7 +570,8 @@ def test_scan_reports_the_opcode_count_the_load_never_computes():
     from gitpack.pickling import gate
 
     data = pickle.dumps({"vocab": {f"w{k}": k for k in range(2000)}, "ids": list(range(500))}, protocol=5)
-    trace = gate.trace(data)
+    trace = gate.trace(data, count_opcodes=True)
     assert trace.safe
-    assert trace.opcode_count() == sum(1 for _ in pickletools.genops(data))
-    assert gate.trace(b"\x80\x05N.N").opcode_count() == 0  # refused by the byte pass: nothing counted
+    assert trace.opcodes == sum(1 for _ in pickletools.genops(data))
+    assert gate.trace(b"\x80\x05N.N", count_opcodes=True).opcodes == 0  # refused by the byte pass: nothing counted
+    assert gate.trace(data).opcodes == 0  # what a load runs: no count

@@ -331,7 +331,7 @@ def test_a_state_judged_once_as_data_is_judged_again_once_a_callable_exists(proj
 
 def test_the_shadowing_check_is_not_deduplicated_away(project, tmp_path):
     """The second ``nn.Linear``'s ``forward`` is a partial of ``save_text``: calling it writes the marker.
-    gate._unique_deferred keys Deferred checks by ``repr(detail)[:200]``; a first Linear given a harmless
+    The gate once deduplicated deferred checks by ``repr(detail)[:200]``; a first Linear given a harmless
     250-character attribute name makes a 'state' check whose repr starts like the second's, whose sorted keys
     are that name and then ``forward``, so the second check is dropped at load.  (``gitpack scan``, which
     dedupes exactly, does refuse it.)"""

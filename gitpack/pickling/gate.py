@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import pickle
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,8 +78,9 @@ class Trace:
     code: list[tuple] = field(default_factory=list)  # by-value code objects: dill _create_code arguments
     nested: list[Trace] = field(default_factory=list)
     error: str | None = None
+    count_opcodes: bool = False  # scan reports how many opcodes the pickle holds; a load never asks
+    opcodes: int = 0  # counted with count_opcodes only (0 when the byte pass refused the pickle)
     _seq: int = 0
-    _data: bytes = b""  # the pickle, for opcode_count() (a load never asks: counting is a pass of its own)
     _stand_ins: dict = field(default_factory=dict)
     _deferred_seen: set = field(default_factory=set)  # the deferred checks queued, to queue each once
     states_checked: set = field(default_factory=set)  # (class, state keys) of all-data states, checked already
@@ -92,13 +94,13 @@ class Trace:
 
     # ---------------------------------------------------------------- results
     @property
-    def calls(self) -> dict[tuple[Ref, str, bool], int]:
+    def calls(self) -> Counter[tuple[Ref, str, bool]]:
         """How often the pickle makes each call: (callee, "call" or "new", whether it passes arguments) -> count."""
-        out: dict[tuple[Ref, str, bool], int] = {}
+        out: Counter[tuple[Ref, str, bool]] = Counter()
         for (callee, how), (_, n) in self._bare_calls.items():
-            out[callee._gate_ref, how, False] = out.get((callee._gate_ref, how, False), 0) + n
+            out[callee._gate_ref, how, False] += n
         for (callee, how), n in self._calls_with_arguments.items():
-            out[callee._gate_ref, how, True] = out.get((callee._gate_ref, how, True), 0) + n
+            out[callee._gate_ref, how, True] += n
         return out
 
     @property
@@ -120,12 +122,6 @@ class Trace:
         return [r.parts if isinstance(r, Ref) else ("storage",) + r[1:5]
                 for r in self.named if not isinstance(r, Ref) or r.kind == "storage"]
 
-    def opcode_count(self) -> int:
-        """How many opcodes the pickle holds (0 when the byte pass refused it); ``scan`` reports it."""
-        if self.error is not None or not self._data:
-            return 0
-        return opcodes.check(self._data)[0] or 0
-
     @property
     def safe(self) -> bool:
         return not self.violations and self.error is None
@@ -142,8 +138,8 @@ class Trace:
     # ---------------------------------------------------------------- dry run
     def run(self, data: bytes, *, buffers: int = 0) -> Trace:
         try:
-            _, unwanted = opcodes.check(data, count=False)
-            self._data = data
+            counted, unwanted = opcodes.check(data, count=self.count_opcodes)
+            self.opcodes = counted or 0
         except opcodes.OpcodeError as exc:
             self.error = str(exc)
             return self
@@ -179,7 +175,7 @@ class Trace:
             self.violations.append(f"global {short(ref.dotted)} ({why})")
         elif self.policy.user_allowed(module, name) and (module, name) not in self._user_allowed:
             self._user_allowed.add((module, name))
-            self.deferred.append(Deferred("allowed-global", ref))  # resolving it checks it (Policy.find_class)
+            self._defer([Deferred("allowed-global", ref)])  # resolving it checks it (Policy.find_class)
         return self._stand_in(ref)
 
     def _persistent(self, pid: Any) -> Any:
@@ -277,16 +273,13 @@ class Trace:
             self._defer(verdict.deferred)
 
     def _defer(self, items: list[Deferred]) -> None:
-        """Queue class checks, each once (a model of 10,000 layers makes the same few thousands of times)."""
+        """Queue class checks, each once (a model of 10,000 layers makes the same few thousands of times).  Every
+        detail is hashable (counts, names, tuples of names), so a check is the same check only when it is equal."""
         seen = self._deferred_seen
         for item in items:
-            try:
-                if item in seen:
-                    continue
+            if item not in seen:
                 seen.add(item)
-            except TypeError:  # a detail that cannot be hashed: kept (check_classes dedupes what is left)
-                pass
-            self.deferred.append(item)
+                self.deferred.append(item)
 
     def _scan_nested(self, args: tuple) -> None:
         """Dry-run pickles passed as bytes to a refused call (the payload of a ``pickle.loads`` gadget), for the
@@ -301,7 +294,8 @@ class Trace:
                 return
             budget.bytes_left -= len(value)
             budget.pickles_left -= 1
-            inner = Trace(self.policy, self.modules, depth=self.depth + 1, _budget=budget)
+            inner = Trace(self.policy, self.modules, depth=self.depth + 1, count_opcodes=self.count_opcodes,
+                          _budget=budget)
             self.nested.append(inner.run(bytes(value)))
         self._budget = budget
 
@@ -354,7 +348,7 @@ class Trace:
     # ---------------------------------------------------------------- the checks that need classes
     def check_classes(self, resolve: Callable[[Ref], Any]) -> None:
         """Run the deferred checks against the real classes; *resolve* maps a :class:`Ref` to its object."""
-        for item in _unique_deferred(self.deferred):
+        for item in self.deferred:
             problem = classchecks.check_deferred(item, resolve(item.ref))
             if problem:
                 self.violations.append(problem)
@@ -375,7 +369,8 @@ class _DryRun(pickle.Unpickler):
 
 
 def trace(
-    data: bytes, policy: Policy | None = None, *, modules: Iterable[str] | None = None, buffers: int = 0
+    data: bytes, policy: Policy | None = None, *, modules: Iterable[str] | None = None, buffers: int = 0,
+    count_opcodes: bool = False,
 ) -> Trace:
     """Dry-run *data* and judge every construct; nothing is imported or executed.
 
@@ -385,10 +380,12 @@ def trace(
         modules: the snapshot modules the archive's manifest records as used; a persistent id naming any
             other module is refused (None: not checked, for pickles without a manifest).
         buffers: how many out-of-band buffers the pickle takes.
+        count_opcodes: count the pickle's opcodes too (:attr:`Trace.opcodes`; ``scan`` reports them).
     Returns:
         The :class:`Trace`; ``trace.safe`` says whether the static checks passed.
     """
-    return Trace(policy or Policy(), frozenset(modules) if modules is not None else None).run(data, buffers=buffers)
+    return Trace(policy or Policy(), frozenset(modules) if modules is not None else None,
+                 count_opcodes=count_opcodes).run(data, buffers=buffers)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -402,19 +399,6 @@ def _direct(args: tuple, kwargs: dict):
 
 def _name(record: Made) -> str:
     return record.cls.dotted if record.cls is not None else record.callee.dotted
-
-
-def _unique_deferred(items: list[Deferred]) -> list[Deferred]:
-    seen, out = set(), []
-    for item in items:
-        try:
-            key = hash((item.what, item.ref, item.detail)) and (item.what, item.ref, item.detail)
-        except TypeError:
-            key = (item.what, item.ref, repr(item.detail))
-        if key not in seen:
-            seen.add(key)
-            out.append(item)
-    return out
 
 
 def _looks_like_pickle(value: bytes | bytearray) -> bool:

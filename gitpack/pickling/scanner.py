@@ -150,7 +150,7 @@ class ScanReport:
 def report(trace: gate.Trace, path: Path | None = None) -> ScanReport:
     """A :class:`ScanReport` of a gate trace (and the pickles nested in it)."""
     out = ScanReport(path=path, violations=list(dict.fromkeys(trace.violations)), pending=len(trace.deferred),
-                     opcodes=trace.opcode_count(), error=trace.error)
+                     opcodes=trace.opcodes, error=trace.error)
     out.functions = [FunctionRef(m, q, line) for m, q, line in trace.functions]
     _add(out, trace, 0)
     return out
@@ -238,7 +238,7 @@ def _class_checks(trace: gate.Trace, policy: Policy, manifest: dict[str, Any],
                 trace.violations.append(f"a top-level {top!r} in the snapshot that would shadow the installed package "
                                         f"{top!r} (only --trust lets it)")
             trace.check_sources(source_for)
-        for item in list(dict.fromkeys(trace.deferred)):
+        for item in trace.deferred:
             problem: str | None = "pending"
             if item.ref.kind == "global":
                 try:
@@ -294,7 +294,7 @@ def scan(path: str | os.PathLike, *, allow: Iterable[tuple[str, str] | str] | Al
     buffers = (manifest.get("tensors") or {}).get("buffers", 0) if isinstance(manifest.get("tensors"), dict) else 0
     policy = Policy(allow)
     trace = gate.trace(data, policy, modules=list(modules) if isinstance(modules, dict) else None,
-                       buffers=buffers if type(buffers) is int and 0 <= buffers <= 1_000_000 else 0)
+                       buffers=buffers if type(buffers) is int and 0 <= buffers <= 1_000_000 else 0, count_opcodes=True)
     pending = _class_checks(trace, policy, manifest, repo) if trace.error is None else 0
     out = report(trace, Path(path))
     out.pending = pending
