@@ -20,7 +20,7 @@ from typing import Any
 
 from . import columns, tensorids
 from .policy import CLASS, RECONSTRUCTOR, TORCH_DTYPE_SIZES, TRUSTED, VALUE, VALUE_TYPE
-from .standins import Buffer, Deferred, Made, Ref, made_of, ref_of
+from .standins import Buffer, Deferred, Made, Ref, made_of, ref_of, tensor_ref
 from .verdicts import (
     ALLOWED,
     CONTAINERS,
@@ -77,11 +77,6 @@ def persistent_ref(pid: Any, modules: frozenset[str] | None) -> tuple[Ref, str |
     if kind == "rebuild" and not rest:
         return Ref("rebuild", "gitpack", "rebuild", parts=pid), None
     return Ref("bad", name=short(kind)), f"unknown persistent id kind {short(kind)!r}"
-
-
-def tensor_ref(pid: tuple) -> Ref:
-    """The :class:`Ref` of a tensor id, for reports (the gate judges the ids themselves: :mod:`.tensorids`)."""
-    return Ref("tensor", name=str(pid[2])[:40], parts=pid)
 
 
 def _unrecorded(module: str, modules: frozenset[str] | None) -> str | None:

@@ -42,6 +42,7 @@ from .standins import (
     is_stand_in,
     made_of,
     stand_in,
+    tensor_ref,
 )
 from .verdicts import ALLOWED, CALLABLE_KINDS, short
 
@@ -106,11 +107,11 @@ class Trace:
     @property
     def refs(self) -> list[Ref]:
         """Every global and persistent id the pickle names, in order."""
-        return [r if isinstance(r, Ref) else calls.tensor_ref(r) for r in self.named]
+        return [r if isinstance(r, Ref) else tensor_ref(r) for r in self.named]
 
     @property
     def globals(self) -> list[Ref]:
-        return [r for r in self.named if type(r) is Ref and r.kind == "global"]
+        return [r for r in self.named if isinstance(r, Ref) and r.kind == "global"]
 
     @property
     def refused(self) -> list[Ref]:
@@ -184,13 +185,13 @@ class Trace:
             if problem:
                 self.violations.append(problem)
             self.named.append(pid)
-            return ValueStandIn("tensor", pid)
+            return ValueStandIn(pid)
         ref, problem = calls.persistent_ref(pid, self.modules)
         if problem:
             self.violations.append(problem)
         if ref.kind in ("storage", "columns"):
             self.named.append(ref)
-            return ValueStandIn(ref.kind, ref.parts, ref)
+            return ValueStandIn(ref.parts, ref)
         return self._stand_in(ref)
 
     def _called(self, stand_in: StandInType, args: tuple, kwargs: dict, how: str) -> Any:
@@ -319,7 +320,7 @@ class Trace:
                 sources[module] = source_for(module)
             return sources[module]
 
-        refs = [r for r in self.named if type(r) is Ref]
+        refs = [r for r in self.named if isinstance(r, Ref)]
         for ref in refs:
             if ref.kind not in ("class", "function", "legacy") or ref.module is None or ref.name is None:
                 continue

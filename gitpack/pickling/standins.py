@@ -158,22 +158,26 @@ class ValueStandIn:
     a value only, never called, filled or given state.  A tensor's :class:`Ref` is made only when something
     asks for it (a model names thousands of tensors; the gate's rules ask for a few)."""
 
-    __slots__ = ("kind", "pid", "_ref")
+    __slots__ = ("pid", "_ref")
     __setstate__ = _no_state
 
-    def __init__(self, kind: str, pid: tuple, ref: Ref | None = None):
-        self.kind = kind
+    def __init__(self, pid: tuple, ref: Ref | None = None):
         self.pid = pid
-        self._ref = ref
+        self._ref = ref  # None: a tensor id
 
     @property
     def ref(self) -> Ref:
         if self._ref is None:
-            self._ref = Ref(self.kind, name=str(self.pid[2])[:40], parts=self.pid)
+            self._ref = tensor_ref(self.pid)
         return self._ref
 
     def __repr__(self) -> str:
-        return f"<{self.kind} {self.ref.name}>"
+        return f"<{self.ref.kind} {self.ref.name}>"
+
+
+def tensor_ref(pid: tuple) -> Ref:
+    """The :class:`Ref` of a tensor persistent id (:mod:`.tensorids`), made only when a rule or a report asks."""
+    return Ref("tensor", name=str(pid[2])[:40], parts=pid)
 
 
 def stand_in(ref: Ref, recorder: Any) -> StandInType:
