@@ -166,28 +166,8 @@ def _good_key(key: Any) -> bool:
 def state_items(state: Any) -> tuple[tuple[str, str], ...] | None:
     """``(key, value kind)`` for every attribute a dict or ``(dict, slots)`` state sets (:func:`value_kind`),
     sorted by key; None when it is not that shape or a key is not a plain, non-dunder name.  Slot state must
-    name slots: the class checks refuse it on anything else."""
-    if type(state) is not dict:
-        return _state_items(state)
-    # A model's modules give states of a few shapes, thousands of times: the answer for keys and kinds seen
-    # before is looked up, never recomputed (exact: a tuple equal to one of only str keys holds only those str)
-    kinds = tuple([_DATA.get(type(value)) or value_kind(value) for value in state.values()])
-    shape = (tuple(state), kinds)
-    found = _STATE_SHAPES.get(shape)
-    if found is None:
-        found = _state_items(state)
-        # kept only for a model's kind of state: a forged pickle's huge ones would stay in memory for good
-        if found is not None and len(_STATE_SHAPES) < 4096 and len(state) <= 256 \
-                and sum(map(len, state)) <= 8192:
-            _STATE_SHAPES[shape] = found
-    return found
-
-
-_DATA = dict.fromkeys(NEVER_CALLABLE, "data")
-_STATE_SHAPES: dict[tuple, tuple[tuple[str, str], ...]] = {}  # (keys, kinds) -> state_items, for dict states
-
-
-def _state_items(state: Any) -> tuple[tuple[str, str], ...] | None:
+    name slots: the class checks refuse it on anything else.  (The gate asks once per class and keys for
+    states of plain data: :func:`gitpack.pickling.states.check_state`.)"""
     parts = state if type(state) is tuple and len(state) == 2 else (state,)
     items: dict[str, str] = {}
     for i, part in enumerate(parts):
