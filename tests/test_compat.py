@@ -91,3 +91,38 @@ def test_a_format1_archive_of_the_c_pickler_era_loads_and_verifies(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert [json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("RESULT")] \
         == [CPICKLE_EXPECTED]
+
+
+# The last format-2 layout (before format 3's tensor table, commit 32a11b6): BLAKE3 member digests, every plain
+# tensor one ``('tensor', ...)`` persistent id, small storages packed.  ``fixtures/format2`` holds the repository
+# (``repo.bundle``, snapshot branch and recorded start included) and the archive, made by that code.
+FORMAT2 = Path(__file__).parent / "fixtures" / "format2"
+FORMAT2_EXPECTED = [[-0.04677924886345863, -0.24748675525188446, -0.12529805302619934, -0.1908591240644455]]
+
+
+def test_a_format2_archive_of_tensor_ids_loads_verifies_and_scans(tmp_path):
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(FORMAT2 / "repo.bundle"), str(clone))
+    git(clone, "fetch", "-q", str(FORMAT2 / "repo.bundle"), "refs/heads/gitpack:refs/heads/gitpack",
+        "refs/gitpack/*:refs/gitpack/*")
+    shutil.copy(FORMAT2 / "stack-format2.gitpack", clone / "stack.gitpack")
+    (clone / "layerpkg" / "model.py").write_text("raise ImportError('the checkout, not the snapshot')\n")
+    manifest = gitpack.inspect(clone / "stack.gitpack")
+    assert manifest["format"] == 2 and [m["name"] for m in manifest["members"]] == ["pickle", "storages/pack-0"]
+    code = ("import json, torch, gitpack\n"
+            "for mmap in (False, True):\n"
+            "    m = gitpack.load('stack.gitpack', mmap=mmap)\n"
+            "    with torch.no_grad():\n"
+            "        out = m(torch.ones(1, 4)).tolist()\n"
+            "    shared = m.row.untyped_storage().data_ptr() == m.table.untyped_storage().data_ptr()\n"
+            "    print('RESULT', json.dumps([out, shared, m.row.tolist(), m.frozen.requires_grad,\n"
+            "          type(m.scales[0]).__name__, str(m.halves.dtype), m.layers[2].weight.requires_grad]))\n")
+    proc = run(clone, sys.executable, "-c", code)
+    assert proc.returncode == 0, proc.stderr
+    results = [json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("RESULT")]
+    assert results == [[FORMAT2_EXPECTED, True, [3.0, 4.0, 5.0], False, "Parameter", "torch.float16", True]] * 2
+
+    report = gitpack.verify(clone / "stack.gitpack", repo=clone)
+    assert report.manifest_vouched
+    scan = gitpack.api.scan(clone / "stack.gitpack", repo=clone)
+    assert scan.safe, scan.violations
