@@ -25,7 +25,7 @@ from .git import Repo
 from .git.repo import lent
 from .isolation import cache, namespace_for
 from .manifest import BUFFER_PREFIX, PICKLE_MEMBER
-from .pickling import gate
+from .pickling import gate, tensortable
 from .pickling.policy import Policy
 from .pickling.tensors import StorageLoader
 from .pickling.unpickler import Resolver
@@ -107,11 +107,14 @@ def _load(path: str | os.PathLike, repo: str | os.PathLike | Repo | None, *, map
             )
         data = checked.reader.read(PICKLE_MEMBER)
         modules = frozenset(plan.modules)
-        verdict = gate.trace(data, policy, modules=modules, buffers=plan.buffers)
+        table = tensortable.from_archive(checked.reader)
+        verdict = gate.trace(data, policy, modules=modules, buffers=plan.buffers, table=table)
         if not trust:
             verdict.raise_if_refused(str(path))
         buffers = [checked.reader.read_buffer(f"{BUFFER_PREFIX}{i}") for i in range(plan.buffers)]
         storage_loader = started[0]
+        if table is not None:
+            storage_loader.use_table(table)
         if not mmap:
             _read_storages_first(storage_loader, verdict.storages)  # every byte verified before any import
         known = {name: info.root for name, info in plan.modules.items()}
@@ -142,16 +145,17 @@ def _located(target: str | os.PathLike, repo: str | os.PathLike | Repo | None, r
 
 
 def _read_storages_first(storage_loader: StorageLoader, storages: list[tuple]) -> None:
-    """Read (and so verify) every tensor storage the pickle names before unpickling starts; the unpickler
-    then finds them already loaded."""
-    for pid in storages:
-        try:
+    """Read (and so verify) every tensor storage the pickle and the tensor table name before unpickling starts;
+    the unpickler then finds them already loaded."""
+    what = "the tensor table's storages"
+    try:
+        storage_loader.read_table()
+        for pid in storages:
+            what = f"tensor storage {str(pid[2])[:40]!r}"
             storage_loader.load(pid)
-        except GitpackError:
-            raise
-        except Exception as exc:  # torch: a bad device string, a size that does not fit the dtype
-            raise UnpicklingError(
-                f"cannot load tensor storage {str(pid[2])[:40]!r}: {type(exc).__name__}: {exc}"
-            ) from exc
+    except GitpackError:
+        raise
+    except Exception as exc:  # torch: a bad device string, a size that does not fit the dtype
+        raise UnpicklingError(f"cannot load {what}: {type(exc).__name__}: {exc}") from exc
 
 

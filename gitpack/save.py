@@ -32,6 +32,7 @@ from .errors import GitError, GitpackError, GitpackWarning
 from .fsutil import writing
 from .git import DEFAULT_BRANCH, Repo, branch_ref
 from .manifest import BUFFER_PREFIX, PICKLE_MEMBER, Manifest, ModuleInfo
+from .pickling import tensortable
 from .pickling.modulemap import ModuleMap
 from .pickling.pickler import dump, original_of
 from .pickling.policy import AllowList, Policy
@@ -157,6 +158,9 @@ def save(
             with progress.Bar(f"saving {name or dest.name}", len(data) + tensor_bytes) as bar:
                 # Queue every member first: the writer's threads hash and write them while the checks below run.
                 writer.add(PICKLE_MEMBER, [data])
+                table_bytes = storages.table_member()
+                if table_bytes is not None:  # every plain tensor, one row each (format 3)
+                    writer.add(tensortable.MEMBER, [table_bytes])
                 for member, member_buffers in storages.members():  # small storages share pack members
                     writer.add(member, member_buffers)
                 for i, buf in enumerate(buffers):
@@ -174,7 +178,9 @@ def save(
                     structure = summarize(paths, module_map)
                 not_pinned = [f"{u['module']} is imported from {u['file']}, not from this repository "
                               f"({u['repository']} differs); its code is not pinned" for u in module_map.unpinned]
-                verdict = _policy_trace(data, module_map.used, len(buffers), allowlist.merged((), git_repo))
+                table = None if table_bytes is None else tensortable.TensorTable.parse(
+                    table_bytes, storages.unit_sizes(), dest.name)
+                verdict = _policy_trace(data, module_map.used, len(buffers), table, allowlist.merged((), git_repo))
                 refused = _policy_warnings(verdict)
                 warnings = list(snap.submodule_warnings) + not_pinned + refused
                 libraries = environment.distributions_of(r.module or "" for r in verdict.globals)
@@ -290,11 +296,12 @@ def _left_out_warning(excluded: list[tuple[str, str]]) -> list[str]:
             "include=[PATH] (or git config --add gitpack.include PATH) takes one anyway"]
 
 
-def _policy_trace(data: bytes, modules: dict, buffers: int, allowed: AllowList) -> gate.Trace:
+def _policy_trace(data: bytes, modules: dict, buffers: int, table: tensortable.TensorTable | None,
+                  allowed: AllowList) -> gate.Trace:
     """The trust gate's dry run of the pickle just written, under the policy a load here would use."""
     from .pickling import gate
 
-    return gate.trace(data, Policy(allowed), modules=list(modules), buffers=buffers)
+    return gate.trace(data, Policy(allowed), modules=list(modules), buffers=buffers, table=table)
 
 
 def _policy_warnings(found: gate.Trace) -> list[str]:

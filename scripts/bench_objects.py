@@ -67,7 +67,7 @@ def _gate_and_unpickle(path: Path) -> tuple[float, float]:
     """Seconds of the trust gate (byte pass + dry run) and of the unpickling it guards, over the same bytes."""
     from gitpack.isolation import namespace_for
     from gitpack.manifest import BUFFER_PREFIX, PICKLE_MEMBER
-    from gitpack.pickling import gate
+    from gitpack.pickling import gate, tensortable
     from gitpack.pickling.policy import Policy
     from gitpack.pickling.tensors import StorageLoader
     from gitpack.pickling.unpickler import Resolver
@@ -78,13 +78,17 @@ def _gate_and_unpickle(path: Path) -> tuple[float, float]:
         plan = checked.plan
         data = checked.reader.read(PICKLE_MEMBER)
         modules = frozenset(plan.modules)
+        table = tensortable.from_archive(checked.reader)
         policy = Policy()
         t = time.perf_counter()
-        verdict = gate.trace(data, policy, modules=modules, buffers=plan.buffers)
+        verdict = gate.trace(data, policy, modules=modules, buffers=plan.buffers, table=table)
         gate_s = time.perf_counter() - t
         verdict.raise_if_refused(str(path))
         buffers = [checked.reader.read_buffer(f"{BUFFER_PREFIX}{i}") for i in range(plan.buffers)]
         loader = StorageLoader(checked.reader)
+        if table is not None:
+            loader.use_table(table)
+            loader.read_table()
         for pid in verdict.storages:
             loader.load(pid)
         known = {name: info.root for name, info in plan.modules.items()}

@@ -19,8 +19,10 @@ from gitpack.archive import TRAILER, ArchiveReader, ArchiveWriter, manifest_dige
 
 
 def forge(base: Path, dest: Path, repo: Path, new_pickle: bytes, *, manifest_changes: dict | None = None,
-          vouch: bool = True) -> Path:
+          replace_members: dict[str, bytes | None] | None = None, vouch: bool = True) -> Path:
     """Replace *base*'s pickle with *new_pickle*, recompute every digest and (with *vouch*) vouch for it.
+
+    *replace_members* replaces (or, with None, drops) other members too: a forged tensor table, say.
 
     Vouching is what an attacker with push access to the team's remote can do: a snapshot commit with the
     recomputed trailers, on top of gitpack's snapshot branch (as a pushed save would be), holding the
@@ -30,6 +32,11 @@ def forge(base: Path, dest: Path, repo: Path, new_pickle: bytes, *, manifest_cha
         manifest = dict(reader.manifest)
         members = {name: reader.read(name) for name in reader.members}
     members["pickle"] = new_pickle
+    for name, data in (replace_members or {}).items():
+        if data is None:
+            members.pop(name, None)
+        else:
+            members[name] = data
     original_commit = manifest["commit"]
     for key in ("members", "payload_digest", "format", "commit"):
         manifest.pop(key)

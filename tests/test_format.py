@@ -32,7 +32,7 @@ def test_members_are_hashed_with_blake3_and_the_payload_digest_names_the_algorit
     path = _write(tmp_path / "a.gitpack", MEMBERS)
     with ArchiveReader(path) as reader:
         manifest = reader.manifest
-        assert reader.version == manifest["format"] == 2
+        assert reader.version == manifest["format"] == 3
         for entry in manifest["members"]:
             assert set(entry) == {"name", "offset", "size", "blake3"}
             assert entry["blake3"] == blake3.blake3(MEMBERS[entry["name"]]).hexdigest()
@@ -90,4 +90,4 @@ def test_a_flipped_byte_in_a_blake3_member_is_caught(tmp_path):
             reader.read("storages/0")
         with pytest.raises(ArchiveError, match="does not match its digest"):
             reader.verify_member("storages/0")
-        assert json.loads(json.dumps(reader.manifest))["format"] == 2
+        assert json.loads(json.dumps(reader.manifest))["format"] == 3

@@ -97,9 +97,11 @@ def _tree_digest(directory: Path) -> dict[str, str]:
 
 
 def attempt(project, tmp_path, data: bytes, fragment: str, *, scan_fragment: str | None = None,
-            manifest_changes: dict | None = None, timeout: int = 120, extra_env: dict | None = None) -> str:
+            manifest_changes: dict | None = None, replace_members: dict | None = None, timeout: int = 120,
+            extra_env: dict | None = None) -> str:
     """Forge an archive around *data*, try to load it, and check everything the module docstring lists."""
-    archive = forge(project.base, tmp_path / "evil.gitpack", project.repo, data, manifest_changes=manifest_changes)
+    archive = forge(project.base, tmp_path / "evil.gitpack", project.repo, data, manifest_changes=manifest_changes,
+                    replace_members=replace_members)
     marker = tmp_path / "MARKER"
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
@@ -412,6 +414,67 @@ def test_a_snapshot_module_shadowing_an_installed_package_needs_trust(project, t
     stderr = attempt(project, tmp_path, data, "would shadow the installed package 'torch'",
                      manifest_changes={"tree": new_tree})
     assert "--trust" in stderr
+
+
+# ----------------------------------------------------------------------------- 8. the tensor table (format 3)
+def _table(*rows: list[int], rank: int = 1, units=("storages/pack-0",)) -> bytes:
+    """A forged tensor table: *rows* as ``unit byte_offset numel dtype location offset requires_grad kind ndim
+    size[rank] stride[rank]``, float32 on the CPU (written here, not by gitpack's encoder)."""
+    import json
+    import struct
+    from array import array
+
+    header = json.dumps({"rows": len(rows), "rank": rank, "units": list(units), "dtypes": ["float32"],
+                         "locations": ["cpu"]}).encode()
+    header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header + array("q", [v for row in rows for v in row]).tobytes()
+
+
+def _base_pickle(project) -> bytes:
+    with ArchiveReader(project.base) as reader:
+        assert "tensors" in reader.members  # the base archive's Linear is two rows
+        return reader.read("pickle")
+
+
+@pytest.mark.parametrize("rows, fragment", [
+    # a 10**6-item view of a 4-item storage: torch's set_ would grow the storage to 4 MB of bytes nobody wrote
+    ([[0, 0, 4, 0, 0, 0, 1, 1, 1, 10**6, 1], [0, 64, 2, 0, 0, 0, 1, 1, 1, 2, 1]], "a view beyond its storage"),
+    # (2**17) * 2**47 = 2**64: wraps to 0 in 64-bit ints, so a naive sum calls this view one item long
+    ([[0, 0, 4, 0, 0, 0, 1, 1, 1, 2**17 + 1, 2**47], [0, 64, 2, 0, 0, 0, 1, 1, 1, 2, 1]], "a view beyond its storage"),
+    # a storage of 10**9 floats in a member of 72 bytes
+    ([[0, 0, 10**9, 0, 0, 0, 1, 1, 1, 4, 1], [0, 64, 2, 0, 0, 0, 1, 1, 1, 2, 1]], "a storage beyond its member"),
+    # a dtype the header does not list
+    ([[0, 0, 4, 3, 0, 0, 1, 1, 1, 4, 1], [0, 64, 2, 0, 0, 0, 1, 1, 1, 2, 1]], "a value out of range"),
+])
+def test_a_forged_tensor_row_is_refused_before_anything_is_read_into_it(project, tmp_path, rows, fragment):
+    attempt(project, tmp_path, _base_pickle(project), f"tensor table row 0: {fragment}",
+            replace_members={"tensors": _table(*rows)})
+
+
+def test_the_pickle_names_only_rows_the_table_has(project, tmp_path):
+    fine = _table([0, 0, 4, 0, 0, 0, 1, 1, 1, 4, 1])
+    attempt(project, tmp_path, asm.program(asm.lst(asm.i(0) + b"Q", asm.i(7) + b"Q")),
+            "tensor row 7 of a tensor table of 1 rows", replace_members={"tensors": fine})
+    attempt(project, tmp_path, asm.program(asm.i(0) + b"Q"), "a tensor row in an archive with no tensor table",
+            replace_members={"tensors": None})
+    attempt(project, tmp_path, asm.program(asm.TRUE + b"Q"), "malformed persistent id",  # True is not row 1
+            replace_members={"tensors": fine})
+
+
+def test_a_table_naming_a_member_that_is_not_a_storage_is_refused(project, tmp_path):
+    attempt(project, tmp_path, asm.program(asm.i(0) + b"Q"), "a unit that is not a storage member",
+            replace_members={"tensors": _table([0, 0, 4, 0, 0, 0, 1, 1, 1, 4, 1], units=("pickle",))})
+
+
+def test_a_trusted_load_still_never_grows_a_storage_for_a_forged_row(project, tmp_path):
+    """--trust skips the gate's verdict, not the loader's own check of each view."""
+    from gitpack.errors import ArchiveError
+
+    archive = forge(project.base, tmp_path / "grow.gitpack", project.repo, _base_pickle(project),
+                    replace_members={"tensors": _table([0, 0, 4, 0, 0, 0, 1, 1, 1, 10**6, 1],
+                                                       [0, 64, 2, 0, 0, 0, 1, 1, 1, 2, 1])})
+    with pytest.raises(ArchiveError, match="view lies beyond its storage"):
+        gitpack.load(archive, repo=project.repo, trust=True)
 
 
 # ----------------------------------------------------------------------------- what must still load

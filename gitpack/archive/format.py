@@ -20,6 +20,11 @@ every one of them: sha256 runs at about 2 GB/s per core, BLAKE3 several times
 that on one core (SIMD) and more with threads, so a verified load is now bound
 by the copy from the page cache, not by the hash.
 
+**Format 3** keeps format 2's container and digests and adds
+one member, ``tensors``: every plain tensor as a row of integers, which the
+pickle names by row number (:mod:`gitpack.pickling.tensortable`).  Its number
+tells an older gitpack that it cannot read such a pickle, before it tries.
+
 The two digests recorded in git, the *payload digest* (over the member table)
 and the *manifest digest*, and the trailer's manifest digest, stay **sha256**:
 they hash a few kilobytes, so speed is irrelevant there; sha256 is what git
@@ -47,9 +52,9 @@ from typing import Any
 
 MAGIC = b"GITPACK\x00"
 TAIL_MAGIC = b"GPKTAIL\x00"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
-DIGEST_KEY = {1: "sha256", 2: "blake3"}  # the member table's digest field, by format
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+DIGEST_KEY = {1: "sha256", 2: "blake3", 3: "blake3"}  # the member table's digest field, by format
 HEADER = struct.Struct("<8sII")
 TRAILER = struct.Struct("<QQ32s8s")
 ALIGN = 64

@@ -44,6 +44,7 @@ from .standins import (
     stand_in,
     tensor_ref,
 )
+from .tensortable import TensorTable
 from .verdicts import ALLOWED, CALLABLE_KINDS, short
 
 MAX_NESTING = 3  # pickles inside bytes arguments of refused calls, scanned for the report only
@@ -80,8 +81,10 @@ class Trace:
     nested: list[Trace] = field(default_factory=list)
     error: str | None = None
     count_opcodes: bool = False  # scan reports how many opcodes the pickle holds; a load never asks
+    table: TensorTable | None = None  # format 3: the archive's tensor table, whose rows the pickle names by number
     opcodes: int = 0  # counted with count_opcodes only (0 when the byte pass refused the pickle)
     _seq: int = 0
+    _rows: int = 0  # rows of the tensor table
     _stand_ins: dict = field(default_factory=dict)
     _deferred_seen: set = field(default_factory=set)  # the deferred checks queued, to queue each once
     states_checked: set = field(default_factory=set)  # (class, state keys) of all-data states, checked already
@@ -138,6 +141,11 @@ class Trace:
 
     # ---------------------------------------------------------------- dry run
     def run(self, data: bytes, *, buffers: int = 0) -> Trace:
+        if self.table is not None:
+            problem = self.table.problem()  # every row at once, before the pickle can name one
+            if problem:
+                self.violations.append(problem)
+        self._rows = self.table.rows if self.table is not None else 0
         try:
             counted, unwanted = opcodes.check(data, count=self.count_opcodes)
             self.opcodes = counted or 0
@@ -180,6 +188,12 @@ class Trace:
         return self._stand_in(ref)
 
     def _persistent(self, pid: Any) -> Any:
+        if type(pid) is int:  # format 3: a row of the tensor table (judged with the table), nearly every id of a model
+            if 0 <= pid < self._rows:
+                return _ROW
+            self.violations.append(f"tensor row {pid} of a tensor table of {self._rows} rows" if self.table is not None
+                                   else "a tensor row in an archive with no tensor table")
+            return _ROW
         if type(pid) is tuple and len(pid) == 10 and pid[0] == tensorids.KIND:  # nearly every id of a model
             problem = tensorids.problem(pid)
             if problem:
@@ -371,7 +385,7 @@ class _DryRun(pickle.Unpickler):
 
 def trace(
     data: bytes, policy: Policy | None = None, *, modules: Iterable[str] | None = None, buffers: int = 0,
-    count_opcodes: bool = False,
+    table: TensorTable | None = None, count_opcodes: bool = False,
 ) -> Trace:
     """Dry-run *data* and judge every construct; nothing is imported or executed.
 
@@ -381,15 +395,20 @@ def trace(
         modules: the snapshot modules the archive's manifest records as used; a persistent id naming any
             other module is refused (None: not checked, for pickles without a manifest).
         buffers: how many out-of-band buffers the pickle takes.
+        table: the archive's tensor table (format 3), judged whole; the pickle names its rows by number.
         count_opcodes: count the pickle's opcodes too (:attr:`Trace.opcodes`; ``scan`` reports them).
     Returns:
         The :class:`Trace`; ``trace.safe`` says whether the static checks passed.
     """
     return Trace(policy or Policy(), frozenset(modules) if modules is not None else None,
-                 count_opcodes=count_opcodes).run(data, buffers=buffers)
+                 count_opcodes=count_opcodes, table=table).run(data, buffers=buffers)
 
 
 # ----------------------------------------------------------------------------- helpers
+# What every tensor row is in the dry run: one value stand-in (the rules ask only whether a value is a tensor).
+_ROW = ValueStandIn(("tensor-row",), Ref("tensor", name="tensor table row", parts=("tensor-row",)))
+
+
 def _direct(args: tuple, kwargs: dict):
     """Arguments of a call, and the items of tuples and lists among them: what the callee may keep or use."""
     for value in list(args) + list(kwargs.values()):

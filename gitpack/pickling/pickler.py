@@ -69,7 +69,7 @@ class _References:
     def _setup(self, module_map: ModuleMap, storages: StorageCollector) -> None:
         self.module_map = module_map
         self.storages = storages
-        self._pids: dict[int, tuple] = {}
+        self._pids: dict[int, tuple | int] = {}  # id -> persistent id (a tensor's: its row in the table)
         self._keep: list[Any] = []
         self.repo_objects: dict[str, Any] = {}  # "module:qualname" -> class or function used
         self.repo_instances: dict[int, Any] = {}  # id -> instance of a repo class met in the graph
@@ -93,7 +93,7 @@ class _References:
         cached = self._pids.get(id(obj))
         if cached is not None:
             return cached
-        pid: tuple | None = None  # persistent ids differ in length by kind
+        pid: tuple | int | None = None  # persistent ids differ in length by kind; a tensor's is its table row
         if obj is _REBUILDER:
             return REBUILD_ID
         if isinstance(obj, type) or t in _FUNCTION_TYPES:
@@ -123,7 +123,7 @@ class _References:
             self._remember(obj, pid)
         return pid
 
-    def _remember(self, obj: Any, pid: tuple) -> None:
+    def _remember(self, obj: Any, pid: tuple | int) -> None:
         # The same pid object each time: pickle memoizes it, so a shared object stays shared after load.
         self._pids[id(obj)] = pid
         self._keep.append(obj)

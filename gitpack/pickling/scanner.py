@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..archive import ArchiveReader
 from ..errors import ArchiveError, PolicyError
-from . import gate
+from . import gate, tensortable
 from .policy import AllowList, Policy
 
 if TYPE_CHECKING:
@@ -97,6 +97,7 @@ class ScanReport:
     pending: int = 0  # checks that need the real classes (load makes them)
     nested: int = 0
     opcodes: int = 0
+    tensor_rows: int = 0  # plain tensors in the tensor table (format 3; each earlier one is a persistent id)
     error: str | None = None
 
     @property
@@ -134,6 +135,7 @@ class ScanReport:
             "safe": self.safe,
             "error": self.error,
             "opcodes": self.opcodes,
+            "tensor_rows": self.tensor_rows,
             "nested_pickles": self.nested,
             "declared_by_value_code": self.declared_by_value,
             "refused": self.violations,
@@ -290,14 +292,17 @@ def scan(path: str | os.PathLike, *, allow: Iterable[tuple[str, str] | str] | Al
     with ArchiveReader(path) as reader:
         data = reader.read(PICKLE_MEMBER)
         manifest = reader.manifest
+        table = tensortable.from_archive(reader)
     modules = manifest.get("modules")
     buffers = (manifest.get("tensors") or {}).get("buffers", 0) if isinstance(manifest.get("tensors"), dict) else 0
     policy = Policy(allow)
     trace = gate.trace(data, policy, modules=list(modules) if isinstance(modules, dict) else None,
-                       buffers=buffers if type(buffers) is int and 0 <= buffers <= 1_000_000 else 0, count_opcodes=True)
+                       buffers=buffers if type(buffers) is int and 0 <= buffers <= 1_000_000 else 0, table=table,
+                       count_opcodes=True)
     pending = _class_checks(trace, policy, manifest, repo) if trace.error is None else 0
     out = report(trace, Path(path))
     out.pending = pending
+    out.tensor_rows = table.rows if table is not None else 0
     commit = manifest.get("commit")
     out.commit = commit if isinstance(commit, str) else None
     declared = manifest.get("by_value_code")

@@ -1,8 +1,10 @@
-"""Tensor persistent ids: the one check the gate makes tens of thousands of times.
+"""Tensor persistent ids of format-2 archives: the check the gate made tens of thousands of times.
 
-gitpack's pickler writes every plain tensor as one persistent id, ``("tensor",
+Format 2's pickler wrote every plain tensor as one persistent id, ``("tensor",
 dtype, key, location, numel, offset, size, stride, requires_grad, kind)``,
-which load turns into a view of a storage read from the archive.  Every field
+which load turns into a view of a storage read from the archive.  Format 3
+writes a row number instead (:mod:`.tensortable`); such archives still load,
+and a forged pickle may still hold these ids, so they are still checked.  Every field
 must be of its exact type (``1 == True == 1.0``: nothing is compared before its
 type is checked), and the view must lie inside its storage: else torch's
 ``set_`` grows the storage (bytes nobody wrote, memory the pickle sizes).

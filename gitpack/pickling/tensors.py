@@ -21,6 +21,7 @@ from typing import Any
 from ..archive import DeferredBuffer
 from ..archive.format import ALIGN, align
 from ..errors import ArchiveError, GitpackError
+from .tensortable import Row, TableBuilder, TensorTable
 
 STORAGE_PREFIX = "storages/"
 READAHEAD = 256 << 20  # bytes read ahead of the unpickler; bounds host staging for device loads
@@ -109,6 +110,7 @@ class StorageCollector:
         self._units: list[Any] = []  # in first-use order: a key (a whole member) or a _Pack
         self._pack: _Pack | None = None
         self._packs = 0
+        self.table = TableBuilder()
 
     def persistent_id(self, obj: Any) -> tuple:
         import torch
@@ -150,14 +152,14 @@ class StorageCollector:
         pack.size = offset + nbytes
         return f"{pack.name}:{offset}"
 
-    def tensor_id(self, obj: Any) -> tuple | None:
-        """A plain dense tensor or parameter as one persistent id, or None to pickle it torch's way.
+    def tensor_id(self, obj: Any) -> int | None:
+        """A plain dense tensor or parameter as its row in the tensor table (:mod:`.tensortable`), or None to
+        pickle it torch's way.
 
-        ``('tensor', dtype, storage key, location, storage numel, offset, size, stride, requires_grad, kind)``:
-        one persistent id instead of torch's three nested calls (``_rebuild_parameter(_rebuild_tensor_v2(
-        storage, ...), ...)`` with two OrderedDicts), so a model of 20,000 small parameters pickles, passes
-        the trust gate and loads with one constant tuple per tensor.  Anything unusual (a subclass, extra
-        attributes, hooks, a sparse, quantized, conjugate or named tensor, a non-leaf) goes torch's way.
+        One small int instead of torch's three nested calls (``_rebuild_parameter(_rebuild_tensor_v2(storage,
+        ...), ...)`` with two OrderedDicts), so a model of 20,000 small parameters pickles, passes the trust gate
+        and loads with one row per tensor.  Anything unusual (a subclass, extra attributes, hooks, a sparse,
+        quantized, conjugate or named tensor, a non-leaf) goes torch's way.
         """
         import torch
 
@@ -169,8 +171,26 @@ class StorageCollector:
         storage = obj.untyped_storage()
         dtype = obj.dtype
         key = self._key(storage, dtype)
-        return (TENSOR_KIND, dtype_name(dtype), key, _location(storage), storage.nbytes() // dtype.itemsize,
-                obj.storage_offset(), tuple(obj.size()), obj.stride(), bool(obj.requires_grad), kind)
+        address = storage_address(key)
+        assert address is not None  # the collector's own keys are well-formed
+        unit, byte_offset = address
+        return self.table.add(Row(unit, byte_offset or 0, storage.nbytes() // dtype.itemsize, dtype_name(dtype),
+                                  _location(storage), obj.storage_offset(), tuple(obj.size()), obj.stride(),
+                                  bool(obj.requires_grad), kind))
+
+    def table_member(self) -> bytes | None:
+        """The tensor table member's bytes, or None when no tensor became a row."""
+        return self.table.encode() if len(self.table) else None
+
+    def unit_sizes(self) -> dict[str, int]:
+        """Bytes of every storage member, by name (what :meth:`members` writes)."""
+        out = {}
+        for unit in self._units:
+            if isinstance(unit, _Pack):
+                out[STORAGE_PREFIX + unit.name] = unit.size
+            else:
+                out[STORAGE_PREFIX + unit] = int(self.storages[unit].nbytes())
+        return out
 
     def members(self):
         """``(member name, buffers)`` for every storage member, in the order the pickle first uses them: a whole
@@ -251,7 +271,9 @@ class StorageLoader:
         self.map_location = map_location
         self.mmap = mmap
         self.readahead = readahead
-        self._loaded: dict[str, Any] = {}
+        self._loaded: dict[tuple[str, int | None], Any] = {}  # (member, offset in a pack) -> storage
+        self.table: TensorTable | None = None  # format 3: the archive's tensor table (see use_table)
+        self._rows: list[Any] = []  # format 3: the tensor of each row, made on first use
         self._whole_file: Any = None  # with mmap: one torch storage mapping the whole archive, made on first use
         self._order = [m for name, m in reader.members.items() if name.startswith(STORAGE_PREFIX)]
         self._next = 0  # index in _order of the next member to schedule
@@ -263,39 +285,88 @@ class StorageLoader:
             self._schedule_through(None)
 
     def load(self, pid: tuple) -> Any:
+        """The typed storage a format-2 ``('storage', ...)`` persistent id stands for."""
         import torch
 
         _, dtype_name, key, location, numel = pid
         dtype = torch_dtype(dtype_name)
-        return torch.storage.TypedStorage(wrap_storage=self._storage(dtype, key, location, numel), dtype=dtype,
-                                          _internal=True)
+        return torch.storage.TypedStorage(wrap_storage=self._storage(dtype, self._address(key), location, numel),
+                                          dtype=dtype, _internal=True)
 
-    def _storage(self, dtype: Any, key: Any, location: Any, numel: Any) -> Any:
-        """The untyped storage *key* (read and verified once, then shared by every tensor that names it)."""
+    def _address(self, key: Any) -> tuple[str, int | None]:
+        address = storage_address(key)
+        if address is None:
+            raise ArchiveError(f"{self.reader.path}: a storage key {str(key)[:40]!r} is malformed; "
+                               "the archive is corrupt")
+        return address
+
+    def _storage(self, dtype: Any, address: tuple[str, int | None], location: Any, numel: Any) -> Any:
+        """The untyped storage at *address*, ``(member, offset in a pack or None)`` (read and verified once, then
+        shared by every tensor that names it)."""
         import torch
 
         if type(numel) is not int or numel < 0:
             raise ArchiveError(f"{self.reader.path}: a storage has a malformed size; the archive is corrupt")
-        key, location = str(key), str(location)
-        storage = self._loaded.get(key)
+        location = str(location)
+        storage = self._loaded.get(address)
         if storage is None:
             nbytes = numel * dtype.itemsize
             if location == "meta" or self._target(location) == "meta":
                 storage = torch.UntypedStorage(nbytes, device="meta")  # shape only: nothing to read
             else:
-                storage = self._restore(self._read(key, nbytes), location)
-            self._loaded[key] = storage
+                storage = self._restore(self._read(address, nbytes), location)
+            self._loaded[address] = storage
         return storage
 
     def tensor(self, pid: tuple) -> Any:
-        """The tensor a :meth:`StorageCollector.tensor_id` persistent id stands for (its storage read and checked)."""
+        """The tensor a format-2 ``('tensor', ...)`` persistent id stands for (its storage read and checked)."""
+        _, dtype_name, key, location, numel, offset, size, stride, requires_grad, kind = pid
+        dtype = torch_dtype(dtype_name)
+        storage = self._storage(dtype, self._address(key), location, numel)
+        return self._view(storage, dtype, offset, size, stride, requires_grad, kind)
+
+    # ---------------------------------------------------------------- format 3: the tensor table
+    def use_table(self, table: TensorTable) -> None:
+        """Serve the rows of *table* (which the trust gate has judged) as the pickle asks for them."""
+        self.table = table
+        self._rows = [None] * table.rows
+
+    def row_tensor(self, index: Any) -> Any:
+        """The tensor of row *index*: one object per row, so a tensor shared at save is shared again."""
+        rows = self._rows
+        if type(index) is not int or not 0 <= index < len(rows):
+            raise ArchiveError(f"{self.reader.path}: the pickle names tensor row {str(index)[:20]}, which its "
+                               "tensor table does not have; the archive is corrupt")
+        found = rows[index]
+        if found is None:
+            assert self.table is not None  # rows are only made by use_table
+            row = self.table.row(index)
+            dtype = torch_dtype(row.dtype)
+            storage = self._storage(dtype, self._unit_address(row), row.location, row.numel)
+            found = rows[index] = self._view(storage, dtype, row.offset, row.size, row.stride, row.requires_grad,
+                                             row.kind)
+        return found
+
+    def read_table(self) -> None:
+        """Read (and so verify) the storage of every row, before unpickling starts."""
+        table = self.table
+        if table is None:
+            return
+        for index in range(table.rows):
+            row = table.row(index)
+            self._storage(torch_dtype(row.dtype), self._unit_address(row), row.location, row.numel)
+
+    @staticmethod
+    def _unit_address(row: Row) -> tuple[str, int | None]:
+        packed = row.unit.startswith(STORAGE_PREFIX + PACK_PREFIX)
+        return row.unit, row.byte_offset if packed else None
+
+    def _view(self, storage: Any, dtype: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
+              kind: Any) -> Any:
         import torch
 
         from .guards import view_fits
 
-        _, dtype_name, key, location, numel, offset, size, stride, requires_grad, kind = pid
-        dtype = torch_dtype(dtype_name)
-        storage = self._storage(dtype, key, location, numel)
         if not view_fits(storage.nbytes(), offset, size, stride, dtype.itemsize):
             raise ArchiveError(f"{self.reader.path}: a tensor view lies beyond its storage; the archive is corrupt")
         try:
@@ -310,19 +381,17 @@ class StorageLoader:
             tensor.requires_grad_(True)
         return tensor
 
-    def _read(self, key: str, nbytes: int):
+    def _read(self, address: tuple[str, int | None], nbytes: int):
         import torch
 
-        address = storage_address(key)
-        if address is None:
-            raise ArchiveError(f"{self.reader.path}: a storage key {key[:40]!r} is malformed; the archive is corrupt")
         name, offset = address
         member = self.reader.member(name)
+        label = name if offset is None else f"{name}:{offset}"
         if offset is None and member.size != nbytes:
-            raise ArchiveError(f"{self.reader.path}: storage {key} holds {member.size} bytes, "
+            raise ArchiveError(f"{self.reader.path}: storage {label} holds {member.size} bytes, "
                                f"its tensors need {nbytes}; the archive is corrupt")
         if offset is not None and (offset % ALIGN or offset + nbytes > member.size):
-            raise ArchiveError(f"{self.reader.path}: packed storage {key} lies outside its member; "
+            raise ArchiveError(f"{self.reader.path}: packed storage {label} lies outside its member; "
                                "the archive is corrupt")
         start = offset or 0
         if self.mmap:

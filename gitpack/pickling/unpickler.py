@@ -124,6 +124,10 @@ class _Loading:
     storage_loader: Any
 
     def persistent_load(self, pid):
+        if type(pid) is int:  # format 3: a row of the tensor table, nearly every id of a model
+            if self.storage_loader is None:
+                raise UnpicklingError("the pickle names a tensor row but no tensors are loaded; the archive is corrupt")
+            return self.storage_loader.row_tensor(pid)
         if not isinstance(pid, tuple) or not pid or not isinstance(pid[0], str):
             raise UnpicklingError("malformed persistent id in archive; the archive is corrupt")
         kind = pid[0]

@@ -1,0 +1,235 @@
+"""The tensor table (format 3): rows round-trip, a malformed header is refused, and the bulk check is exact.
+
+The bulk check (:meth:`TensorTable.problem`) runs in torch's 64-bit integers, where a product can wrap.  So it
+is held, over thousands of forged rows, to a plain reference in Python's unbounded ints, and a row built to
+wrap a naive sum to a small extent is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from array import array
+
+import pytest
+import torch
+from conftest import gitpack_cli
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gitpack.errors import ArchiveError
+from gitpack.pickling.policy import TORCH_DTYPE_SIZES
+from gitpack.pickling.tensortable import LIMIT, MAX_RANK, Row, TableBuilder, TensorTable
+
+UNITS = {"storages/pack-0": 4096, "storages/1": 800}
+
+
+def raw_table(rows: list[list[int]], rank: int, *, units=("storages/pack-0", "storages/1"), dtypes=("float32",),
+              locations=("cpu",), header: dict | None = None) -> bytes:
+    """A table as bytes, written independently of gitpack's encoder (as a forger would)."""
+    text = json.dumps(header if header is not None else
+                      {"rows": len(rows), "rank": rank, "units": list(units), "dtypes": list(dtypes),
+                       "locations": list(locations)}).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + array("q", [v for row in rows for v in row]).tobytes()
+
+
+def parsed(rows: list[list[int]], rank: int, **kw) -> TensorTable:
+    return TensorTable.parse(raw_table(rows, rank, **kw), UNITS)
+
+
+def row(*, unit=0, boff=0, numel=16, dtype=0, loc=0, offset=0, rg=0, kind=0, size=(4,), stride=(1,), rank=1):
+    pad = rank - len(size)
+    return [unit, boff, numel, dtype, loc, offset, rg, kind, len(size), *size, *(1,) * pad, *stride, *(0,) * pad]
+
+
+# ----------------------------------------------------------------------------- round trip
+def test_rows_round_trip_through_the_member_bytes():
+    builder = TableBuilder()
+    written = [
+        Row("storages/pack-0", 0, 16, "float32", "cpu", 0, (4, 4), (4, 1), True, "parameter"),
+        Row("storages/pack-0", 64, 3, "float16", "cpu", 1, (2,), (1,), False, "tensor"),
+        Row("storages/1", 0, 100, "int64", "cuda:0", 0, (), (), False, "tensor"),  # a 0-d tensor
+        Row("storages/1", 0, 100, "int64", "cuda:0", 5, (3, 1, 2), (1, 40, 10), False, "tensor"),  # non-contiguous
+    ]
+    assert [builder.add(r) for r in written] == [0, 1, 2, 3]
+    table = TensorTable.parse(builder.encode(), UNITS)
+    assert (table.rows, table.rank, table.units, table.dtypes) == (4, 3, ("storages/pack-0", "storages/1"),
+                                                                 ("float32", "float16", "int64"))
+    assert [table.row(i) for i in range(4)] == written
+    assert table.problem() is None
+
+
+def test_what_does_not_fit_a_row_is_left_to_torch():
+    builder = TableBuilder()
+    assert builder.add(Row("storages/1", 0, 1, "float32", "cpu", 0, (1,), (LIMIT + 1,), False, "tensor")) is None
+    assert builder.add(Row("storages/1", 0, 1, "float32", "cpu", 0, (1,) * (MAX_RANK + 1), (0,) * (MAX_RANK + 1),
+                           False, "tensor")) is None
+    assert len(builder) == 0
+
+
+# ----------------------------------------------------------------------------- a malformed header
+@pytest.mark.parametrize("change, fragment", [
+    (lambda raw: raw[:5], "truncated"),
+    (lambda raw: struct.pack("<Q", 1 << 40) + raw[8:], "header length"),
+    (lambda raw: struct.pack("<Q", 8) + b"not json" + raw[16:], "not JSON"),
+    (lambda raw: raw[:-8], "rows do not fill it"),
+    (lambda raw: raw + bytes(8), "rows do not fill it"),
+])
+def test_a_malformed_table_is_refused_before_any_row_is_read(change, fragment):
+    raw = raw_table([row(), row()], 1)
+    with pytest.raises(ArchiveError, match=fragment):
+        TensorTable.parse(change(raw), UNITS)
+
+
+@pytest.mark.parametrize("header, fragment", [
+    ({"rows": 0, "rank": 0, "units": [], "dtypes": [], "locations": [], "more": 1}, "header fields"),
+    ({"rows": 0, "rank": MAX_RANK + 1, "units": [], "dtypes": [], "locations": []}, "rows or rank"),
+    ({"rows": True, "rank": 0, "units": [], "dtypes": [], "locations": []}, "rows or rank"),
+    ({"rows": 0, "rank": 0, "units": ["pickle"], "dtypes": [], "locations": []}, "not a storage member"),
+    ({"rows": 0, "rank": 0, "units": ["storages/9"], "dtypes": [], "locations": []}, "not a storage member"),
+    ({"rows": 0, "rank": 0, "units": [], "dtypes": ["_dynamo"], "locations": []}, "unknown dtype"),
+    ({"rows": 0, "rank": 0, "units": [], "dtypes": [], "locations": ["cpu\n"]}, "malformed location"),
+    ({"rows": 0, "rank": 0, "units": [], "dtypes": ["float32", "float32"], "locations": []}, "name list"),
+])
+def test_a_header_naming_what_the_archive_lacks_is_refused(header, fragment):
+    with pytest.raises(ArchiveError, match=fragment):
+        TensorTable.parse(raw_table([], 0, header=header), UNITS)
+
+
+# ----------------------------------------------------------------------------- the bulk check
+def reference(table: TensorTable) -> bool:
+    """Whether every row is acceptable, one row at a time in Python's unbounded ints."""
+    w, rank = table.width, table.rank
+    for i in range(table.rows):
+        unit, boff, numel, dtype, loc, offset, rg, kind, ndim = table.data[i * w:i * w + 9]
+        sizes = list(table.data[i * w + 9:i * w + 9 + rank])
+        strides = list(table.data[i * w + 9 + rank:i * w + w])
+        if not (0 <= unit < len(table.units) and 0 <= dtype < len(table.dtypes) and 0 <= loc < len(table.locations)
+                and rg in (0, 1) and kind in (0, 1) and 0 <= ndim <= rank):
+            return False
+        if any(not 0 <= v <= LIMIT for v in [boff, numel, offset, *sizes, *strides]):
+            return False
+        if any(sizes[d] != 1 or strides[d] != 0 for d in range(ndim, rank)):
+            return False
+        empty = any(s == 0 for s in sizes)
+        extent = 0 if empty else 1 + sum((s - 1) * t for s, t in zip(sizes, strides, strict=True))
+        if offset + extent > numel:
+            return False
+        if boff + numel * TORCH_DTYPE_SIZES[table.dtypes[dtype]] > table.unit_sizes[unit]:
+            return False
+    return True
+
+
+_EDGE = st.sampled_from([0, 1, 2, 3, 4, 15, 16, 17, 63, 64, 800, 2**17 + 1, 2**31, 2**47, LIMIT, LIMIT + 1, 2**62,
+                         2**63 - 1, -1, -(2**63)])
+
+
+@st.composite
+def forged_rows(draw):
+    rank = draw(st.integers(0, 3))
+    small = st.integers(0, 40)
+    value = st.one_of(small, _EDGE)
+    n = draw(st.integers(1, 6))
+    rows = []
+    for _ in range(n):
+        ndim = draw(st.one_of(st.integers(0, rank), _EDGE))
+        sizes = [draw(st.one_of(st.integers(0, 6), _EDGE)) for _ in range(rank)]
+        strides = [draw(st.one_of(st.integers(0, 8), _EDGE)) for _ in range(rank)]
+        if draw(st.booleans()) and 0 <= ndim <= rank:  # mostly well padded, so the view checks are reached
+            sizes[ndim:] = [1] * (rank - ndim)
+            strides[ndim:] = [0] * (rank - ndim)
+        rows.append([draw(st.one_of(st.integers(0, 1), _EDGE)), draw(st.one_of(st.sampled_from([0, 64, 128]), value)),
+                     draw(value), draw(st.one_of(st.integers(0, 1), _EDGE)), draw(st.one_of(st.just(0), _EDGE)),
+                     draw(value), draw(st.one_of(st.integers(0, 1), _EDGE)), draw(st.one_of(st.integers(0, 1), _EDGE)),
+                     ndim, *sizes, *strides])
+    return rows, rank
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(forged_rows())
+def test_the_bulk_check_agrees_with_a_row_by_row_reference(case):
+    rows, rank = case
+    table = parsed(rows, rank, dtypes=("float32", "float16"))
+    assert (table.problem() is None) == reference(table), rows
+
+
+def test_a_view_built_to_wrap_a_64_bit_sum_is_refused():
+    """(2**17) * 2**47 is 2**64: in int64 it wraps to 0, so a naive sum would call a 2**64-item view 1 item."""
+    table = parsed([row(numel=4, size=(2**17 + 1,), stride=(2**47,))], 1)
+    assert (((2**17) * 2**47) % 2**64) == 0
+    assert table.problem() == "tensor table row 0: a view beyond its storage (torch would grow the storage)"
+    assert not reference(table)
+
+
+@pytest.mark.parametrize("forged, fragment", [
+    (row(size=(17,)), "a view beyond its storage"),
+    (row(offset=13), "a view beyond its storage"),
+    (row(size=(0,), offset=17), "a view beyond its storage"),  # empty, but its offset is past the end
+    (row(numel=2000), "a storage beyond its member"),
+    (row(boff=4090), "a storage beyond its member"),
+    (row(dtype=1), "a value out of range"),
+    (row(unit=2), "a value out of range"),
+    (row(kind=2), "a value out of range"),
+    (row(rg=-1), "a value out of range"),
+    (row(size=(4, 5), stride=(1, 0), rank=2)[:8] + [1, 4, 5, 1, 0], "past its number of dimensions"),
+])
+def test_each_kind_of_bad_row_is_named(forged, fragment):
+    rank = (len(forged) - 9) // 2
+    problem = parsed([row(rank=rank, size=(4,) + (1,) * (rank - 1), stride=(1,) + (0,) * (rank - 1)), forged],
+                     rank).problem()
+    assert problem is not None and problem.startswith("tensor table row 1: ") and fragment in problem, problem
+
+
+def test_an_empty_view_and_a_zero_dimensional_tensor_are_fine():
+    table = parsed([row(size=(0, 9), stride=(99, 1), rank=2, numel=0), row(size=(), stride=(), rank=2, offset=15)], 2)
+    assert table.problem() is None and reference(table)
+
+
+# ----------------------------------------------------------------------------- the table as a save writes it
+def test_every_plain_tensor_is_a_row_and_loads_as_it_was_saved(repo):
+    """Views, a transposed view, a 0-d tensor, frozen and trainable parameters, dtypes: rows, shared as saved."""
+    import gitpack
+    from gitpack.archive import ArchiveReader
+
+    base = torch.arange(12.0).reshape(3, 4)
+    obj = {"base": base, "t": base.t(), "row": base[1], "tail": base.flatten()[5:], "scalar": torch.tensor(7),
+           "w": torch.nn.Parameter(torch.ones(2, 2)), "frozen": torch.nn.Parameter(torch.zeros(3), requires_grad=False),
+           "half": torch.ones(3, dtype=torch.float16), "flags": torch.tensor([True, False]),
+           "grad": torch.ones(2).requires_grad_()}
+    obj["again"] = obj["w"]
+    gitpack.save(obj, repo / "t.gitpack", repo=repo)
+    with ArchiveReader(repo / "t.gitpack") as reader:
+        table = TensorTable.parse(reader.read("tensors"), {n: m.size for n, m in reader.members.items()})
+        assert b"tensor" not in reader.read("pickle")  # no format-2 tensor ids: rows only
+    assert table.rows == 10  # "again" is "w": one row, named twice
+    back = gitpack.load(repo / "t.gitpack", repo=repo)
+    for key, value in obj.items():
+        assert type(back[key]) is type(value) and back[key].dtype == value.dtype, key
+        assert torch.equal(back[key], value) and back[key].stride() == value.stride(), key
+        assert back[key].requires_grad == value.requires_grad, key
+    assert back["again"] is back["w"]
+    pointer = back["base"].untyped_storage().data_ptr()
+    assert all(back[k].untyped_storage().data_ptr() == pointer for k in ("t", "row", "tail"))
+    assert back["tail"].storage_offset() == 5
+
+    scan = gitpack.api.scan(repo / "t.gitpack", repo=repo)
+    assert scan.safe and scan.tensor_rows == 10 and scan.as_json()["tensor_rows"] == 10
+    assert not [p for p in scan.persistent_ids if p.kind == "tensor"]
+    shown = gitpack_cli(repo, "scan", "t.gitpack")
+    assert shown.returncode == 0 and "0 globals (0 refused), 10 tensors and storages" in shown.stdout, shown.stdout
+
+
+def test_a_tensor_whose_stride_does_not_fit_a_row_is_saved_torch_s_way(repo):
+    import gitpack
+    from gitpack.archive import ArchiveReader
+
+    odd = torch.ones(1).as_strided((1,), (LIMIT + 8,))  # a size-1 dimension may have any stride
+    plain = torch.arange(6.0)
+    gitpack.save({"odd": odd, "plain": plain}, repo / "odd.gitpack", repo=repo)
+    with ArchiveReader(repo / "odd.gitpack") as reader:
+        assert b"_rebuild_tensor_v2" in reader.read("pickle")  # the odd one went torch's way
+        assert TensorTable.parse(reader.read("tensors"), {n: m.size for n, m in reader.members.items()}).rows == 1
+    back = gitpack.load(repo / "odd.gitpack", repo=repo)
+    assert back["odd"].stride() == (LIMIT + 8,) and back["odd"].tolist() == [1.0]
+    assert torch.equal(back["plain"], plain)
