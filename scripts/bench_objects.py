@@ -7,9 +7,9 @@ methods rotated run by run:
 * ``layers``: a module of 10,000 ``Linear(8, 8)`` layers (20,000 small parameters, 10,000 modules);
 * ``params``: a module holding 20,000 small parameters in one ``ParameterList``.
 
-For each, the trust gate (the byte pass and the dry run) is timed against the unpickling it guards:
-the C unpickler over the same bytes, resolving through the load's own ``Resolver`` with every storage
-already read (what ``gitpack.load`` runs after the gate).
+For each, the trust gate (the tensor table check, the byte pass and the dry run) is timed against the
+unpickling it guards: the C unpickler over the same bytes, resolving through the load's own ``Resolver``
+with every storage already read (what ``gitpack.load`` runs after the gate).
 
 bench.py calls :func:`measure` in a child process and :func:`rows` to add the table's lines; to add
 another object, add its class to :data:`SOURCE` and a line to :data:`OBJECTS`.
@@ -64,7 +64,7 @@ def write_source(repo: Path) -> None:
 
 
 def _gate_and_unpickle(path: Path) -> tuple[float, float]:
-    """Seconds of the trust gate (byte pass + dry run) and of the unpickling it guards, over the same bytes."""
+    """Seconds of the trust gate (tensor table check + byte pass + dry run) and of the unpickling it guards, over the same bytes."""
     from gitpack.isolation import namespace_for
     from gitpack.manifest import BUFFER_PREFIX, PICKLE_MEMBER
     from gitpack.pickling import gate, tensortable
