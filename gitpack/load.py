@@ -108,13 +108,13 @@ def _load(path: str | os.PathLike, repo: str | os.PathLike | Repo | None, *, map
         data = checked.reader.read(PICKLE_MEMBER)
         modules = frozenset(plan.modules)
         table = tensortable.from_archive(checked.reader)
+        storage_loader = started[0]
+        if table is not None:  # a bad row is a corrupt archive, whatever the policy (--trust included)
+            storage_loader.use_table(table)
         verdict = gate.trace(data, policy, modules=modules, buffers=plan.buffers, table=table)
         if not trust:
             verdict.raise_if_refused(str(path))
         buffers = [checked.reader.read_buffer(f"{BUFFER_PREFIX}{i}") for i in range(plan.buffers)]
-        storage_loader = started[0]
-        if table is not None:
-            storage_loader.use_table(table)
         if not mmap:
             _read_storages_first(storage_loader, verdict.storages)  # every byte verified before any import
         known = {name: info.root for name, info in plan.modules.items()}

@@ -437,17 +437,20 @@ def _base_pickle(project) -> bytes:
 
 
 @pytest.mark.parametrize("rows, fragment", [
+    # two storages over the same bytes of a 72-byte pack: on a GPU, a small pack standing for gigabytes
+    ([[0, 0, 18, 0, 0, 0, 1, 1, 1, 4, 1], [0, 64, 2, 0, 0, 0, 1, 1, 1, 2, 1]], "row 1: a storage that overlaps another"),
     # a 10**6-item view of a 4-item storage: torch's set_ would grow the storage to 4 MB of bytes nobody wrote
-    ([[0, 0, 4, 0, 0, 0, 1, 1, 1, 10**6, 1], [0, 64, 2, 0, 0, 0, 1, 1, 1, 2, 1]], "a view beyond its storage"),
+    ([[0, 0, 4, 0, 0, 0, 1, 1, 1, 10**6, 1], [0, 64, 2, 0, 0, 0, 1, 1, 1, 2, 1]], "row 0: a view beyond its storage"),
     # (2**17) * 2**47 = 2**64: wraps to 0 in 64-bit ints, so a naive sum calls this view one item long
-    ([[0, 0, 4, 0, 0, 0, 1, 1, 1, 2**17 + 1, 2**47], [0, 64, 2, 0, 0, 0, 1, 1, 1, 2, 1]], "a view beyond its storage"),
+    ([[0, 0, 4, 0, 0, 0, 1, 1, 1, 2**17 + 1, 2**47], [0, 64, 2, 0, 0, 0, 1, 1, 1, 2, 1]], "row 0: a view beyond its storage"),
     # a storage of 10**9 floats in a member of 72 bytes
-    ([[0, 0, 10**9, 0, 0, 0, 1, 1, 1, 4, 1], [0, 64, 2, 0, 0, 0, 1, 1, 1, 2, 1]], "a storage beyond its member"),
+    ([[0, 0, 10**9, 0, 0, 0, 1, 1, 1, 4, 1], [0, 64, 2, 0, 0, 0, 1, 1, 1, 2, 1]],
+     "row 0: a storage that is not where its member holds one"),
     # a dtype the header does not list
-    ([[0, 0, 4, 3, 0, 0, 1, 1, 1, 4, 1], [0, 64, 2, 0, 0, 0, 1, 1, 1, 2, 1]], "a value out of range"),
+    ([[0, 0, 4, 3, 0, 0, 1, 1, 1, 4, 1], [0, 64, 2, 0, 0, 0, 1, 1, 1, 2, 1]], "row 0: a value out of range"),
 ])
 def test_a_forged_tensor_row_is_refused_before_anything_is_read_into_it(project, tmp_path, rows, fragment):
-    attempt(project, tmp_path, _base_pickle(project), f"tensor table row 0: {fragment}",
+    attempt(project, tmp_path, _base_pickle(project), f"tensor table {fragment}",
             replace_members={"tensors": _table(*rows)})
 
 
@@ -466,15 +469,35 @@ def test_a_table_naming_a_member_that_is_not_a_storage_is_refused(project, tmp_p
             replace_members={"tensors": _table([0, 0, 4, 0, 0, 0, 1, 1, 1, 4, 1], units=("pickle",))})
 
 
-def test_a_trusted_load_still_never_grows_a_storage_for_a_forged_row(project, tmp_path):
-    """--trust skips the gate's verdict, not the loader's own check of each view."""
+@pytest.mark.parametrize("mmap", [False, True])
+@pytest.mark.parametrize("rows, fragment", [
+    ([[0, 0, 4, 0, 0, 0, 1, 1, 1, 10**6, 1], [0, 64, 2, 0, 0, 0, 1, 1, 1, 2, 1]], "row 0: a view beyond its storage"),
+    # a storage 64 bytes before its pack: with mmap=True, the bytes of the member before it (the pickle)
+    ([[0, -64, 64, 0, 0, 0, 0, 0, 1, 64, 1], [0, 64, 2, 0, 0, 0, 1, 1, 1, 2, 1]], "row 0: a value out of range"),
+    # two storages over the same bytes: each would be copied on its own to a map_location device
+    ([[0, 0, 18, 0, 0, 0, 1, 1, 1, 4, 1], [0, 64, 2, 0, 0, 0, 1, 1, 1, 2, 1]], "a storage that overlaps another"),
+])
+def test_a_trusted_load_still_refuses_a_forged_table(project, tmp_path, rows, fragment, mmap):
+    """--trust skips the load policy, never the archive's structure: the loader checks the table itself."""
     from gitpack.errors import ArchiveError
 
     archive = forge(project.base, tmp_path / "grow.gitpack", project.repo, _base_pickle(project),
-                    replace_members={"tensors": _table([0, 0, 4, 0, 0, 0, 1, 1, 1, 10**6, 1],
-                                                       [0, 64, 2, 0, 0, 0, 1, 1, 1, 2, 1])})
-    with pytest.raises(ArchiveError, match="view lies beyond its storage"):
-        gitpack.load(archive, repo=project.repo, trust=True)
+                    replace_members={"tensors": _table(*rows)})
+    with pytest.raises(ArchiveError, match=fragment):
+        gitpack.load(archive, repo=project.repo, trust=True, mmap=mmap)
+
+
+def test_a_row_number_too_long_to_print_is_refused_not_an_error():
+    """str() of an int of more than 4,300 digits raises: the refusal must not try."""
+    import struct
+
+    from gitpack.pickling import gate
+    from gitpack.pickling.tensortable import TensorTable
+
+    raw = (10**5000).to_bytes(2100, "little")
+    table = TensorTable.parse(_table([0, 0, 4, 0, 0, 0, 1, 1, 1, 4, 1]), {"storages/pack-0": 64})
+    trace = gate.trace(asm.program(b"\x8b" + struct.pack("<i", len(raw)) + raw + b"Q"), table=table)
+    assert trace.error is None and trace.refusal() == "tensor row beyond 10**12 of a tensor table of 1 rows"
 
 
 # ----------------------------------------------------------------------------- what must still load

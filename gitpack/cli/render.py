@@ -428,9 +428,9 @@ def scan_lines(report) -> list[str]:
     if report.pending:
         lines.append(f"pending   {report.pending} check(s) need the snapshot's classes; `gitpack load` makes them "
                      "(run scan inside a clone that has the snapshot to read them from source)")
-    # format 3: rows of the tensor table; earlier formats: one persistent id per tensor or storage
-    tensors = report.tensor_rows + sum(1 for p in report.persistent_ids if p.kind in ("storage", "tensor"))
-    lines.append(f"{len(report.globals)} globals ({len(report.refused)} refused), {tensors} tensors and storages, "
+    storages = sum(1 for p in report.persistent_ids if p.kind in ("storage", "tensor"))  # ids, before format 3
+    lines.append(f"{len(report.globals)} globals ({len(report.refused)} refused), {report.tensor_rows} tensors in "
+                 f"the tensor table, {storages} tensor and storage ids, "
                  f"{len(report.functions)} rebuilt functions, {len(report.code)} by-value code objects"
                  + (f", {report.nested} nested pickles" if report.nested else ""))
     return [textsafe.line(line) for line in lines]

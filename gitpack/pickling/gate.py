@@ -191,7 +191,8 @@ class Trace:
         if type(pid) is int:  # format 3: a row of the tensor table (judged with the table), nearly every id of a model
             if 0 <= pid < self._rows:
                 return _ROW
-            self.violations.append(f"tensor row {pid} of a tensor table of {self._rows} rows" if self.table is not None
+            row = pid if -(10**12) < pid < 10**12 else "beyond 10**12"  # (str() of a 5,000-digit int raises)
+            self.violations.append(f"tensor row {row} of a tensor table of {self._rows} rows" if self.table is not None
                                    else "a tensor row in an archive with no tensor table")
             return _ROW
         if type(pid) is tuple and len(pid) == 10 and pid[0] == tensorids.KIND:  # nearly every id of a model

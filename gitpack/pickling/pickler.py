@@ -124,7 +124,8 @@ class _References:
         return pid
 
     def _remember(self, obj: Any, pid: tuple | int) -> None:
-        # The same pid object each time: pickle memoizes it, so a shared object stays shared after load.
+        # The same pid each time, so a shared object stays shared after load: pickle memoizes a tuple pid, and a
+        # tensor's row number names one row, whose tensor load makes once.
         self._pids[id(obj)] = pid
         self._keep.append(obj)
 

@@ -19,10 +19,11 @@ them alone cost as much.
 from __future__ import annotations
 
 from .policy import TORCH_DTYPE_SIZES
+from .tensortable import KINDS
 from .verdicts import LOCATION, short
 
 KIND = "tensor"
-_KINDS = frozenset({"tensor", "parameter"})  # what load makes of it: a plain tensor or an nn.Parameter
+_KINDS = frozenset(KINDS)  # what load makes of it: a plain tensor or an nn.Parameter
 _DTYPES = frozenset(TORCH_DTYPE_SIZES)
 _LOCATIONS_SEEN: set[str] = set()  # device names already matched: "cpu", "cuda:0" (most tensors name one of a few)
 

@@ -21,7 +21,7 @@ from typing import Any
 from ..archive import DeferredBuffer
 from ..archive.format import ALIGN, align
 from ..errors import ArchiveError, GitpackError
-from .tensortable import Row, TableBuilder, TensorTable
+from .tensortable import Row, TableBuilder, TensorTable, is_pack
 
 STORAGE_PREFIX = "storages/"
 READAHEAD = 256 << 20  # bytes read ahead of the unpickler; bounds host staging for device loads
@@ -76,7 +76,6 @@ def is_storage(obj: Any) -> bool:
 
 
 TENSOR_KIND = "tensor"
-_PLAIN_TENSOR_KINDS = ("tensor", "parameter")
 
 
 class _Pack:
@@ -106,6 +105,7 @@ class StorageCollector:
     def __init__(self):
         self.storages: dict[str, Any] = {}  # key -> UntypedStorage
         self._keys: dict[int, str] = {}
+        self._addresses: dict[str, tuple[str, int]] = {}  # key -> (member, where the storage starts in it)
         self._dtypes: dict[int, Any] = {}
         self._units: list[Any] = []  # in first-use order: a key (a whole member) or a _Pack
         self._pack: _Pack | None = None
@@ -141,6 +141,7 @@ class StorageCollector:
         if nbytes >= PACK_LIMIT or nbytes == 0 or storage.device.type == "meta":
             key = str(len(self._keys))
             self._units.append(key)
+            self._addresses[key] = (STORAGE_PREFIX + key, 0)
             return key
         pack = self._pack
         if pack is None or align(pack.size) + nbytes > PACK_BYTES:
@@ -150,7 +151,9 @@ class StorageCollector:
         offset = align(pack.size)
         pack.items.append((offset, storage))
         pack.size = offset + nbytes
-        return f"{pack.name}:{offset}"
+        key = f"{pack.name}:{offset}"
+        self._addresses[key] = (STORAGE_PREFIX + pack.name, offset)
+        return key
 
     def tensor_id(self, obj: Any) -> int | None:
         """A plain dense tensor or parameter as its row in the tensor table (:mod:`.tensortable`), or None to
@@ -170,13 +173,13 @@ class StorageCollector:
             return None
         storage = obj.untyped_storage()
         dtype = obj.dtype
-        key = self._key(storage, dtype)
-        address = storage_address(key)
-        assert address is not None  # the collector's own keys are well-formed
-        unit, byte_offset = address
-        return self.table.add(Row(unit, byte_offset or 0, storage.nbytes() // dtype.itemsize, dtype_name(dtype),
-                                  _location(storage), obj.storage_offset(), tuple(obj.size()), obj.stride(),
-                                  bool(obj.requires_grad), kind))
+        name, location, offset, size, stride = (dtype_name(dtype), _location(storage), obj.storage_offset(),
+                                                tuple(obj.size()), obj.stride())
+        if not self.table.accepts(name, location, offset, size, stride):
+            return None  # before its storage is keyed: torch's way keys it as that tensor's dtype
+        unit, byte_offset = self._addresses[self._key(storage, dtype)]
+        return self.table.add(Row(unit, byte_offset, storage.nbytes() // dtype.itemsize, name, location, offset,
+                                  size, stride, bool(obj.requires_grad), kind))
 
     def table_member(self) -> bytes | None:
         """The tensor table member's bytes, or None when no tensor became a row."""
@@ -274,6 +277,7 @@ class StorageLoader:
         self._loaded: dict[tuple[str, int | None], Any] = {}  # (member, offset in a pack) -> storage
         self.table: TensorTable | None = None  # format 3: the archive's tensor table (see use_table)
         self._rows: list[Any] = []  # format 3: the tensor of each row, made on first use
+        self._taken: dict[str, int] = {}  # member -> bytes of the distinct storages read from it so far
         self._whole_file: Any = None  # with mmap: one torch storage mapping the whole archive, made on first use
         self._order = [m for name, m in reader.members.items() if name.startswith(STORAGE_PREFIX)]
         self._next = 0  # index in _order of the next member to schedule
@@ -327,7 +331,11 @@ class StorageLoader:
 
     # ---------------------------------------------------------------- format 3: the tensor table
     def use_table(self, table: TensorTable) -> None:
-        """Serve the rows of *table* (which the trust gate has judged) as the pickle asks for them."""
+        """Serve the rows of *table* as the pickle asks for them, once its rows pass :meth:`TensorTable.problem`
+        (the gate's verdict, checked here too: a trusted load skips the policy, never the archive's structure)."""
+        problem = table.problem()
+        if problem:
+            raise ArchiveError(f"{self.reader.path}: {problem}; the archive is corrupt")
         self.table = table
         self._rows = [None] * table.rows
 
@@ -335,8 +343,8 @@ class StorageLoader:
         """The tensor of row *index*: one object per row, so a tensor shared at save is shared again."""
         rows = self._rows
         if type(index) is not int or not 0 <= index < len(rows):
-            raise ArchiveError(f"{self.reader.path}: the pickle names tensor row {str(index)[:20]}, which its "
-                               "tensor table does not have; the archive is corrupt")
+            raise ArchiveError(f"{self.reader.path}: the pickle names a tensor row its tensor table of {len(rows)} "
+                               "rows does not have; the archive is corrupt")
         found = rows[index]
         if found is None:
             assert self.table is not None  # rows are only made by use_table
@@ -358,8 +366,7 @@ class StorageLoader:
 
     @staticmethod
     def _unit_address(row: Row) -> tuple[str, int | None]:
-        packed = row.unit.startswith(STORAGE_PREFIX + PACK_PREFIX)
-        return row.unit, row.byte_offset if packed else None
+        return row.unit, row.byte_offset if is_pack(row.unit) else None
 
     def _view(self, storage: Any, dtype: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
               kind: Any) -> Any:
@@ -390,9 +397,14 @@ class StorageLoader:
         if offset is None and member.size != nbytes:
             raise ArchiveError(f"{self.reader.path}: storage {label} holds {member.size} bytes, "
                                f"its tensors need {nbytes}; the archive is corrupt")
-        if offset is not None and (offset % ALIGN or offset + nbytes > member.size):
+        if offset is not None and (offset < 0 or offset % ALIGN or offset + nbytes > member.size):
             raise ArchiveError(f"{self.reader.path}: packed storage {label} lies outside its member; "
                                "the archive is corrupt")
+        # Distinct storages never overlap, so together they fit their member: else each overlapping one would be
+        # copied on its own to a map_location device (a small pack standing for gigabytes of GPU memory).
+        taken = self._taken[name] = self._taken.get(name, 0) + nbytes
+        if taken > member.size:
+            raise ArchiveError(f"{self.reader.path}: storages in {name} overlap; the archive is corrupt")
         start = offset or 0
         if self.mmap:
             if self._whole_file is None:

@@ -6,7 +6,7 @@ them, and the trust gate checked them one by one in Python: on a model of
 10,000 ``Linear`` layers, 20,000 ids were about half of the gate's time and
 half of the pickle's bytes.  Format 3 writes each plain tensor as a small int,
 its row in this table.  The pickle carries ``BININT`` and ``BINPERSID`` for a
-tensor, the gate answers a row with one list lookup, and all rows are checked
+tensor, the gate answers a row with a range check, and all rows are checked
 together, before the dry run, with a handful of vector operations.
 
 The member ``tensors`` holds a little-endian u64 (the length of a JSON header),
@@ -25,19 +25,31 @@ stride 0.  A row holds only integers, so the type confusions a tuple invites
 Every value must lie in ``[0, LIMIT]``.  That bound makes the view check exact
 in 64-bit arithmetic: a term ``(size - 1) * stride`` is compared as
 ``size - 1 <= numel // stride`` before it is ever multiplied, so no sum can
-wrap.  The pickler writes torch's way (not a row) any tensor outside it.
+wrap.  The pickler writes torch's way (not a row) any tensor outside it, or of
+a dtype or device the load policy does not know.
+
+Storages are judged as well as views: rows that share a storage agree on its
+size, a packed storage starts on a 64-byte boundary, a whole-member storage is
+its whole member, and no two storages overlap.  Overlapping storages are
+harmless on the CPU (each is a slice of one buffer) but each is copied on its
+own to a ``map_location`` device: without the check, a 1 MiB pack could stand
+for gigabytes of GPU memory.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import struct
 from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..archive.format import ALIGN
 from ..errors import ArchiveError
+from ..manifest import STORAGE_PREFIX
+from ..textsafe import loads_bounded
 from .policy import TORCH_DTYPE_SIZES
 from .verdicts import LOCATION
 
@@ -49,7 +61,14 @@ UNIT, BYTE_OFFSET, NUMEL, DTYPE, LOCATION_COLUMN, OFFSET, REQUIRES_GRAD, KIND, N
 FIXED_COLUMNS = 9
 _LENGTH = struct.Struct("<Q")
 MAX_HEADER = 16 << 20
-STORAGE_UNIT_PREFIX = "storages/"
+# A storage member: a whole one (``storages/<n>``) or a pack of small storages (``storages/pack-<n>``).
+_UNIT = re.compile(re.escape(STORAGE_PREFIX) + r"(?:0|[1-9][0-9]{0,8}|(pack)-(?:0|[1-9][0-9]{0,8}))")
+
+
+def is_pack(unit: str) -> bool:
+    """Whether storage member *unit* is a pack (its storages start at 64-byte aligned offsets) or one storage."""
+    m = _UNIT.fullmatch(unit)
+    return m is not None and m[1] is not None
 
 
 @dataclass(frozen=True)
@@ -81,10 +100,16 @@ class TableBuilder:
     def __len__(self) -> int:
         return len(self._rows)
 
+    @staticmethod
+    def accepts(dtype: str, location: str, offset: int, size: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+        """Whether a tensor of this dtype, device and view can be a row (else it is pickled torch's way)."""
+        return (len(size) <= MAX_RANK and dtype in TORCH_DTYPE_SIZES and LOCATION.fullmatch(location) is not None
+                and all(0 <= v <= LIMIT for v in (offset, *size, *stride)))
+
     def add(self, row: Row) -> int | None:
         """The row number of *row*, or None when it does not fit the table (pickle that tensor torch's way)."""
-        values = (row.byte_offset, row.numel, row.offset, *row.size, *row.stride)
-        if len(row.size) > MAX_RANK or any(v < 0 or v > LIMIT for v in values) or row.kind not in KINDS:
+        if not (self.accepts(row.dtype, row.location, row.offset, row.size, row.stride) and row.kind in KINDS
+                and 0 <= row.byte_offset <= LIMIT and 0 <= row.numel <= LIMIT):
             return None
         unit = self._units.setdefault(row.unit, len(self._units))
         dtype = self._dtypes.setdefault(row.dtype, len(self._dtypes))
@@ -106,8 +131,6 @@ class TableBuilder:
             out.extend((1,) * pad)
             out.extend(stride)
             out.extend((0,) * pad)
-        if out.itemsize != 8:
-            raise AssertionError("array('q') is not 64-bit on this platform")
         header = json.dumps({"rows": len(self._rows), "rank": rank, "units": list(self._units),
                              "dtypes": list(self._dtypes), "locations": list(self._locations)},
                             separators=(",", ":")).encode()
@@ -157,7 +180,7 @@ class TensorTable:
         if length > MAX_HEADER or length % 8 or _LENGTH.size + length > len(raw):
             raise bad("header length")
         try:
-            header = json.loads(raw[_LENGTH.size:_LENGTH.size + length])
+            header = loads_bounded(bytes(raw[_LENGTH.size:_LENGTH.size + length]).decode(), max_depth=4)
         except (UnicodeDecodeError, ValueError):
             raise bad("header is not JSON") from None
         if not isinstance(header, dict) or set(header) != {"rows", "rank", "units", "dtypes", "locations"}:
@@ -169,7 +192,7 @@ class TensorTable:
         for names in (units, dtypes, locations):
             if not isinstance(names, list) or not all(type(n) is str for n in names) or len(set(names)) != len(names):
                 raise bad("a name list")
-        if not all(n.startswith(STORAGE_UNIT_PREFIX) and n in member_sizes for n in units):
+        if not all(_UNIT.fullmatch(n) and n in member_sizes for n in units):
             raise bad("a unit that is not a storage member of the archive")
         if not all(d in TORCH_DTYPE_SIZES for d in dtypes):
             raise bad("an unknown dtype")
@@ -186,7 +209,10 @@ class TensorTable:
                    data)
 
     def row(self, index: int) -> Row:
-        """Row *index* (0 <= index < rows; :meth:`problem` has judged it)."""
+        """Row *index*, which must be in ``range(rows)``, of a table :meth:`problem` passed (its codes index the
+        name lists: a negative one would wrap)."""
+        if not 0 <= index < self.rows:
+            raise IndexError(f"tensor row {index} of {self.rows}")
         w, rank = self.width, self.rank
         values = self.data[index * w:(index + 1) * w]
         ndim = values[NDIM]
@@ -197,15 +223,21 @@ class TensorTable:
                    KINDS[values[KIND]])
 
     def problem(self) -> str | None:
-        """Why the trust gate refuses the table (its first bad row), or None.
+        """Why the table is refused (its first bad row), or None; judged once per table.
 
         Every code must name an entry of its list, every view must lie inside its storage (else torch's ``set_``
-        grows the storage: bytes nobody wrote, memory the archive sizes), and every storage inside its unit.
-        Judged for all rows together with torch's vector operations: a table of 20,000 rows takes about a
+        grows the storage: bytes nobody wrote, memory the archive sizes), and every storage must be where the
+        module docstring says.  It is :func:`gitpack.pickling.guards.view_fits`, which load applies to each tensor
+        again, for all rows together in torch's vector operations: a table of 20,000 rows takes about a
         millisecond, where a Python loop took ten.
         """
-        if not self.rows:
-            return None
+        found = self.__dict__.get("_problem", self)
+        if found is self:
+            found = self._judge() if self.rows else None
+            object.__setattr__(self, "_problem", found)  # frozen: a verdict computed once, never changed
+        return found
+
+    def _judge(self) -> str | None:
         import torch
 
         t = torch.frombuffer(self.data, dtype=torch.int64).view(self.rows, self.width)
@@ -230,12 +262,31 @@ class TensorTable:
             bad = torch.where(nonempty, offset + extent, offset) > numel
         if bool(bad.any()):
             return _row_refused(bad, "a view beyond its storage (torch would grow the storage)")
-        itemsize = torch.tensor([TORCH_DTYPE_SIZES[d] for d in self.dtypes], dtype=torch.int64)[t[:, DTYPE]]
-        unit_size = torch.tensor(self.unit_sizes, dtype=torch.int64)[t[:, UNIT]]
-        byte_offset = t[:, BYTE_OFFSET]
-        bad = byte_offset + numel * itemsize > unit_size
+        return self._judge_storages(t, numel)
+
+    def _judge_storages(self, t: Any, numel: Any) -> str | None:
+        """Each storage inside its unit, where its unit says (see the module docstring), none overlapping."""
+        import torch
+
+        unit, start = t[:, UNIT], t[:, BYTE_OFFSET]
+        nbytes = numel * torch.tensor([TORCH_DTYPE_SIZES[d] for d in self.dtypes], dtype=torch.int64)[t[:, DTYPE]]
+        unit_size = torch.tensor(self.unit_sizes, dtype=torch.int64)[unit]
+        packed = torch.tensor([is_pack(u) for u in self.units], dtype=torch.bool)[unit]
+        bad = (start + nbytes > unit_size) | (packed & (start % ALIGN != 0)) | \
+            (~packed & ((start != 0) | (nbytes != unit_size)))
         if bool(bad.any()):
-            return _row_refused(bad, "a storage beyond its member")
+            return _row_refused(bad, "a storage that is not where its member holds one")
+        # Sorted by (unit, start): rows naming one storage agree on its size, and each storage ends before the next.
+        order = torch.sort(start, stable=True).indices
+        order = order[torch.sort(unit[order], stable=True).indices]
+        u, b, n = unit[order], start[order], nbytes[order]
+        same_unit = u[1:] == u[:-1]
+        same_storage = same_unit & (b[1:] == b[:-1])
+        bad_pairs = (same_storage & (n[1:] != n[:-1])) | (same_unit & ~same_storage & (b[1:] < b[:-1] + n[:-1]))
+        if bool(bad_pairs.any()):
+            bad = torch.zeros(self.rows, dtype=torch.bool)
+            bad[order[1:][bad_pairs]] = True
+            return _row_refused(bad, "a storage that overlaps another")
         return None
 
 
@@ -247,8 +298,9 @@ def _row_refused(bad: Any, what: str) -> str:
 
 
 def from_archive(reader: Any) -> TensorTable | None:
-    """The tensor table of the archive open in *reader* (its digest checked), or None when it has none."""
-    if MEMBER not in reader.members:
+    """The tensor table of the archive open in *reader* (its digest checked), or None when it has none (formats
+    before 3 never have one: a ``tensors`` member there is not read)."""
+    if reader.version < 3 or MEMBER not in reader.members:
         return None
     sizes = {name: member.size for name, member in reader.members.items()}
     return TensorTable.parse(reader.read(MEMBER), sizes, str(reader.path))

@@ -96,7 +96,7 @@ def safe_dtype(value: Any) -> bool:
     return made is not None and made.kind == "dtype" and made.built
 
 
-LOCATION = re.compile(r"[a-z][a-z0-9_]{0,15}(:\d{1,4})?")  # a storage's device as torch writes it: cpu, cuda:0
+LOCATION = re.compile(r"[a-z][a-z0-9_]{0,15}(:[0-9]{1,4})?")  # a storage's device as torch writes it: cpu, cuda:0
 _CODE = re.compile(r"[<>|=]?(?P<char>[a-zA-Z?])(?P<size>\d*)(\[\w+\])?")
 _CHAR_SIZES = {"?": 1, "b": 1, "B": 1, "h": 2, "H": 2, "i": 4, "I": 4, "l": 8, "L": 8, "q": 8, "Q": 8, "p": 8, "P": 8,
                "e": 2, "f": 4, "d": 8, "g": 16, "F": 8, "D": 16, "G": 32, "M": 8, "m": 8}
