@@ -21,13 +21,25 @@ FIXTURE = Path(__file__).parent / "fixtures" / "format1"
 EXPECTED = [[1.321842908859253, 4.381037712097168]]  # what the model returned when 0.1 saved it
 
 
-def test_a_format1_archive_loads_and_runs_its_saved_code(tmp_path):
+def _clone_with_archive(tmp_path: Path, fixture: Path, archive: str, name: str, breaks: str) -> Path:
+    """A clone of *fixture*'s repository with its snapshot refs and its *archive* copied in as *name*, and the
+    checkout's *breaks* (a repo module) made to raise: a load must run the snapshot's code, never the checkout's."""
     clone = tmp_path / "clone"
-    git(tmp_path, "clone", "-q", str(FIXTURE / "repo.bundle"), str(clone))
-    git(clone, "fetch", "-q", str(FIXTURE / "repo.bundle"), "refs/heads/gitpack:refs/heads/gitpack")
-    shutil.copy(FIXTURE / "scaler-format1.gitpack", clone / "scaler.gitpack")
-    # The checkout's code has moved on since: the archive must still run the code it was saved with.
-    (clone / "tinypkg" / "model.py").write_text("raise ImportError('the checkout, not the snapshot')\n")
+    git(tmp_path, "clone", "-q", str(fixture / "repo.bundle"), str(clone))
+    git(clone, "fetch", "-q", str(fixture / "repo.bundle"), "refs/heads/gitpack:refs/heads/gitpack",
+        "+refs/gitpack/*:refs/gitpack/*")
+    shutil.copy(fixture / archive, clone / name)
+    (clone / breaks).write_text("raise ImportError('the checkout, not the snapshot')\n")
+    return clone
+
+
+def _results(proc) -> list:
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("RESULT")]
+
+
+def test_a_format1_archive_loads_and_runs_its_saved_code(tmp_path):
+    clone = _clone_with_archive(tmp_path, FIXTURE, "scaler-format1.gitpack", "scaler.gitpack", "tinypkg/model.py")
     code = ("import json, torch, gitpack\n"
             "m = gitpack.load('scaler.gitpack')\n"
             "with torch.no_grad():\n"
@@ -54,11 +66,7 @@ CPICKLE_EXPECTED = [0.5218783617019653, 0.5443993210792542, 2.2682831287384033, 
 
 
 def test_a_format1_archive_of_the_c_pickler_era_loads_and_verifies(tmp_path):
-    clone = tmp_path / "clone"
-    git(tmp_path, "clone", "-q", str(CPICKLE / "repo.bundle"), str(clone))
-    git(clone, "fetch", "-q", str(CPICKLE / "repo.bundle"), "refs/heads/gitpack:refs/heads/gitpack")
-    shutil.copy(CPICKLE / "vocab-format1.gitpack", clone / "vocab.gitpack")
-    (clone / "vocabpkg" / "model.py").write_text("raise ImportError('the checkout, not the snapshot')\n")
+    clone = _clone_with_archive(tmp_path, CPICKLE, "vocab-format1.gitpack", "vocab.gitpack", "vocabpkg/model.py")
     manifest = gitpack.inspect(clone / "vocab.gitpack")
     assert manifest["format"] == 1 and all(len(m["sha256"]) == 64 for m in manifest["members"])
     code = ("import json, torch, gitpack\n"
@@ -68,10 +76,7 @@ def test_a_format1_archive_of_the_c_pickler_era_loads_and_verifies(tmp_path):
             "        out = m('W1 w2 w4099 unknown').tolist()\n"
             "    print('RESULT', json.dumps([out, len(m.tokenizer.itos), m.tokenizer.stoi['w4099'],\n"
             "                                m.table.sum().item(), m.tokenizer.normalise(' A ')]))\n")
-    proc = run(clone, sys.executable, "-c", code)
-    assert proc.returncode == 0, proc.stderr
-    results = [json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("RESULT")]
-    assert results == [[CPICKLE_EXPECTED, 4100, 4099, 15.0, "a"]] * 2
+    assert _results(run(clone, sys.executable, "-c", code)) == [[CPICKLE_EXPECTED, 4100, 4099, 15.0, "a"]] * 2
 
     report = gitpack.verify(clone / "vocab.gitpack", repo=clone)
     assert report.manifest_vouched and report.members == 13
@@ -101,12 +106,7 @@ FORMAT2_EXPECTED = [[-0.04677924886345863, -0.24748675525188446, -0.125298053026
 
 
 def test_a_format2_archive_of_tensor_ids_loads_verifies_and_scans(tmp_path):
-    clone = tmp_path / "clone"
-    git(tmp_path, "clone", "-q", str(FORMAT2 / "repo.bundle"), str(clone))
-    git(clone, "fetch", "-q", str(FORMAT2 / "repo.bundle"), "refs/heads/gitpack:refs/heads/gitpack",
-        "refs/gitpack/*:refs/gitpack/*")
-    shutil.copy(FORMAT2 / "stack-format2.gitpack", clone / "stack.gitpack")
-    (clone / "layerpkg" / "model.py").write_text("raise ImportError('the checkout, not the snapshot')\n")
+    clone = _clone_with_archive(tmp_path, FORMAT2, "stack-format2.gitpack", "stack.gitpack", "layerpkg/model.py")
     manifest = gitpack.inspect(clone / "stack.gitpack")
     assert manifest["format"] == 2 and [m["name"] for m in manifest["members"]] == ["pickle", "storages/pack-0"]
     code = ("import json, torch, gitpack\n"
@@ -117,10 +117,8 @@ def test_a_format2_archive_of_tensor_ids_loads_verifies_and_scans(tmp_path):
             "    shared = m.row.untyped_storage().data_ptr() == m.table.untyped_storage().data_ptr()\n"
             "    print('RESULT', json.dumps([out, shared, m.row.tolist(), m.frozen.requires_grad,\n"
             "          type(m.scales[0]).__name__, str(m.halves.dtype), m.layers[2].weight.requires_grad]))\n")
-    proc = run(clone, sys.executable, "-c", code)
-    assert proc.returncode == 0, proc.stderr
-    results = [json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("RESULT")]
-    assert results == [[FORMAT2_EXPECTED, True, [3.0, 4.0, 5.0], False, "Parameter", "torch.float16", True]] * 2
+    assert _results(run(clone, sys.executable, "-c", code)) == \
+        [[FORMAT2_EXPECTED, True, [3.0, 4.0, 5.0], False, "Parameter", "torch.float16", True]] * 2
 
     report = gitpack.verify(clone / "stack.gitpack", repo=clone)
     assert report.manifest_vouched
