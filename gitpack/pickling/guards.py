@@ -18,6 +18,7 @@ from typing import Any
 from ..errors import PolicyError, UnpicklingError
 from ..isolation import canonical_module_name
 from .classchecks import shadows_method
+from .tensortable import view_fits
 
 
 def _refuse(what: str) -> PolicyError:
@@ -125,13 +126,6 @@ def _from_type(real: Callable, name: str) -> Callable:
         return real(func, new_type, args, state)
 
     return guarded
-
-
-def view_fits(nbytes: int, offset: int, size, stride, itemsize: int) -> bool:
-    """Whether a strided view lies inside *nbytes* of storage (else torch's ``set_`` grows the storage)."""
-    # Not strict: the gate compares the lengths first; a trusted load (no gate) leaves a mismatch for torch to report.
-    extent = 0 if any(d == 0 for d in size) else 1 + sum((d - 1) * s for d, s in zip(size, stride, strict=False))
-    return (offset + extent) * itemsize <= nbytes
 
 
 def _from_numpy(real: Callable, name: str) -> Callable:

@@ -21,7 +21,8 @@ from typing import Any
 from ..archive import DeferredBuffer
 from ..archive.format import ALIGN, align
 from ..errors import ArchiveError, GitpackError
-from .tensortable import Row, TableBuilder, TensorTable, is_pack
+from .gcpause import gc_paused
+from .tensortable import Row, TableBuilder, TensorTable, is_pack, view_fits
 
 STORAGE_PREFIX = "storages/"
 READAHEAD = 256 << 20  # bytes read ahead of the unpickler; bounds host staging for device loads
@@ -315,10 +316,11 @@ class StorageLoader:
         storage = self._loaded.get(address)
         if storage is None:
             nbytes = numel * dtype.itemsize
-            if location == "meta" or self._target(location) == "meta":
+            target = self._target(location)
+            if location == "meta" or target == "meta":
                 storage = torch.UntypedStorage(nbytes, device="meta")  # shape only: nothing to read
             else:
-                storage = self._restore(self._read(address, nbytes), location)
+                storage = self._restore(self._read(address, nbytes), location, target)
             self._loaded[address] = storage
         return storage
 
@@ -356,13 +358,11 @@ class StorageLoader:
         return found
 
     def read_table(self) -> None:
-        """Read (and so verify) the storage of every row, before unpickling starts."""
-        table = self.table
-        if table is None:
-            return
-        for index in range(table.rows):
-            row = table.row(index)
-            self._storage(torch_dtype(row.dtype), self._unit_address(row), row.location, row.numel)
+        """Read (and so verify) the storage of every row and make its tensor, before unpickling starts: the
+        unpickler then only looks each one up."""
+        with gc_paused():  # tens of thousands of tensors, all alive until the load ends
+            for index in range(self.table.rows if self.table is not None else 0):
+                self.row_tensor(index)
 
     @staticmethod
     def _unit_address(row: Row) -> tuple[str, int | None]:
@@ -371,8 +371,6 @@ class StorageLoader:
     def _view(self, storage: Any, dtype: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
               kind: Any) -> Any:
         import torch
-
-        from .guards import view_fits
 
         if not view_fits(storage.nbytes(), offset, size, stride, dtype.itemsize):
             raise ArchiveError(f"{self.reader.path}: a tensor view lies beyond its storage; the archive is corrupt")
@@ -393,12 +391,11 @@ class StorageLoader:
 
         name, offset = address
         member = self.reader.member(name)
-        label = name if offset is None else f"{name}:{offset}"
         if offset is None and member.size != nbytes:
-            raise ArchiveError(f"{self.reader.path}: storage {label} holds {member.size} bytes, "
+            raise ArchiveError(f"{self.reader.path}: storage {name} holds {member.size} bytes, "
                                f"its tensors need {nbytes}; the archive is corrupt")
         if offset is not None and (offset < 0 or offset % ALIGN or offset + nbytes > member.size):
-            raise ArchiveError(f"{self.reader.path}: packed storage {label} lies outside its member; "
+            raise ArchiveError(f"{self.reader.path}: packed storage {name}:{offset} lies outside its member; "
                                "the archive is corrupt")
         # Distinct storages never overlap, so together they fit their member: else each overlapping one would be
         # copied on its own to a map_location device (a small pack standing for gigabytes of GPU memory).
@@ -446,13 +443,13 @@ class StorageLoader:
             return str(ml.get(location, location))
         return location if ml is None else str(ml)
 
-    def _restore(self, storage, location: str):
+    def _restore(self, storage, location: str, target: str | None):
+        """*storage*, read from the archive, where *target* (``_target(location)``) says it goes."""
         if callable(self.map_location):
             result = self.map_location(storage, location)
             if result is not None:
                 return result
             return move_storage(storage, location, location)
-        target = self._target(location)
         assert target is not None  # None only for a callable map_location, handled above
         return move_storage(storage, target, location)
 
@@ -461,6 +458,8 @@ def move_storage(storage, target: str, saved_at: str):
     import torch
 
     if storage.device.type == "meta":
+        return storage
+    if target == "cpu":  # nearly every load: no device string to parse, once per storage
         return storage
     try:
         device = torch.device(target)
