@@ -278,6 +278,7 @@ class StorageLoader:
         self._loaded: dict[tuple[str, int | None], Any] = {}  # (member, offset in a pack) -> storage
         self.table: TensorTable | None = None  # format 3: the archive's tensor table (see use_table)
         self._rows: list[Any] = []  # format 3: the tensor of each row, made on first use
+        self._row_storages: list[tuple[Row, Any, Any] | None] = []  # format 3: each row decoded, with its storage
         self._taken: dict[str, int] = {}  # member -> bytes of the distinct storages read from it so far
         self._whole_file: Any = None  # with mmap: one torch storage mapping the whole archive, made on first use
         self._order = [m for name, m in reader.members.items() if name.startswith(STORAGE_PREFIX)]
@@ -340,6 +341,7 @@ class StorageLoader:
             raise ArchiveError(f"{self.reader.path}: {problem}; the archive is corrupt")
         self.table = table
         self._rows = [None] * table.rows
+        self._row_storages = [None] * table.rows
 
     def row_tensor(self, index: Any) -> Any:
         """The tensor of row *index*: one object per row, so a tensor shared at save is shared again."""
@@ -349,20 +351,28 @@ class StorageLoader:
                                "rows does not have; the archive is corrupt")
         found = rows[index]
         if found is None:
-            assert self.table is not None  # rows are only made by use_table
-            row = self.table.row(index)
-            dtype = torch_dtype(row.dtype)
-            storage = self._storage(dtype, self._unit_address(row), row.location, row.numel)
+            row, dtype, storage = self._row_storage(index)
             found = rows[index] = self._view(storage, dtype, row.offset, row.size, row.stride, row.requires_grad,
                                              row.kind)
         return found
 
+    def _row_storage(self, index: int) -> tuple[Row, Any, Any]:
+        """Row *index* decoded, its torch dtype, and its storage (read and verified once)."""
+        found = self._row_storages[index]
+        if found is None:
+            assert self.table is not None  # rows are only served after use_table
+            row = self.table.row(index)
+            dtype = torch_dtype(row.dtype)
+            found = self._row_storages[index] = (
+                row, dtype, self._storage(dtype, self._unit_address(row), row.location, row.numel))
+        return found
+
     def read_table(self) -> None:
-        """Read (and so verify) the storage of every row and make its tensor, before unpickling starts: the
-        unpickler then only looks each one up."""
-        with gc_paused():  # tens of thousands of tensors, all alive until the load ends
+        """Read (and so verify) the storage of every row before unpickling starts; each row is decoded here once,
+        and the unpickler makes its tensor from what this kept."""
+        with gc_paused():  # tens of thousands of rows: nothing for the cyclic collector to find
             for index in range(self.table.rows if self.table is not None else 0):
-                self.row_tensor(index)
+                self._row_storage(index)
 
     @staticmethod
     def _unit_address(row: Row) -> tuple[str, int | None]:
