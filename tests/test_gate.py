@@ -424,7 +424,7 @@ def _table(*rows: list[int], rank: int = 1, units=("storages/pack-0",)) -> bytes
     import struct
     from array import array
 
-    header = json.dumps({"rows": len(rows), "rank": rank, "units": list(units), "dtypes": ["float32"],
+    header = json.dumps({"rows": len(rows), "rank": rank, "itemsize": 8, "units": list(units), "dtypes": ["float32"],
                          "locations": ["cpu"]}).encode()
     header += b" " * (-len(header) % 8)
     return struct.pack("<Q", len(header)) + header + array("q", [v for row in rows for v in row]).tobytes()

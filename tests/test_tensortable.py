@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import struct
-from array import array
 
 import pytest
 import torch
@@ -25,13 +24,14 @@ UNITS = {"storages/pack-0": 4096, "storages/1": 800}
 
 
 def raw_table(rows: list[list[int]], rank: int, *, units=("storages/pack-0", "storages/1"), dtypes=("float32",),
-              locations=("cpu",), header: dict | None = None) -> bytes:
+              locations=("cpu",), header: dict | None = None, itemsize: int = 8) -> bytes:
     """A table as bytes, written independently of gitpack's encoder (as a forger would)."""
     text = json.dumps(header if header is not None else
-                      {"rows": len(rows), "rank": rank, "units": list(units), "dtypes": list(dtypes),
-                       "locations": list(locations)}).encode()
+                      {"rows": len(rows), "rank": rank, "itemsize": itemsize, "units": list(units),
+                       "dtypes": list(dtypes), "locations": list(locations)}).encode()
     text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + array("q", [v for row in rows for v in row]).tobytes()
+    values = [v for row in rows for v in row]
+    return struct.pack("<Q", len(text)) + text + b"".join(v.to_bytes(itemsize, "little", signed=True) for v in values)
 
 
 def parsed(rows: list[list[int]], rank: int, **kw) -> TensorTable:
@@ -60,6 +60,21 @@ def test_rows_round_trip_through_the_member_bytes():
     assert table.problem() is None
 
 
+def test_rows_take_4_bytes_a_value_unless_one_needs_8():
+    fits = Row("storages/1", 0, 200, "float32", "cpu", 0, (200,), (1,), False, "tensor")
+    wide = Row("storages/1", 0, 200, "float32", "cpu", 2**31, (1,), (1,), False, "tensor")  # an offset past 31 bits
+    for row_written, itemsize in ((fits, 4), (wide, 8)):
+        builder = TableBuilder()
+        builder.add(row_written)
+        raw = builder.encode()
+        (length,) = struct.unpack_from("<Q", raw)
+        assert json.loads(raw[8:8 + length])["itemsize"] == itemsize
+        assert len(raw) - 8 - length == 11 * itemsize  # 9 columns, one size, one stride
+        table = TensorTable.parse(raw, UNITS)
+        assert table.row(0) == row_written
+    assert table.problem() == "tensor table row 0: a view beyond its storage (torch would grow the storage)"
+
+
 def test_what_does_not_fit_a_row_is_left_to_torch():
     builder = TableBuilder()
     assert builder.add(Row("storages/1", 0, 1, "float32", "cpu", 0, (1,), (LIMIT + 1,), False, "tensor")) is None
@@ -84,15 +99,18 @@ def test_a_malformed_table_is_refused_before_any_row_is_read(change, fragment):
 
 
 @pytest.mark.parametrize("header, fragment", [
-    ({"rows": 0, "rank": 0, "units": [], "dtypes": [], "locations": [], "more": 1}, "header fields"),
-    ({"rows": 0, "rank": MAX_RANK + 1, "units": [], "dtypes": [], "locations": []}, "rows or rank"),
-    ({"rows": True, "rank": 0, "units": [], "dtypes": [], "locations": []}, "rows or rank"),
-    ({"rows": 0, "rank": 0, "units": ["pickle"], "dtypes": [], "locations": []}, "not a storage member"),
-    ({"rows": 0, "rank": 0, "units": ["storages/9"], "dtypes": [], "locations": []}, "not a storage member"),
-    ({"rows": 0, "rank": 0, "units": [], "dtypes": ["_dynamo"], "locations": []}, "unknown dtype"),
-    ({"rows": 0, "rank": 0, "units": [], "dtypes": [], "locations": ["cpu\n"]}, "malformed location"),
-    ({"rows": 0, "rank": 0, "units": [], "dtypes": [], "locations": ["cuda:\u0663"]}, "malformed location"),  # a digit
-    ({"rows": 0, "rank": 0, "units": [], "dtypes": ["float32", "float32"], "locations": []}, "name list"),
+    ({"rows": 0, "rank": 0, "itemsize": 8, "units": [], "dtypes": [], "locations": [], "more": 1}, "header fields"),
+    ({"rows": 0, "rank": MAX_RANK + 1, "itemsize": 8, "units": [], "dtypes": [], "locations": []}, "rows or rank"),
+    ({"rows": True, "rank": 0, "itemsize": 8, "units": [], "dtypes": [], "locations": []}, "rows or rank"),
+    ({"rows": 0, "rank": 0, "itemsize": 8, "units": ["pickle"], "dtypes": [], "locations": []}, "not a storage member"),
+    ({"rows": 0, "rank": 0, "itemsize": 8, "units": ["storages/9"], "dtypes": [], "locations": []}, "not a storage member"),
+    ({"rows": 0, "rank": 0, "itemsize": 8, "units": [], "dtypes": ["_dynamo"], "locations": []}, "unknown dtype"),
+    ({"rows": 0, "rank": 0, "itemsize": 8, "units": [], "dtypes": [], "locations": ["cpu\n"]}, "malformed location"),
+    ({"rows": 0, "rank": 0, "itemsize": 8, "units": [], "dtypes": [], "locations": ["cuda:\u0663"]}, "malformed location"),  # a digit
+    ({"rows": 0, "rank": 0, "itemsize": 8, "units": [], "dtypes": ["float32", "float32"], "locations": []}, "name list"),
+    ({"rows": 0, "rank": 0, "itemsize": 2, "units": [], "dtypes": [], "locations": []}, "itemsize"),
+    ({"rows": 0, "rank": 0, "itemsize": 4.0, "units": [], "dtypes": [], "locations": []}, "itemsize"),
+    ({"rows": 0, "rank": 0, "units": [], "dtypes": [], "locations": []}, "header fields"),
 ])
 def test_a_header_naming_what_the_archive_lacks_is_refused(header, fragment):
     with pytest.raises(ArchiveError, match=fragment):
@@ -161,14 +179,15 @@ def forged_rows(draw):
                      draw(value), draw(st.one_of(st.integers(0, 1), _EDGE)), draw(st.one_of(st.just(0), _EDGE)),
                      draw(value), draw(st.one_of(st.integers(0, 1), _EDGE)), draw(st.one_of(st.integers(0, 1), _EDGE)),
                      ndim, *sizes, *strides])
-    return rows, rank
+    return rows, rank, draw(st.booleans())  # 4-byte ints when every value fits
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(forged_rows())
 def test_the_bulk_check_agrees_with_a_row_by_row_reference(case):
-    rows, rank = case
-    table = parsed(rows, rank, dtypes=("float32", "float16"))
+    rows, rank, narrow = case
+    fits = all(-(2**31) <= v < 2**31 for row in rows for v in row)
+    table = parsed(rows, rank, dtypes=("float32", "float16"), itemsize=4 if narrow and fits else 8)
     accepted = reference(table)
     event("accepted" if accepted else "refused")
     assert (table.problem() is None) == accepted, rows
