@@ -77,7 +77,7 @@ def is_pack(unit: str) -> bool:
 
 
 class Row(NamedTuple):
-    """One tensor of the table, as load builds it (a tuple: a model's 20,000 rows are made in microseconds)."""
+    """One tensor of the table, as load builds it (a named tuple: cheap to make, and load makes one per tensor)."""
 
     unit: str  # the storage member
     byte_offset: int  # where the storage starts in it
