@@ -21,15 +21,14 @@ from typing import Any
 from ..archive import DeferredBuffer
 from ..archive.format import ALIGN, align
 from ..errors import ArchiveError, GitpackError
+from ..manifest import STORAGE_PREFIX
 from .gcpause import gc_paused
-from .tensortable import Row, TableBuilder, TensorTable, is_pack, view_fits
+from .tensortable import MEMBER_NUMBER, PACK_PREFIX, Row, TableBuilder, TensorTable, is_pack, view_fits
 
-STORAGE_PREFIX = "storages/"
 READAHEAD = 256 << 20  # bytes read ahead of the unpickler; bounds host staging for device loads
 PACK_LIMIT = 1 << 20  # storages smaller than this share pack members
 PACK_BYTES = 16 << 20  # a pack is closed once it holds this much: several packs read and hash in parallel
-PACK_PREFIX = "pack-"
-_KEY = re.compile(r"(0|[1-9][0-9]{0,8})|pack-(0|[1-9][0-9]{0,8}):(0|[1-9][0-9]{0,15})")
+_KEY = re.compile(f"({MEMBER_NUMBER})|{PACK_PREFIX}({MEMBER_NUMBER}):(0|[1-9][0-9]{{0,15}})")
 _ZEROS = memoryview(bytes(ALIGN))
 
 

@@ -65,8 +65,11 @@ UNIT, BYTE_OFFSET, NUMEL, DTYPE, LOCATION_COLUMN, OFFSET, REQUIRES_GRAD, KIND, N
 FIXED_COLUMNS = 9
 _LENGTH = struct.Struct("<Q")
 MAX_HEADER = 16 << 20
-# A storage member: a whole one (``storages/<n>``) or a pack of small storages (``storages/pack-<n>``).
-_UNIT = re.compile(re.escape(STORAGE_PREFIX) + r"(?:0|[1-9][0-9]{0,8}|(pack)-(?:0|[1-9][0-9]{0,8}))")
+# A storage member: a whole one (``storages/<n>``) or a pack of small storages (``storages/pack-<n>``); the
+# storage keys of format 2 (:func:`gitpack.pickling.tensors.storage_address`) are built from the same parts.
+PACK_PREFIX = "pack-"
+MEMBER_NUMBER = "0|[1-9][0-9]{0,8}"
+_UNIT = re.compile(re.escape(STORAGE_PREFIX) + f"(?:{MEMBER_NUMBER}|({PACK_PREFIX})(?:{MEMBER_NUMBER}))")
 
 
 @functools.lru_cache(maxsize=4096)  # asked once per tensor at load; a model has a few units
