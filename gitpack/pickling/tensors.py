@@ -178,8 +178,8 @@ class StorageCollector:
         if not self.table.accepts(name, location, offset, size, stride):
             return None  # before its storage is keyed: torch's way keys it as that tensor's dtype
         unit, byte_offset = self._addresses[self._key(storage, dtype)]
-        return self.table.add(Row(unit, byte_offset, storage.nbytes() // dtype.itemsize, name, location, offset,
-                                  size, stride, bool(obj.requires_grad), kind))
+        return self.table.append(Row(unit, byte_offset, storage.nbytes() // dtype.itemsize, name, location, offset,
+                                     size, stride, bool(obj.requires_grad), kind))
 
     def table_member(self) -> bytes | None:
         """The tensor table member's bytes, or None when no tensor became a row."""

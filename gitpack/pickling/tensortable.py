@@ -123,8 +123,14 @@ class TableBuilder:
 
     def add(self, row: Row) -> int | None:
         """The row number of *row*, or None when it does not fit the table (pickle that tensor torch's way)."""
-        if not (self.accepts(row.dtype, row.location, row.offset, row.size, row.stride) and row.kind in KINDS
-                and 0 <= row.byte_offset <= LIMIT and 0 <= row.numel <= LIMIT):
+        if not self.accepts(row.dtype, row.location, row.offset, row.size, row.stride):
+            return None
+        return self.append(row)
+
+    def append(self, row: Row) -> int | None:
+        """:meth:`add` for a row whose dtype, device and view :meth:`accepts` has passed already (the pickler asks
+        first, before it keys the storage: once per tensor is enough on a save's hot path)."""
+        if row.kind not in KINDS or not 0 <= row.byte_offset <= LIMIT or not 0 <= row.numel <= LIMIT:
             return None
         unit = self._units.setdefault(row.unit, len(self._units))
         dtype = self._dtypes.setdefault(row.dtype, len(self._dtypes))
