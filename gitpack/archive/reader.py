@@ -33,6 +33,7 @@ from .format import (
     new_hasher,
     payload_digest,
 )
+from .prefault import populate
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -195,6 +196,7 @@ class ArchiveReader:
         fd = self._fh.fileno()
         h = new_hasher(m.algorithm, m.size) if verify else None
         step = hash_step(m.algorithm, m.size) if verify else READ_CHUNK
+        populate(view)  # one call maps the fresh buffer's pages, instead of a fault per page during the copy
         pos = 0
         while pos < m.size:
             if self._closing:
