@@ -78,3 +78,10 @@ def test_members_read_into_fresh_buffers_match_what_was_written(tmp_path):
         reader.readinto_async("storages/0", region).result()
         assert region[:] == payload
         region.close()
+
+
+def test_a_strided_buffer_is_left_alone():
+    data = bytearray(4 * prefault.MIN_BYTES)
+    every_other = memoryview(data)[::2]  # not one block of memory: there is no range to advise
+    prefault.populate(every_other)
+    assert data == bytearray(4 * prefault.MIN_BYTES)

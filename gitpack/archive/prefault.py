@@ -39,7 +39,10 @@ def populate(buffer: memoryview) -> None:
         return
     import ctypes
 
-    address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+    try:
+        address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+    except (TypeError, ValueError):  # not one writable block of memory: nothing to advise, the read copes
+        return
     start = -(-address // _PAGE) * _PAGE  # madvise takes whole pages: the ones inside the buffer
     end = (address + len(buffer)) // _PAGE * _PAGE
     if end > start and call(start, end - start, MADV_POPULATE_WRITE) != 0:
