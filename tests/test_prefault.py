@@ -42,6 +42,22 @@ def test_a_large_fresh_buffer_is_resident_after_populate():
 
 
 @linux_only
+def test_a_view_of_wide_items_is_populated_whole():
+    """Its length counts 8-byte items; the range advised must be all of its bytes."""
+    if not prefault._madvise_call():
+        pytest.skip("this kernel has no MADV_POPULATE_WRITE")
+    size = 64 << 20
+    region = _fresh(size)
+    view = memoryview(region).cast("Q")
+    before = _resident_bytes()
+    prefault.populate(view)
+    grown = _resident_bytes() - before
+    view.release()
+    region.close()
+    assert grown >= size * 0.9, f"populate mapped {grown} of {size} bytes"
+
+
+@linux_only
 def test_a_small_buffer_is_left_to_fault_on_its_own():
     region = _fresh(prefault.MIN_BYTES // 2)
     view = memoryview(region)

@@ -32,7 +32,7 @@ _madvise: Any = None  # libc's madvise, found on first use; False where there is
 
 def populate(buffer: memoryview) -> None:
     """Map every whole page of the writable *buffer* now, in one call (nothing on other systems or small ones)."""
-    if len(buffer) < MIN_BYTES or buffer.readonly:
+    if buffer.nbytes < MIN_BYTES or buffer.readonly:
         return
     call = _madvise_call()
     if not call:
@@ -44,9 +44,9 @@ def populate(buffer: memoryview) -> None:
     except (TypeError, ValueError):  # not one writable block of memory: nothing to advise, the read copes
         return
     start = -(-address // _PAGE) * _PAGE  # madvise takes whole pages: the ones inside the buffer
-    end = (address + len(buffer)) // _PAGE * _PAGE
+    end = (address + buffer.nbytes) // _PAGE * _PAGE
     if end > start and call(start, end - start, MADV_POPULATE_WRITE) != 0:
-        if ctypes.get_errno() in (errno.EINVAL, errno.ENOSYS):  # a kernel before 5.14: never ask again
+        if ctypes.get_errno() in (errno.EINVAL, errno.ENOSYS):  # before Linux 5.14, or unmappable memory: stop asking
             _forget()
 
 
