@@ -26,47 +26,32 @@ def _fresh(size: int) -> mmap.mmap:
     return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
-@linux_only
-def test_a_large_fresh_buffer_is_resident_after_populate():
-    if not prefault._madvise_call():
-        pytest.skip("this kernel has no MADV_POPULATE_WRITE")
-    size = 64 << 20
+def _grown_by_populate(size: int, item_format: str = "B") -> int:
+    """Bytes that became resident when a fresh mapping of *size* bytes, seen as items of *item_format*, was
+    populated."""
     region = _fresh(size)
-    view = memoryview(region)
+    view = memoryview(region).cast(item_format)
     before = _resident_bytes()
     prefault.populate(view)
     grown = _resident_bytes() - before
     view.release()
     region.close()
-    assert grown >= size * 0.9, f"populate mapped {grown} of {size} bytes"
+    return grown
 
 
 @linux_only
-def test_a_view_of_wide_items_is_populated_whole():
-    """Its length counts 8-byte items; the range advised must be all of its bytes."""
+@pytest.mark.parametrize("item_format", ["B", "Q"])  # "Q": a length in 8-byte items, and all its bytes advised
+def test_a_large_fresh_buffer_is_resident_after_populate(item_format):
     if not prefault._madvise_call():
         pytest.skip("this kernel has no MADV_POPULATE_WRITE")
     size = 64 << 20
-    region = _fresh(size)
-    view = memoryview(region).cast("Q")
-    before = _resident_bytes()
-    prefault.populate(view)
-    grown = _resident_bytes() - before
-    view.release()
-    region.close()
+    grown = _grown_by_populate(size, item_format)
     assert grown >= size * 0.9, f"populate mapped {grown} of {size} bytes"
 
 
 @linux_only
 def test_a_small_buffer_is_left_to_fault_on_its_own():
-    region = _fresh(prefault.MIN_BYTES // 2)
-    view = memoryview(region)
-    before = _resident_bytes()
-    prefault.populate(view)
-    grown = _resident_bytes() - before
-    view.release()
-    region.close()
-    assert grown < prefault.MIN_BYTES // 4
+    assert _grown_by_populate(prefault.MIN_BYTES // 2) < prefault.MIN_BYTES // 4
 
 
 def test_populate_never_changes_a_byte():
