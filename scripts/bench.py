@@ -401,9 +401,11 @@ def floors(model, out: Path, runs: int) -> dict:
         os.fsync(fd)
         os.close(fd)
         result["raw write + fsync"].append(time.perf_counter() - t)
+        release_freed_memory()  # fresh memory: every buffer kept until the clock stops, none reusing another's pages
         t = time.perf_counter()
         fd = os.open(raw, os.O_RDONLY)
         pos = 0
+        kept = []
         for v in views:
             buf = torch.empty(len(v), dtype=torch.uint8)
             mv = memoryview(buf.numpy())
@@ -411,8 +413,10 @@ def floors(model, out: Path, runs: int) -> dict:
             while done < len(mv):
                 done += os.preadv(fd, [mv[done:]], pos + done)
             pos += len(v)
+            kept.append(buf)
         os.close(fd)
         result["raw read into fresh memory"].append(time.perf_counter() - t)
+        del kept
     raw.unlink()
     return {k: median(v) for k, v in result.items()}
 
