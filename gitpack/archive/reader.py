@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..errors import ArchiveError
+from . import prefault
 from .format import (
     _MEMBER_NAME,
     DIGEST_KEY,
@@ -33,7 +34,6 @@ from .format import (
     new_hasher,
     payload_digest,
 )
-from .prefault import populate
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -196,11 +196,13 @@ class ArchiveReader:
         fd = self._fh.fileno()
         h = new_hasher(m.algorithm, m.size) if verify else None
         step = hash_step(m.algorithm, m.size) if verify else READ_CHUNK
-        populate(view)  # one call maps the fresh buffer's pages, instead of a fault per page during the copy
-        pos = 0
+        pos = mapped = 0
         while pos < m.size:
             if self._closing:
                 raise ArchiveError(f"{self.path}: closed while member {m.name!r} was being read")
+            if pos >= mapped:  # one call maps the next window of fresh pages, instead of a fault per page
+                mapped = pos + prefault.WINDOW
+                prefault.populate(view[pos:mapped])
             n = os.preadv(fd, [view[pos : pos + step]], m.offset + pos)
             if n <= 0:
                 raise self._fail(f"member {m.name!r} is truncated")
