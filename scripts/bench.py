@@ -379,6 +379,8 @@ def floors(model, out: Path, runs: int) -> dict:
     import blake3
     import torch
 
+    from gitpack.archive.prefault import WINDOW, populate
+
     views = [memoryview(t.detach().contiguous().numpy()).cast("B") for t in model.state_dict().values()]
     hashers = {"sha256 of the model's bytes, one core": hashlib.sha256,
                "blake3 of the model's bytes, one thread": blake3.blake3,
@@ -411,12 +413,13 @@ def floors(model, out: Path, runs: int) -> dict:
             mv = memoryview(buf.numpy())
             done = 0
             while done < len(mv):
-                done += os.preadv(fd, [mv[done:]], pos + done)
+                populate(mv[done:done + WINDOW])  # pages mapped a window at a time, as the load maps them
+                done += os.preadv(fd, [mv[done:done + WINDOW]], pos + done)
             pos += len(v)
             kept.append(buf)
         os.close(fd)
         result["raw read into fresh memory"].append(time.perf_counter() - t)
-        del kept
+        del kept, buf, mv
     raw.unlink()
     return {k: median(v) for k, v in result.items()}
 
@@ -716,9 +719,9 @@ def report(work: Path, size: dict, runs: int, n_files: int, quick: bool) -> None
             run(args, model_repo)
             acc.append(time.perf_counter() - t)
 
-    # A 6 ms import is at the mercy of process start-up noise: 15 processes a side (bench_imports' own default);
-    # 5 gave medians from 0.95x to 1.10x for a hook that costs about 1% (its own row, timed in one process).
-    import_runs = runs if quick else max(runs, 15)
+    # bench_imports' own number of processes a side: 5 gave medians from 0.95x to 1.10x for a hook that costs
+    # about 1% (its own row, timed in one process).
+    import_runs = runs if quick else max(runs, bench_imports.DEFAULT_RUNS)
     progress(f"import recording (sources as imported), {import_runs} fresh processes each way")
     imports = bench_imports.measure(import_runs)
 

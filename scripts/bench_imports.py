@@ -28,6 +28,7 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
 MODULES = 50
+DEFAULT_RUNS = 15  # fresh processes a side: a 6 ms import is at the mercy of start-up noise
 
 MODULE = '''\
 """Module {i} of a 50-module project: a layer, helpers and constants, as real code has."""
@@ -171,7 +172,7 @@ def measure(runs: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--runs", type=int, default=DEFAULT_RUNS)
     args = parser.parse_args()
     found = measure(args.runs)
     median_on, median_off = found["import_on_s"], found["import_off_s"]
