@@ -35,11 +35,6 @@ _PAGE = mmap.PAGESIZE
 _madvise: Any = None  # libc's madvise, found and probed on first use; False where the kernel lacks the advice
 
 
-def supported() -> bool:
-    """Whether this system maps pages on request (Linux 5.14 or later, asked once)."""
-    return bool(_madvise_call())
-
-
 def populate(buffer: memoryview) -> None:
     """Map every whole page of the writable *buffer* now, in one call; nothing where that is not supported,
     for small buffers, or for what is not one writable block of memory."""
