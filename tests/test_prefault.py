@@ -111,3 +111,22 @@ def test_members_read_into_fresh_buffers_match_what_was_written(tmp_path):
         reader.readinto_async("storages/0", region).result()
         assert region[:] == payload
         region.close()
+
+
+def test_every_byte_of_a_member_read_in_large_steps_is_advised(tmp_path, monkeypatch):
+    """A member large enough for the threaded hasher is read 8 MiB a step; each step's pages are advised, not
+    just the first window of it."""
+    from gitpack.archive import format
+
+    size = format.PARALLEL_HASH_BYTES + 12345
+    writer = ArchiveWriter(tmp_path / "big.gitpack")
+    writer.add("storages/0", [bytes(size)])
+    writer.commit({"note": "prefault"})
+    advised: list[int] = []  # bytes of each range the reader advised
+    real = prefault.populate
+    monkeypatch.setattr(prefault, "populate", lambda view: (advised.append(view.nbytes), real(view)))
+    with ArchiveReader(tmp_path / "big.gitpack") as reader:
+        region = _fresh(size)
+        reader.readinto("storages/0", region)
+        region.close()
+    assert sum(advised) == size

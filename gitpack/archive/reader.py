@@ -200,8 +200,8 @@ class ArchiveReader:
         while pos < m.size:
             if self._closing:
                 raise ArchiveError(f"{self.path}: closed while member {m.name!r} was being read")
-            if pos >= mapped:  # one call maps the next window of fresh pages, instead of a fault per page
-                mapped = pos + prefault.WINDOW
+            if pos >= mapped:  # one call maps the next window of fresh pages (at least this read's), not a fault each
+                mapped = pos + max(prefault.WINDOW, step)
                 prefault.populate(view[pos:mapped])
             n = os.preadv(fd, [view[pos : pos + step]], m.offset + pos)
             if n <= 0:
